@@ -1,0 +1,154 @@
+// Package testenv runs a real kube-apiserver and etcd (built by `make testbin`) with rrguard's
+// CRD installed, for integration tests, benchmarks and `make run`. It never fakes the API server.
+package testenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/rrguard/rrguard/webhook/serve"
+)
+
+// K8sVersion is the version of the control plane `make testbin` builds.
+const K8sVersion = "1.37.2"
+
+// ErrNoBinaries means `make testbin` has not run on this machine.
+var ErrNoBinaries = errors.New("kube-apiserver and etcd not found: run `make testbin` (or `make test`, which runs it)")
+
+// Options choose what to install beside the CRD.
+type Options struct {
+	// Webhooks installs config/webhook, pointed at a local address that ServeRRGuard serves.
+	Webhooks bool
+	// ExtraCRDs are more CRD files or folders to install (cert-manager's, say).
+	ExtraCRDs []string
+}
+
+// Env is a running control plane.
+type Env struct {
+	Config *rest.Config
+	Client client.Client
+	Root   string // the checkout's root folder
+	env    *envtest.Environment
+	reaper *reaper
+}
+
+// BinDir is where `make testbin` puts kube-apiserver and etcd: $RRGUARD_TESTBIN, else a per-user
+// cache outside the checkout.
+func BinDir() string {
+	if d := os.Getenv("RRGUARD_TESTBIN"); d != "" {
+		return d
+	}
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		cache = os.TempDir()
+	}
+	return filepath.Join(cache, "rrguard", "testbin", "k8s-"+K8sVersion)
+}
+
+// Root finds the checkout's root: the nearest folder above the working directory whose go.mod
+// declares rrguard's module.
+func Root() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && strings.HasPrefix(string(b), "module github.com/rrguard/rrguard\n") {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("not inside the rrguard checkout")
+		}
+		dir = parent
+	}
+}
+
+// Start starts etcd and kube-apiserver and installs the CRD (and the webhooks, when asked).
+// Stop must follow; if the process dies first, a reaper process stops both anyway.
+func Start(o Options) (*Env, error) {
+	root, err := Root()
+	if err != nil {
+		return nil, err
+	}
+	bin := BinDir()
+	for _, name := range []string{"kube-apiserver", "etcd"} {
+		if _, err := os.Stat(filepath.Join(bin, name)); err != nil {
+			return nil, fmt.Errorf("%w (looked in %s)", ErrNoBinaries, bin)
+		}
+	}
+	env := &envtest.Environment{
+		BinaryAssetsDirectory: bin,
+		CRDInstallOptions: envtest.CRDInstallOptions{
+			Paths:              append([]string{filepath.Join(root, "config", "crd", "bases")}, o.ExtraCRDs...),
+			ErrorIfPathMissing: true,
+		},
+		ErrorIfCRDPathMissing: true,
+	}
+	if o.Webhooks {
+		env.WebhookInstallOptions = envtest.WebhookInstallOptions{
+			Paths: []string{filepath.Join(root, "config", "webhook")},
+		}
+	}
+	// Keep the reaper ahead of the processes it guards: it learns their PIDs after they start.
+	rp, err := startReaper()
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := env.Start()
+	rp.guardChildren()
+	if err != nil {
+		_ = env.Stop()
+		rp.stop()
+		return nil, err
+	}
+	// Tests and benchmarks drive hundreds of concurrent requests: no client-side throttling.
+	cfg.QPS, cfg.Burst = -1, -1
+	c, err := client.New(cfg, client.Options{Scheme: serve.Scheme()})
+	if err != nil {
+		_ = env.Stop()
+		rp.stop()
+		return nil, err
+	}
+	return &Env{Config: cfg, Client: c, Root: root, env: env, reaper: rp}, nil
+}
+
+// Stop stops the control plane and removes its data.
+func (e *Env) Stop() error {
+	err := e.env.Stop()
+	e.reaper.stop()
+	return err
+}
+
+// Environment exposes envtest's Environment (its webhook install options, for instance).
+func (e *Env) Environment() *envtest.Environment { return e.env }
+
+// ServeOptions are the options for an in-process rrguard replica that the API server reaches at
+// the address the installed webhook configurations name.
+func (e *Env) ServeOptions() serve.Options {
+	w := e.env.WebhookInstallOptions
+	return serve.Options{
+		Host: w.LocalServingHost, Port: w.LocalServingPort, CertDir: w.LocalServingCertDir,
+		MetricsAddr: "0", ProbeAddr: "0",
+	}
+}
+
+// Namespace creates a namespace with a unique name for one test.
+func (e *Env) Namespace(ctx context.Context, prefix string) (string, error) {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-"}}
+	if err := e.Client.Create(ctx, ns); err != nil {
+		return "", err
+	}
+	return ns.Name, nil
+}

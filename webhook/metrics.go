@@ -1,0 +1,46 @@
+package webhook
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+)
+
+// Decisions, as counted by rrguard_admission_decisions_total.
+const (
+	DecisionCreated   = "created"
+	DecisionDuplicate = "duplicate"
+	DecisionInvalid   = "invalid"
+	DecisionError     = "error"
+	DecisionAllowed   = "allowed" // the validating webhook's pass
+)
+
+// Webhook labels.
+const (
+	webhookName  = "name"
+	webhookCheck = "check"
+)
+
+// controller-runtime's own webhook metrics count a denial as HTTP 200 and bucket latency in
+// powers of ten; these say what was decided, with buckets fine enough for a p99.
+var (
+	decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rrguard_admission_decisions_total",
+		Help: "Admission decisions on RemediationRequest creates, by webhook and decision.",
+	}, []string{"webhook", "decision"})
+
+	duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "rrguard_admission_duration_seconds",
+		Help:    "Time to answer one admission request, by webhook.",
+		Buckets: prometheus.ExponentialBucketsRange(0.0005, 10, 16),
+	}, []string{"webhook"})
+
+	readDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "rrguard_api_read_duration_seconds",
+		Help:    "Time of the API read that lists a fingerprint's RemediationRequests.",
+		Buckets: prometheus.ExponentialBucketsRange(0.0005, 10, 16),
+	})
+)
+
+func init() {
+	metrics.Registry.MustRegister(decisions, duration, readDuration)
+}

@@ -1,0 +1,53 @@
+package webhook
+
+import (
+	"strconv"
+	"strings"
+)
+
+// The naming rule. An RR's name is derived from its fingerprint and an occurrence number, so that
+// two concurrent creates of one fingerprint carry the same name and the API server stores only one.
+const (
+	namePrefix = "rr-"
+	// keyLen hex characters of the fingerprint (128 bits) keep names short enough for the child
+	// objects Kubernaut derives from them: "rr-" + 32 + "-" + up to 19 digits stays under 63.
+	keyLen         = 32
+	fingerprintLen = 64
+)
+
+// Name is the name the RR with the given fingerprint and occurrence number must carry.
+// The fingerprint must have passed ValidFingerprint.
+func Name(fingerprint string, n int64) string {
+	return namePrefix + fingerprint[:keyLen] + "-" + strconv.FormatInt(n, 10)
+}
+
+// Occurrence returns n when name is the scheme's name for fingerprint, and false for any other
+// name (a legacy RR's, or one whose number is not canonical, such as "07").
+func Occurrence(fingerprint, name string) (int64, bool) {
+	if !ValidFingerprint(fingerprint) {
+		return 0, false
+	}
+	rest, ok := strings.CutPrefix(name, namePrefix+fingerprint[:keyLen]+"-")
+	if !ok || rest == "" || rest[0] == '0' || len(rest) > 19 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(rest, 10, 64)
+	if err != nil || n < 1 {
+		return 0, false
+	}
+	return n, true
+}
+
+// ValidFingerprint reports whether fp is a lowercase hex SHA-256, as Kubernaut's CRD requires.
+func ValidFingerprint(fp string) bool {
+	if len(fp) != fingerprintLen {
+		return false
+	}
+	for i := 0; i < len(fp); i++ {
+		c := fp[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,128 @@
+// Package serve wires rrguard's admission handlers into a controller-runtime manager, the same
+// way for the rrguard binary, `make run` and the integration tests.
+package serve
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/webhook"
+)
+
+// Options configure one rrguard replica.
+type Options struct {
+	Host        string // webhook listen host; all interfaces when empty
+	Port        int    // webhook listen port
+	CertDir     string // holds tls.crt and tls.key; reloaded when they change
+	MetricsAddr string // "0" disables the metrics server
+	ProbeAddr   string // "0" disables /healthz and /readyz
+	// ShutdownDelay keeps serving after a stop is asked for, while /readyz already fails, so that
+	// endpoints drop the pod before it stops answering the API server.
+	ShutdownDelay time.Duration
+}
+
+// Scheme knows the built-in types and RemediationRequest.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		panic(err) // static registration; cannot fail at run time
+	}
+	if err := v1alpha1.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// Replica is one rrguard webhook server.
+type Replica struct {
+	mgr      manager.Manager
+	stopping atomic.Bool
+	delay    time.Duration
+}
+
+// New builds a replica against the API server of cfg.
+func New(cfg *rest.Config, o Options) (*Replica, error) {
+	tlsOpts := []func(*tls.Config){func(c *tls.Config) {
+		c.MinVersion = tls.VersionTLS12
+		// HTTP/2 stays off: rapid-reset class attacks; the API server speaks HTTP/1.1 to webhooks.
+		c.NextProtos = []string{"http/1.1"}
+	}}
+	server := crwebhook.NewServer(crwebhook.Options{
+		Host: o.Host, Port: o.Port, CertDir: o.CertDir, TLSOpts: tlsOpts,
+	})
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                 Scheme(),
+		WebhookServer:          server,
+		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
+		HealthProbeBindAddress: o.ProbeAddr,
+		// Every replica serves; there is nothing to lead.
+		LeaderElection:          false,
+		GracefulShutdownTimeout: ptr(30 * time.Second),
+	})
+	if err != nil {
+		return nil, err
+	}
+	r := &Replica{mgr: mgr, delay: o.ShutdownDelay}
+
+	server.Register(webhook.NamePath, &crwebhook.Admission{Handler: &webhook.Namer{
+		Lister: webhook.APILister{Reader: mgr.GetAPIReader()},
+	}})
+	server.Register(webhook.CheckPath, &crwebhook.Admission{Handler: webhook.Checker{}})
+
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return nil, err
+	}
+	if err := mgr.AddReadyzCheck("webhook-tls", server.StartedChecker()); err != nil {
+		return nil, err
+	}
+	if err := mgr.AddReadyzCheck("not-stopping", func(*http.Request) error {
+		if r.stopping.Load() {
+			return errors.New("shutting down")
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Manager exposes the controller-runtime manager, for tests that look inside.
+func (r *Replica) Manager() manager.Manager { return r.mgr }
+
+// Run serves until ctx is done, then fails readiness, waits ShutdownDelay, and stops.
+func (r *Replica) Run(ctx context.Context) error {
+	mgrCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- r.mgr.Start(mgrCtx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+	}
+	r.stopping.Store(true)
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(r.delay):
+	}
+	cancel()
+	return <-done
+}
+
+
+func ptr[T any](v T) *T { return &v }

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -115,7 +116,11 @@ func Start(o Options) (*Env, error) {
 	}
 	// Tests and benchmarks drive hundreds of concurrent requests: no client-side throttling.
 	cfg.QPS, cfg.Burst = -1, -1
-	c, err := client.New(cfg, client.Options{Scheme: serve.Scheme()})
+	scheme := serve.Scheme()
+	if err := apiextensionsv1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
 		_ = env.Stop()
 		rp.stop()

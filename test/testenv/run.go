@@ -1,0 +1,67 @@
+package testenv
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/rrguard/rrguard/webhook/serve"
+)
+
+// Main starts a control plane for a test package, runs its tests and stops it:
+//
+//	func TestMain(m *testing.M) { os.Exit(testenv.Main(m, testenv.Options{}, &env)) }
+func Main(m *testing.M, o Options, env **Env) int {
+	e, err := Start(o)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "testenv:", err)
+		return 1
+	}
+	*env = e
+	code := m.Run()
+	if err := e.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "testenv: stop:", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
+}
+
+// ServeRRGuard runs an rrguard replica in-process at the address the installed webhook
+// configurations name, and returns once it answers TLS. stop ends it and waits until it has.
+func (e *Env) ServeRRGuard(ctx context.Context) (stop func() error, err error) {
+	o := e.ServeOptions()
+	r, err := serve.New(e.Config, o)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	stop = func() error { cancel(); return <-done }
+	addr := net.JoinHostPort(o.Host, strconv.Itoa(o.Port))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // readiness probe only
+		if err == nil {
+			conn.Close()
+			return stop, nil
+		}
+		select {
+		case err := <-done:
+			return nil, fmt.Errorf("rrguard stopped before serving: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			_ = stop()
+			return nil, fmt.Errorf("rrguard did not serve TLS on %s within 30s: %v", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

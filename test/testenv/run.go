@@ -10,6 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap/zapcore"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
 	"github.com/rrguard/rrguard/webhook/serve"
 )
 
@@ -17,6 +21,8 @@ import (
 //
 //	func TestMain(m *testing.M) { os.Exit(testenv.Main(m, testenv.Options{}, &env)) }
 func Main(m *testing.M, o Options, env **Env) int {
+	// Errors only: a passing run stays quiet, a failing one says what rrguard saw.
+	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.ErrorLevel)))
 	e, err := Start(o)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testenv:", err)

@@ -77,6 +77,8 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		return nil, err
 	}
 	r := &Replica{mgr: mgr, delay: o.ShutdownDelay}
+	// The manager runs its webhook server only once it has been asked for it.
+	server = mgr.GetWebhookServer()
 
 	server.Register(webhook.NamePath, &crwebhook.Admission{Handler: &webhook.Namer{
 		Lister: webhook.APILister{Reader: mgr.GetAPIReader()},
@@ -123,6 +125,5 @@ func (r *Replica) Run(ctx context.Context) error {
 	cancel()
 	return <-done
 }
-
 
 func ptr[T any](v T) *T { return &v }

@@ -1,0 +1,390 @@
+// Package webhook tests rrguard's admission webhooks served in-process, registered from
+// config/webhook on a real API server, through real clients.
+package webhook
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/test/testenv"
+	"github.com/rrguard/rrguard/webhook"
+)
+
+var (
+	env     *testenv.Env
+	stopRRG func() error
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(testenv.Main(m, testenv.Options{Webhooks: true}, &env))
+}
+
+// serving makes sure rrguard serves for the test (a previous test may have stopped it).
+func serving(t *testing.T) {
+	t.Helper()
+	if stopRRG != nil {
+		return
+	}
+	stop, err := env.ServeRRGuard(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopRRG = stop
+}
+
+func setup(t *testing.T) (context.Context, string) {
+	t.Helper()
+	serving(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	ns, err := env.Namespace(ctx, "wh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, ns
+}
+
+func list(ctx context.Context, t *testing.T, ns string) []v1alpha1.RemediationRequest {
+	t.Helper()
+	var l v1alpha1.RemediationRequestList
+	if err := env.Client.List(ctx, &l, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	return l.Items
+}
+
+func detailsName(err error) string {
+	if st, ok := err.(apierrors.APIStatus); ok && st.Status().Details != nil {
+		return st.Status().Details.Name
+	}
+	return ""
+}
+
+// checkStorm asserts one stored RR per fingerprint, named by the scheme, and every other create
+// refused with AlreadyExists naming it.
+func checkStorm(ctx context.Context, t *testing.T, ns string, fps []string, out []testenv.Outcome) {
+	t.Helper()
+	stored := map[string]string{}
+	for _, o := range out {
+		switch {
+		case o.Err != nil:
+			t.Fatalf("fingerprint %s: unexpected error %v", o.Fingerprint[:8], o.Err)
+		case o.Stored != "":
+			if prev, dup := stored[o.Fingerprint]; dup {
+				t.Fatalf("fingerprint %s stored twice: %s and %s", o.Fingerprint[:8], prev, o.Stored)
+			}
+			stored[o.Fingerprint] = o.Stored
+		}
+	}
+	for _, o := range out {
+		if o.Stored == "" && o.DuplicateOf != stored[o.Fingerprint] {
+			t.Fatalf("fingerprint %s: refusal names %q, stored RR is %q", o.Fingerprint[:8], o.DuplicateOf, stored[o.Fingerprint])
+		}
+	}
+	items := list(ctx, t, ns)
+	if len(items) != len(fps) || len(stored) != len(fps) {
+		t.Fatalf("%d RRs stored (%d reported) for %d fingerprints", len(items), len(stored), len(fps))
+	}
+	for _, rr := range items {
+		if want := webhook.Name(rr.Spec.SignalFingerprint, 1); rr.Name != want || stored[rr.Spec.SignalFingerprint] != want {
+			t.Fatalf("stored %s, want %s", rr.Name, want)
+		}
+	}
+}
+
+// GW-DEDUP-002 as first written: five truly simultaneous first creates, no anchor request.
+func TestGWDedup002(t *testing.T) {
+	ctx, ns := setup(t)
+	for round := range 50 {
+		fp := testenv.Fingerprint(fmt.Sprintf("%s/gw-dedup-002/%d", ns, round))
+		out := testenv.Storm(ctx, env.Client, ns, []string{fp}, 5)
+		stored, dups := 0, 0
+		for _, o := range out {
+			if o.Stored != "" {
+				stored++
+			}
+			if o.DuplicateOf != "" {
+				dups++
+			}
+		}
+		if stored != 1 || dups != 4 {
+			t.Fatalf("round %d: %d stored, %d refused as duplicates; want 1 and 4 (%+v)", round, stored, dups, out)
+		}
+	}
+	fps := map[string]bool{}
+	for _, rr := range list(ctx, t, ns) {
+		if fps[rr.Spec.SignalFingerprint] {
+			t.Fatalf("duplicate RR for %s", rr.Spec.SignalFingerprint)
+		}
+		fps[rr.Spec.SignalFingerprint] = true
+	}
+	if len(fps) != 50 {
+		t.Fatalf("%d RRs after 50 rounds", len(fps))
+	}
+}
+
+func TestGWDedup002Details(t *testing.T) {
+	ctx, ns := setup(t)
+	fp := testenv.Fingerprint(ns + "/details")
+	checkStorm(ctx, t, ns, []string{fp}, testenv.Storm(ctx, env.Client, ns, []string{fp}, 5))
+}
+
+func TestStorm200Over20(t *testing.T) {
+	ctx, ns := setup(t)
+	var fps []string
+	for i := range 20 {
+		fps = append(fps, testenv.Fingerprint(fmt.Sprintf("%s/storm/%d", ns, i)))
+	}
+	checkStorm(ctx, t, ns, fps, testenv.Storm(ctx, env.Client, ns, fps, 10))
+}
+
+func setStatus(ctx context.Context, t *testing.T, rr *v1alpha1.RemediationRequest, st v1alpha1.RemediationRequestStatus) {
+	t.Helper()
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(rr), rr); err != nil {
+		t.Fatal(err)
+	}
+	rr.Status = st
+	if err := env.Client.Status().Update(ctx, rr); err != nil {
+		t.Fatalf("status update: %v", err)
+	}
+}
+
+func TestLifecycle(t *testing.T) {
+	ctx, ns := setup(t)
+	future := metav1.NewTime(time.Now().Add(time.Hour))
+	past := metav1.NewTime(time.Now().Add(-time.Minute))
+	tests := []struct {
+		name   string
+		status v1alpha1.RemediationRequestStatus
+		allow  bool
+	}{
+		{"empty", v1alpha1.RemediationRequestStatus{}, false},
+		{"ManualReviewRequired", v1alpha1.RemediationRequestStatus{OverallPhase: v1alpha1.PhaseCompleted,
+			CompletionStatus: &v1alpha1.CompletionStatus{Outcome: v1alpha1.OutcomeManualReviewRequired}}, false},
+		{"future nextAllowedExecution", v1alpha1.RemediationRequestStatus{OverallPhase: v1alpha1.PhaseFailed,
+			RoutingStatus: &v1alpha1.RoutingStatus{NextAllowedExecution: &future}}, false},
+		{"past nextAllowedExecution", v1alpha1.RemediationRequestStatus{OverallPhase: v1alpha1.PhaseFailed,
+			RoutingStatus: &v1alpha1.RoutingStatus{NextAllowedExecution: &past}}, true},
+	}
+	for _, p := range []v1alpha1.Phase{v1alpha1.PhasePending, v1alpha1.PhaseProcessing, v1alpha1.PhaseAnalyzing,
+		v1alpha1.PhaseAwaitingApproval, v1alpha1.PhaseExecuting, v1alpha1.PhaseVerifying, v1alpha1.PhaseBlocked} {
+		tests = append(tests, struct {
+			name   string
+			status v1alpha1.RemediationRequestStatus
+			allow  bool
+		}{string(p), v1alpha1.RemediationRequestStatus{OverallPhase: p}, false})
+	}
+	for _, p := range []v1alpha1.Phase{v1alpha1.PhaseCompleted, v1alpha1.PhaseFailed, v1alpha1.PhaseTimedOut,
+		v1alpha1.PhaseSkipped, v1alpha1.PhaseCancelled} {
+		tests = append(tests, struct {
+			name   string
+			status v1alpha1.RemediationRequestStatus
+			allow  bool
+		}{string(p), v1alpha1.RemediationRequestStatus{OverallPhase: p}, true})
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fp := testenv.Fingerprint(ns + "/lifecycle/" + tc.name)
+			first := testenv.NewRR(ns, fp)
+			if err := env.Client.Create(ctx, first); err != nil {
+				t.Fatal(err)
+			}
+			setStatus(ctx, t, first, tc.status)
+			second := testenv.NewRR(ns, fp)
+			err := env.Client.Create(ctx, second)
+			if tc.allow {
+				if err != nil || second.Name != webhook.Name(fp, 2) {
+					t.Fatalf("got %q, %v; want %s", second.Name, err, webhook.Name(fp, 2))
+				}
+				return
+			}
+			if !apierrors.IsAlreadyExists(err) || detailsName(err) != first.Name || !strings.Contains(err.Error(), first.Name) {
+				t.Fatalf("got %v (details.name %q); want AlreadyExists naming %s", err, detailsName(err), first.Name)
+			}
+		})
+	}
+}
+
+// Whatever name the client asks for, the stored RR carries the scheme's.
+func TestNamesAreRewritten(t *testing.T) {
+	ctx, ns := setup(t)
+	gen := testenv.NewRR(ns, testenv.Fingerprint(ns+"/generateName"))
+	explicit := testenv.NewRR(ns, testenv.Fingerprint(ns+"/explicit"))
+	explicit.GenerateName, explicit.Name = "", "my-own-name"
+	for _, rr := range []*v1alpha1.RemediationRequest{gen, explicit} {
+		if err := env.Client.Create(ctx, rr); err != nil {
+			t.Fatal(err)
+		}
+		if want := webhook.Name(rr.Spec.SignalFingerprint, 1); rr.Name != want || rr.GenerateName != "" {
+			t.Fatalf("stored as %q (generateName %q), want %s", rr.Name, rr.GenerateName, want)
+		}
+	}
+
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := env.WriteKubeconfig(kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	kubectl := func(args ...string) (string, error) {
+		cmd := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig", kubeconfig, "-n", ns}, args...)...)
+		b, err := cmd.CombinedOutput()
+		return string(b), err
+	}
+	sample := filepath.Join(env.Root, "config", "samples", "remediationrequest.yaml")
+	out, err := kubectl("create", "-f", sample, "-o", "name")
+	var sampleRR v1alpha1.RemediationRequest
+	if err == nil {
+		err = env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: strings.TrimPrefix(strings.TrimSpace(out), "remediationrequest.kubernaut.ai/")}, &sampleRR)
+	}
+	if err != nil {
+		t.Fatalf("kubectl create: %v\n%s", err, out)
+	}
+	if want := webhook.Name(sampleRR.Spec.SignalFingerprint, 1); sampleRR.Name != want {
+		t.Fatalf("kubectl stored %s, want %s", sampleRR.Name, want)
+	}
+	out, err = kubectl("create", "-f", sample)
+	if err == nil || !strings.Contains(out, "AlreadyExists") && !strings.Contains(out, "already in flight") || !strings.Contains(out, sampleRR.Name) {
+		t.Fatalf("second kubectl create: %v\n%s", err, out)
+	}
+}
+
+func TestDryRun(t *testing.T) {
+	ctx, ns := setup(t)
+	fp := testenv.Fingerprint(ns + "/dry-run")
+	dry := testenv.NewRR(ns, fp)
+	if err := env.Client.Create(ctx, dry, client.DryRunAll); err != nil || dry.Name != webhook.Name(fp, 1) {
+		t.Fatalf("dry run: %q, %v", dry.Name, err)
+	}
+	if n := len(list(ctx, t, ns)); n != 0 {
+		t.Fatalf("dry run stored %d RRs", n)
+	}
+	if err := env.Client.Create(ctx, testenv.NewRR(ns, fp)); err != nil {
+		t.Fatal(err)
+	}
+	err := env.Client.Create(ctx, testenv.NewRR(ns, fp), client.DryRunAll)
+	if !apierrors.IsAlreadyExists(err) || detailsName(err) != webhook.Name(fp, 1) {
+		t.Fatalf("dry-run duplicate: %v", err)
+	}
+}
+
+func TestBadFingerprintThroughWebhook(t *testing.T) {
+	ctx, ns := setup(t)
+	for _, fp := range []string{"", "ABC", testenv.Fingerprint("x")[:63]} {
+		err := env.Client.Create(ctx, testenv.NewRR(ns, fp))
+		if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "spec.signalFingerprint") {
+			t.Errorf("fingerprint %q: %v", fp, err)
+		}
+	}
+	if n := len(list(ctx, t, ns)); n != 0 {
+		t.Fatalf("%d RRs stored", n)
+	}
+}
+
+// withoutWebhooks runs fn with rrguard's webhook configurations removed, as before an install.
+func withoutWebhooks(ctx context.Context, t *testing.T, fn func()) {
+	t.Helper()
+	w := env.Environment().WebhookInstallOptions
+	for _, m := range w.MutatingWebhooks {
+		if err := env.Client.Delete(ctx, m.DeepCopy()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, v := range w.ValidatingWebhooks {
+		if err := env.Client.Delete(ctx, v.DeepCopy()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer func() {
+		for _, m := range w.MutatingWebhooks {
+			c := m.DeepCopy()
+			c.ResourceVersion = ""
+			if err := env.Client.Create(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, v := range w.ValidatingWebhooks {
+			c := v.DeepCopy()
+			c.ResourceVersion = ""
+			if err := env.Client.Create(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}()
+	fn()
+}
+
+
+func TestLegacyInFlightRefuses(t *testing.T) {
+	ctx, ns := setup(t)
+	fp := testenv.Fingerprint(ns + "/legacy")
+	legacy := "rr-" + fp[:12] + "-1a2b3c4d"
+	withoutWebhooks(ctx, t, func() {
+		// The API server drops webhook configurations from its own informer a moment later.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			rr := testenv.NewRR(ns, fp)
+			rr.GenerateName, rr.Name = "", legacy
+			err := env.Client.Create(ctx, rr)
+			if err == nil && rr.Name == legacy {
+				return
+			}
+			if err == nil {
+				_ = env.Client.Delete(ctx, rr)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("could not create a legacy RR: %v", err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+	// Once the webhooks are back, a new create of the fingerprint is refused, naming the legacy RR.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		rr := testenv.NewRR(ns, fp)
+		err := env.Client.Create(ctx, rr)
+		if apierrors.IsAlreadyExists(err) && detailsName(err) == legacy {
+			break
+		}
+		if err == nil && rr.Name != webhook.Name(fp, 1) {
+			// Created while the API server still ran without the webhook: not rrguard's answer yet.
+			_ = env.Client.Delete(ctx, rr)
+		} else if err == nil {
+			t.Fatalf("stored %s beside the legacy in-flight RR %s", rr.Name, legacy)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("got %v, want AlreadyExists naming %s", err, legacy)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// failurePolicy Fail: without rrguard no RR is created, and the error says why.
+func TestRRGuardDownFailsClosed(t *testing.T) {
+	ctx, ns := setup(t)
+	if err := stopRRG(); err != nil {
+		t.Fatal(err)
+	}
+	stopRRG = nil
+	err := env.Client.Create(ctx, testenv.NewRR(ns, testenv.Fingerprint(ns+"/down")))
+	if err == nil || !strings.Contains(err.Error(), "failed calling webhook") || !strings.Contains(err.Error(), "rrguard") {
+		t.Fatalf("create with rrguard down: %v", err)
+	}
+	if n := len(list(ctx, t, ns)); n != 0 {
+		t.Fatalf("%d RRs stored with rrguard down", n)
+	}
+	serving(t)
+	if err := env.Client.Create(ctx, testenv.NewRR(ns, testenv.Fingerprint(ns+"/down"))); err != nil {
+		t.Fatalf("create after rrguard is back: %v", err)
+	}
+}

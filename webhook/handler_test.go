@@ -1,0 +1,136 @@
+package webhook
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+)
+
+// listerFunc adapts a function to Lister, for handler tests that need no API server.
+type listerFunc func(ctx context.Context, ns, fp string) ([]v1alpha1.RemediationRequest, error)
+
+func (f listerFunc) ListByFingerprint(ctx context.Context, ns, fp string) ([]v1alpha1.RemediationRequest, error) {
+	return f(ctx, ns, fp)
+}
+
+func staticLister(rrs ...v1alpha1.RemediationRequest) Lister {
+	return listerFunc(func(context.Context, string, string) ([]v1alpha1.RemediationRequest, error) { return rrs, nil })
+}
+
+var rrResource = metav1.GroupVersionResource{Group: "kubernaut.ai", Version: "v1alpha1", Resource: "remediationrequests"}
+
+func createReq(raw string) admission.Request {
+	return admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+		UID: "u1", Operation: admissionv1.Create, Resource: rrResource, Namespace: "kubernaut-system",
+		Object: runtime.RawExtension{Raw: []byte(raw)},
+	}}
+}
+
+const rrJSON = `{"apiVersion":"kubernaut.ai/v1alpha1","kind":"RemediationRequest","metadata":{"generateName":"rr-"},"spec":{"signalFingerprint":"` + fp + `"}}`
+
+func TestNamerPatches(t *testing.T) {
+	h := &Namer{Lister: staticLister(rr(Name(fp, 4), phase(v1alpha1.PhaseCompleted))), Now: func() time.Time { return now }}
+	resp := h.Handle(context.Background(), createReq(rrJSON))
+	if !resp.Allowed {
+		t.Fatalf("denied: %+v", resp.Result)
+	}
+	got, _ := json.Marshal(resp.Patches)
+	want := `[{"op":"add","path":"/metadata/name","value":"` + Name(fp, 5) + `"},{"op":"remove","path":"/metadata/generateName"}]`
+	if string(got) != want {
+		t.Fatalf("patch = %s\nwant %s", got, want)
+	}
+}
+
+func TestNamerPatchesWithoutMetadata(t *testing.T) {
+	h := &Namer{Lister: staticLister()}
+	resp := h.Handle(context.Background(), createReq(`{"spec":{"signalFingerprint":"`+fp+`"}}`))
+	got, _ := json.Marshal(resp.Patches)
+	if want := `[{"op":"add","path":"/metadata","value":{"name":"` + Name(fp, 1) + `"}}]`; !resp.Allowed || string(got) != want {
+		t.Fatalf("allowed=%v patch=%s, want %s", resp.Allowed, got, want)
+	}
+}
+
+func TestNamerDenials(t *testing.T) {
+	listFails := listerFunc(func(context.Context, string, string) ([]v1alpha1.RemediationRequest, error) {
+		return nil, errors.New("connection refused")
+	})
+	wrong := createReq(rrJSON)
+	wrong.Resource = metav1.GroupVersionResource{Version: "v1", Resource: "pods"}
+	status := createReq(rrJSON)
+	status.SubResource = "status"
+	version := createReq(rrJSON)
+	version.Resource.Version = "v1beta9"
+	tests := []struct {
+		name   string
+		lister Lister
+		req    admission.Request
+		code   int32
+		reason metav1.StatusReason
+	}{
+		{"duplicate", staticLister(rr(Name(fp, 1))), createReq(rrJSON), 409, metav1.StatusReasonAlreadyExists},
+		{"undecodable", staticLister(), createReq(`{"spec":`), 400, metav1.StatusReasonBadRequest},
+		{"wrong type of field", staticLister(), createReq(`{"spec":{"signalFingerprint":7}}`), 400, metav1.StatusReasonBadRequest},
+		{"empty body", staticLister(), createReq(``), 400, metav1.StatusReasonBadRequest},
+		{"no fingerprint", staticLister(), createReq(`{"metadata":{"name":"x"},"spec":{}}`), 422, metav1.StatusReasonInvalid},
+		{"wrong resource", staticLister(), wrong, 400, metav1.StatusReasonBadRequest},
+		{"subresource", staticLister(), status, 400, metav1.StatusReasonBadRequest},
+		{"unknown version", staticLister(), version, 400, metav1.StatusReasonBadRequest},
+		{"API read fails", listFails, createReq(rrJSON), 503, metav1.StatusReasonServiceUnavailable},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := (&Namer{Lister: tc.lister}).Handle(context.Background(), tc.req)
+			if resp.Allowed || resp.Result == nil || resp.Result.Code != tc.code || resp.Result.Reason != tc.reason || resp.Result.Message == "" {
+				t.Fatalf("response = allowed %v, %+v; want %d %s", resp.Allowed, resp.Result, tc.code, tc.reason)
+			}
+			if len(resp.Patches) != 0 {
+				t.Fatalf("a denial carries patches: %+v", resp.Patches)
+			}
+		})
+	}
+}
+
+func TestNotCreateIsLeftAlone(t *testing.T) {
+	called := false
+	h := &Namer{Lister: listerFunc(func(context.Context, string, string) ([]v1alpha1.RemediationRequest, error) {
+		called = true
+		return nil, nil
+	})}
+	for _, op := range []admissionv1.Operation{admissionv1.Update, admissionv1.Delete, admissionv1.Connect} {
+		req := createReq(rrJSON)
+		req.Operation = op
+		if resp := h.Handle(context.Background(), req); !resp.Allowed || len(resp.Patches) != 0 {
+			t.Errorf("%s: %+v", op, resp)
+		}
+		if resp := (Checker{}).Handle(context.Background(), req); !resp.Allowed {
+			t.Errorf("checker %s: %+v", op, resp.Result)
+		}
+	}
+	if called {
+		t.Error("the API was read for a request that is not a create")
+	}
+}
+
+func TestChecker(t *testing.T) {
+	named := func(name string) admission.Request {
+		return createReq(`{"metadata":{"name":"` + name + `"},"spec":{"signalFingerprint":"` + fp + `"}}`)
+	}
+	if resp := (Checker{}).Handle(context.Background(), named(Name(fp, 3))); !resp.Allowed {
+		t.Fatalf("scheme name denied: %+v", resp.Result)
+	}
+	for _, name := range []string{"rr-3f79bb7b435b-1a2b3c4d", Name(otherFP, 1), "", Name(fp, 1) + "x"} {
+		resp := (Checker{}).Handle(context.Background(), named(name))
+		if resp.Allowed || resp.Result.Code != 422 || resp.Result.Details.Causes[0].Field != "metadata.name" {
+			t.Errorf("name %q: %+v", name, resp.Result)
+		}
+	}
+}

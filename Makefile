@@ -46,11 +46,13 @@ test: testbin lint ## Every test: static checks, unit tests, integration tests o
 
 .PHONY: run
 run: testbin ## Local control plane + CRD + webhooks + rrguard in the foreground (Ctrl-C stops all).
-	go run ./cmd/rrguard-local
+	go build -o bin/rrguard-local ./cmd/rrguard-local
+	bin/rrguard-local
 
 .PHONY: demo
 demo: testbin ## `make run`, then the GW-DEDUP-002 storm (5, then 100 simultaneous creates), then exit.
-	go run ./cmd/rrguard-local --demo
+	go build -o bin/rrguard-local ./cmd/rrguard-local
+	bin/rrguard-local --demo
 
 .PHONY: build
 build: ## Build bin/rrguard.

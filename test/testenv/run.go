@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,8 +42,11 @@ func Main(m *testing.M, o Options, env **Env) int {
 
 // ServeRRGuard runs an rrguard replica in-process at the address the installed webhook
 // configurations name, and returns once it answers TLS. stop ends it and waits until it has.
-func (e *Env) ServeRRGuard(ctx context.Context) (stop func() error, err error) {
+func (e *Env) ServeRRGuard(ctx context.Context, adjust ...func(*serve.Options)) (stop func() error, err error) {
 	o := e.ServeOptions()
+	for _, f := range adjust {
+		f(&o)
+	}
 	r, err := serve.New(e.Config, o)
 	if err != nil {
 		return nil, err
@@ -50,7 +54,14 @@ func (e *Env) ServeRRGuard(ctx context.Context) (stop func() error, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
-	stop = func() error { cancel(); return <-done }
+	var once sync.Once
+	var stopErr error
+	stop = func() error {
+		once.Do(func() { cancel(); stopErr = <-done })
+		return stopErr
+	}
+	// Stop ends every replica before the control plane and the serving certificates go away.
+	e.replicas = append(e.replicas, stop)
 	addr := net.JoinHostPort(o.Host, strconv.Itoa(o.Port))
 	deadline := time.Now().Add(30 * time.Second)
 	for {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -17,6 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"github.com/rrguard/rrguard/certs"
 	"github.com/rrguard/rrguard/webhook/serve"
 )
 
@@ -32,6 +34,11 @@ type Options struct {
 	Webhooks bool
 	// ExtraCRDs are more CRD files or folders to install (cert-manager's, say).
 	ExtraCRDs []string
+	// Serving, when set, is the TLS material the webhooks are served with and trusted by; by
+	// default envtest makes its own.
+	Serving *certs.Bundle
+	// WebhookPort fixes the local webhook port; by default a free one is picked.
+	WebhookPort int
 }
 
 // Env is a running control plane.
@@ -41,6 +48,8 @@ type Env struct {
 	Root   string // the checkout's root folder
 	env    *envtest.Environment
 	reaper *reaper
+	// replicas stop the rrguard replicas ServeRRGuard started.
+	replicas []func() error
 }
 
 // BinDir is where `make testbin` puts kube-apiserver and etcd: $RRGUARD_TESTBIN, else a per-user
@@ -99,8 +108,11 @@ func Start(o Options) (*Env, error) {
 	}
 	if o.Webhooks {
 		env.WebhookInstallOptions = envtest.WebhookInstallOptions{
-			Paths: []string{filepath.Join(root, "config", "webhook")},
+			Paths:            []string{filepath.Join(root, "config", "webhook")},
+			LocalServingHost: "127.0.0.1",
+			LocalServingPort: o.WebhookPort,
 		}
+
 	}
 	// Keep the reaper ahead of the processes it guards: it learns their PIDs after they start.
 	rp, err := startReaper()
@@ -126,11 +138,21 @@ func Start(o Options) (*Env, error) {
 		rp.stop()
 		return nil, err
 	}
-	return &Env{Config: cfg, Client: c, Root: root, env: env, reaper: rp}, nil
+	e := &Env{Config: cfg, Client: c, Root: root, env: env, reaper: rp}
+	if o.Webhooks && o.Serving != nil {
+		if err := e.useServing(context.Background(), o.Serving); err != nil {
+			_ = e.Stop()
+			return nil, err
+		}
+	}
+	return e, nil
 }
 
 // Stop stops the control plane and removes its data.
 func (e *Env) Stop() error {
+	for _, stop := range e.replicas {
+		_ = stop()
+	}
 	err := e.env.Stop()
 	e.reaper.stop()
 	return err
@@ -156,4 +178,36 @@ func (e *Env) Namespace(ctx context.Context, prefix string) (string, error) {
 		return "", err
 	}
 	return ns.Name, nil
+}
+
+// useServing re-points the installed webhook configurations at the given TLS material (envtest
+// always installs them with a CA of its own first).
+func (e *Env) useServing(ctx context.Context, b *certs.Bundle) error {
+	w := &e.env.WebhookInstallOptions
+	_ = os.RemoveAll(w.LocalServingCertDir)
+	w.LocalServingCertDir, w.LocalServingCAData = b.Dir, b.CAPEM
+	if err := w.ModifyWebhookDefinitions(); err != nil {
+		return err
+	}
+	for _, want := range w.MutatingWebhooks {
+		var got admissionregistrationv1.MutatingWebhookConfiguration
+		if err := e.Client.Get(ctx, client.ObjectKeyFromObject(want), &got); err != nil {
+			return err
+		}
+		got.Webhooks = want.Webhooks
+		if err := e.Client.Update(ctx, &got); err != nil {
+			return err
+		}
+	}
+	for _, want := range w.ValidatingWebhooks {
+		var got admissionregistrationv1.ValidatingWebhookConfiguration
+		if err := e.Client.Get(ctx, client.ObjectKeyFromObject(want), &got); err != nil {
+			return err
+		}
+		got.Webhooks = want.Webhooks
+		if err := e.Client.Update(ctx, &got); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -324,7 +324,6 @@ func withoutWebhooks(ctx context.Context, t *testing.T, fn func()) {
 	fn()
 }
 
-
 func TestLegacyInFlightRefuses(t *testing.T) {
 	ctx, ns := setup(t)
 	fp := testenv.Fingerprint(ns + "/legacy")

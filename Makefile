@@ -57,3 +57,14 @@ demo: testbin ## `make run`, then the GW-DEDUP-002 storm (5, then 100 simultaneo
 .PHONY: build
 build: ## Build bin/rrguard.
 	CGO_ENABLED=0 go build -trimpath -o bin/rrguard ./cmd/rrguard
+
+.PHONY: deploy
+deploy: ## Deploy config/default to the current kubectl context with image IMG (needs cert-manager).
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; cp -r config $$tmp/; \
+	  (cd $$tmp/config/manager && kubectl kustomize . >/dev/null && \
+	   sed -i "s|newName: rrguard|newName: $${IMG%:*}|; s|newTag: dev|newTag: $${IMG##*:}|" kustomization.yaml); \
+	  kubectl apply --server-side -k $$tmp/config/default
+
+.PHONY: undeploy
+undeploy: ## Remove what `make deploy` installed.
+	kubectl delete --ignore-not-found -k config/default

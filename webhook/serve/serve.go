@@ -56,7 +56,9 @@ type Replica struct {
 
 // New builds a replica against the API server of cfg.
 func New(cfg *rest.Config, o Options) (*Replica, error) {
+	cert := newServingCert(o.CertDir)
 	tlsOpts := []func(*tls.Config){func(c *tls.Config) {
+		c.GetCertificate = cert.GetCertificate
 		c.MinVersion = tls.VersionTLS12
 		// HTTP/2 stays off: rapid-reset class attacks; the API server speaks HTTP/1.1 to webhooks.
 		c.NextProtos = []string{"http/1.1"}
@@ -85,7 +87,13 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	}})
 	server.Register(webhook.CheckPath, &crwebhook.Admission{Handler: webhook.Checker{}})
 
+	if err := mgr.Add(cert); err != nil {
+		return nil, err
+	}
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return nil, err
+	}
+	if err := mgr.AddReadyzCheck("serving-cert", cert.Loaded); err != nil {
 		return nil, err
 	}
 	if err := mgr.AddReadyzCheck("webhook-tls", server.StartedChecker()); err != nil {

@@ -23,7 +23,12 @@ import (
 //	func TestMain(m *testing.M) { os.Exit(testenv.Main(m, testenv.Options{}, &env)) }
 func Main(m *testing.M, o Options, env **Env) int {
 	// Errors only: a passing run stays quiet, a failing one says what rrguard saw.
-	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.ErrorLevel)))
+	// RRGUARD_TEST_LOG=debug shows everything.
+	level := zapcore.ErrorLevel
+	if os.Getenv("RRGUARD_TEST_LOG") == "debug" {
+		level = zapcore.Level(-10)
+	}
+	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(level)))
 	e, err := Start(o)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "testenv:", err)
@@ -61,7 +66,7 @@ func (e *Env) ServeRRGuard(ctx context.Context, adjust ...func(*serve.Options)) 
 		return stopErr
 	}
 	// Stop ends every replica before the control plane and the serving certificates go away.
-	e.replicas = append(e.replicas, stop)
+	e.OnStop(stop)
 	addr := net.JoinHostPort(o.Host, strconv.Itoa(o.Port))
 	deadline := time.Now().Add(30 * time.Second)
 	for {

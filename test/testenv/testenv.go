@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -39,6 +40,8 @@ type Options struct {
 	Serving *certs.Bundle
 	// WebhookPort fixes the local webhook port; by default a free one is picked.
 	WebhookPort int
+	// AddToScheme registers more types with Env.Client (cert-manager's, say).
+	AddToScheme []func(*runtime.Scheme) error
 }
 
 // Env is a running control plane.
@@ -48,8 +51,8 @@ type Env struct {
 	Root   string // the checkout's root folder
 	env    *envtest.Environment
 	reaper *reaper
-	// replicas stop the rrguard replicas ServeRRGuard started.
-	replicas []func() error
+	// onStop run before the control plane stops: rrguard replicas, controllers of a test.
+	onStop []func() error
 }
 
 // BinDir is where `make testbin` puts kube-apiserver and etcd: $RRGUARD_TESTBIN, else a per-user
@@ -129,8 +132,12 @@ func Start(o Options) (*Env, error) {
 	// Tests and benchmarks drive hundreds of concurrent requests: no client-side throttling.
 	cfg.QPS, cfg.Burst = -1, -1
 	scheme := serve.Scheme()
-	if err := apiextensionsv1.AddToScheme(scheme); err != nil {
-		return nil, err
+	for _, add := range append([]func(*runtime.Scheme) error{apiextensionsv1.AddToScheme}, o.AddToScheme...) {
+		if err := add(scheme); err != nil {
+			_ = env.Stop()
+			rp.stop()
+			return nil, err
+		}
 	}
 	c, err := client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
@@ -150,13 +157,17 @@ func Start(o Options) (*Env, error) {
 
 // Stop stops the control plane and removes its data.
 func (e *Env) Stop() error {
-	for _, stop := range e.replicas {
-		_ = stop()
+	for i := len(e.onStop) - 1; i >= 0; i-- {
+		_ = e.onStop[i]()
 	}
 	err := e.env.Stop()
 	e.reaper.stop()
 	return err
 }
+
+// OnStop registers f to run when Stop is called, before the control plane stops, in reverse
+// order of registration.
+func (e *Env) OnStop(f func() error) { e.onStop = append(e.onStop, f) }
 
 // Environment exposes envtest's Environment (its webhook install options, for instance).
 func (e *Env) Environment() *envtest.Environment { return e.env }

@@ -1,0 +1,453 @@
+// Package tls proves rrguard's TLS with cert-manager's own code: cert-manager's controllers issue
+// the serving certificate from config/certmanager, its cainjector puts the CA into the webhook
+// configurations, and the API server reaches rrguard over TLS verified with that CA, through a
+// forced rotation.
+package tls
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	cmmeta "github.com/cert-manager/cert-manager/pkg/apis/meta/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/rrguard/rrguard/test/cmenv"
+	"github.com/rrguard/rrguard/test/testenv"
+	"github.com/rrguard/rrguard/webhook/serve"
+)
+
+const ns = "rrguard-tls"
+
+var (
+	env        *testenv.Env
+	kubeconfig string
+)
+
+func TestMain(m *testing.M) {
+	crds, err := cmenv.CRDs()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(testenv.Main(m, testenv.Options{
+		Webhooks: true, ExtraCRDs: []string{crds}, AddToScheme: []func(*runtime.Scheme) error{cmapi.AddToScheme},
+	}, &env))
+}
+
+// kubectl runs the real kubectl against the control plane.
+func kubectl(t *testing.T, stdin []byte, args ...string) []byte {
+	t.Helper()
+	cmd := exec.Command("kubectl", append([]string{"--kubeconfig", kubeconfig}, args...)...)
+	cmd.Stdin = bytes.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl %v: %v\n%s", args, err, out)
+	}
+	return out
+}
+
+func eventually(t *testing.T, what string, limit time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %v", what, limit, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// mountSecret copies a Secret into dir the way the kubelet projects a Secret volume: the files
+// are symlinks into a timestamped folder, switched atomically through "..data". It follows the
+// Secret until ctx ends.
+func mountSecret(ctx context.Context, t *testing.T, name, dir string) {
+	t.Helper()
+	var lastRV string
+	sync := func() error {
+		var s corev1.Secret
+		if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &s); err != nil {
+			return err
+		}
+		if s.ResourceVersion == lastRV || len(s.Data["tls.crt"]) == 0 {
+			return nil
+		}
+		ts := filepath.Join(dir, "..rv-"+s.ResourceVersion)
+		if err := os.MkdirAll(ts, 0o700); err != nil {
+			return err
+		}
+		for k, v := range s.Data {
+			if err := os.WriteFile(filepath.Join(ts, k), v, 0o600); err != nil {
+				return err
+			}
+		}
+		tmp := filepath.Join(dir, "..data_tmp")
+		_ = os.Remove(tmp)
+		if err := os.Symlink(filepath.Base(ts), tmp); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+			return err
+		}
+		for k := range s.Data {
+			link := filepath.Join(dir, k)
+			if _, err := os.Lstat(link); err != nil {
+				if err := os.Symlink(filepath.Join("..data", k), link); err != nil {
+					return err
+				}
+			}
+		}
+		lastRV = s.ResourceVersion
+		return nil
+	}
+	eventually(t, "Secret "+name+" issued and mounted", 60*time.Second, func() error {
+		if err := sync(); err != nil {
+			return err
+		}
+		if lastRV == "" {
+			return fmt.Errorf("Secret has no tls.crt yet")
+		}
+		return nil
+	})
+	go func() {
+		for ctx.Err() == nil {
+			_ = sync()
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
+}
+
+// servedCert returns the leaf certificate rrguard presents.
+func servedCert(addr string) (*x509.Certificate, error) {
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // inspecting, not trusting
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0], nil
+}
+
+type stack struct {
+	addr  string
+	caPEM []byte
+}
+
+var (
+	once     sync.Once
+	shared   stack
+	setupErr error
+)
+
+// setup brings up, once per package: cert-manager, config/certmanager applied with kubectl, the
+// CA injected into rrguard's webhook configurations, and rrguard serving the issued Secret.
+func setup(t *testing.T) stack {
+	t.Helper()
+	once.Do(func() {
+		setupErr = fmt.Errorf("set-up failed in an earlier test")
+		setupErr = bringUp(t)
+	})
+	if setupErr != nil {
+		t.Fatal(setupErr)
+	}
+	return shared
+}
+
+func bringUp(t *testing.T) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	kubeconfig = filepath.Join(os.TempDir(), fmt.Sprintf("rrguard-tls-%d.kubeconfig", os.Getpid()))
+	if err := env.WriteKubeconfig(kubeconfig); err != nil {
+		cancel()
+		return err
+	}
+	stopCM, err := cmenv.Start(ctx, env, kubeconfig)
+	if err != nil {
+		cancel()
+		return err
+	}
+	env.OnStop(func() error {
+		cancel()
+		stopCM()
+		_ = os.Remove(kubeconfig)
+		return nil
+	})
+	if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		cancel()
+		return err
+	}
+	// Point the webhook configurations that envtest installed (local URL, envtest's own CA) at
+	// cert-manager's CA, as config/default's annotation does in a cluster, before the Secret exists.
+	for _, obj := range []client.Object{&admissionregistrationv1.MutatingWebhookConfiguration{}, &admissionregistrationv1.ValidatingWebhookConfiguration{}} {
+		name := "rrguard-mutating-webhook-configuration"
+		if _, ok := obj.(*admissionregistrationv1.ValidatingWebhookConfiguration); ok {
+			name = "rrguard-validating-webhook-configuration"
+		}
+		patch := []byte(`{"metadata":{"annotations":{"cert-manager.io/inject-ca-from":"` + ns + `/serving-cert"}}}`)
+		obj.SetName(name)
+		if err := env.Client.Patch(ctx, obj, client.RawPatch(types.MergePatchType, patch)); err != nil {
+			cancel()
+			return err
+		}
+	}
+	rendered := kubectl(t, nil, "kustomize", filepath.Join(env.Root, "test/integration/tls/overlay"))
+	kubectl(t, rendered, "apply", "--server-side", "-f", "-")
+
+	certDir, err := os.MkdirTemp("", "rrguard-tls-certs-")
+	if err != nil {
+		cancel()
+		return err
+	}
+	mountSecret(ctx, t, "webhook-server-cert", certDir)
+	var secret corev1.Secret
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "webhook-server-cert"}, &secret); err != nil {
+		cancel()
+		return err
+	}
+	caPEM := secret.Data["ca.crt"]
+	eventually(t, "cainjector injects cert-manager's CA into both webhook configurations", 60*time.Second, func() error {
+		var m admissionregistrationv1.MutatingWebhookConfiguration
+		var v admissionregistrationv1.ValidatingWebhookConfiguration
+		if err := env.Client.Get(ctx, types.NamespacedName{Name: "rrguard-mutating-webhook-configuration"}, &m); err != nil {
+			return err
+		}
+		if err := env.Client.Get(ctx, types.NamespacedName{Name: "rrguard-validating-webhook-configuration"}, &v); err != nil {
+			return err
+		}
+		// cainjector merges a new CA into the bundle (feature CAInjectorMerging) rather than
+		// replacing it, so that a CA rotation never leaves a window without trust.
+		if !bytes.Contains(m.Webhooks[0].ClientConfig.CABundle, caPEM) || !bytes.Contains(v.Webhooks[0].ClientConfig.CABundle, caPEM) {
+			return fmt.Errorf("caBundle does not hold the CA of the serving certificate yet")
+		}
+		return nil
+	})
+
+	if _, err := env.ServeRRGuard(ctx, func(o *serve.Options) { o.CertDir = certDir }); err != nil {
+		cancel()
+		return err
+	}
+	o := env.ServeOptions()
+	env.OnStop(func() error { return os.RemoveAll(certDir) })
+	shared = stack{addr: net.JoinHostPort(o.Host, strconv.Itoa(o.Port)), caPEM: caPEM}
+	return nil
+}
+
+func newNamespace(ctx context.Context, t *testing.T) string {
+	t.Helper()
+	n, err := env.Namespace(ctx, "tls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// The API server reaches rrguard over TLS that it verifies with the CA cainjector injected: the
+// certificate rrguard serves must chain to it, and GW-DEDUP-002 must pass on that path.
+func TestCertManagerTLSPath(t *testing.T) {
+	s := setup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	leaf, err := servedCert(s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(s.caPEM)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool}); err != nil {
+		t.Fatalf("served certificate does not chain to cert-manager's CA: %v", err)
+	}
+	if leaf.IsCA || leaf.Issuer.CommonName != "rrguard-webhook-ca" {
+		t.Fatalf("served certificate is not a leaf issued by the CA Issuer: issuer %q, isCA %v", leaf.Issuer.CommonName, leaf.IsCA)
+	}
+
+	n := newNamespace(ctx, t)
+	fp := testenv.Fingerprint(n + "/tls")
+	// The API server learns the injected caBundle through its own informer, a moment after.
+	var out []testenv.Outcome
+	eventually(t, "a create through the cert-manager TLS path", 30*time.Second, func() error {
+		out = testenv.Storm(ctx, env.Client, n, []string{fp}, 5)
+		for _, o := range out {
+			if o.Err != nil {
+				return o.Err
+			}
+		}
+		return nil
+	})
+	stored, dups := 0, 0
+	for _, o := range out {
+		if o.Stored != "" {
+			stored++
+		} else if o.DuplicateOf != "" {
+			dups++
+		}
+	}
+	if stored != 1 || dups != 4 {
+		t.Fatalf("GW-DEDUP-002 over cert-manager TLS: %d stored, %d refused; want 1 and 4", stored, dups)
+	}
+}
+
+// A forced re-issue (what `cmctl renew` does: the Issuing condition) rotates the serving key pair
+// under a running stream of creates: rrguard must serve the new pair without a restart, and not one
+// admission request may fail.
+func TestRotationUnderLoad(t *testing.T) {
+	s := setup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	n := newNamespace(ctx, t)
+
+	before, err := servedCert(s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var sent, failed atomic.Int64
+	var firstErr atomic.Value
+	streamCtx, stopStream := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; streamCtx.Err() == nil; i++ {
+				err := env.Client.Create(ctx, testenv.NewRR(n, testenv.Fingerprint(fmt.Sprintf("%s/%d/%d", n, w, i))))
+				sent.Add(1)
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+				}
+			}
+		}()
+	}
+
+	time.Sleep(time.Second)
+	var cert cmapi.Certificate
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "serving-cert"}, &cert); err != nil {
+		t.Fatal(err)
+	}
+	cert.Status.Conditions = append(cert.Status.Conditions, cmapi.CertificateCondition{
+		Type: cmapi.CertificateConditionIssuing, Status: cmmeta.ConditionTrue,
+		Reason: "ManuallyTriggered", Message: "rotation test", LastTransitionTime: &metav1.Time{Time: time.Now()},
+	})
+	if err := env.Client.Status().Update(ctx, &cert); err != nil {
+		t.Fatalf("trigger re-issue: %v", err)
+	}
+
+	var after *x509.Certificate
+	eventually(t, "rrguard serves the re-issued key pair", 60*time.Second, func() error {
+		c, err := servedCert(s.addr)
+		if err != nil {
+			return err
+		}
+		if c.SerialNumber.Cmp(before.SerialNumber) == 0 {
+			return fmt.Errorf("still serving serial %s", before.SerialNumber)
+		}
+		after = c
+		return nil
+	})
+	time.Sleep(time.Second) // creates keep flowing on the new pair
+	stopStream()
+	wg.Wait()
+
+	if bytes.Equal(after.RawSubjectPublicKeyInfo, before.RawSubjectPublicKeyInfo) {
+		t.Error("the re-issued certificate kept the old key (rotationPolicy Always)")
+	}
+	t.Logf("%d creates during rotation, serial %s -> %s", sent.Load(), before.SerialNumber, after.SerialNumber)
+	if failed.Load() != 0 {
+		t.Fatalf("%d of %d creates failed during rotation; first: %v", failed.Load(), sent.Load(), firstErr.Load())
+	}
+	if sent.Load() < 20 {
+		t.Fatalf("only %d creates ran during rotation: the stream did not cover it", sent.Load())
+	}
+}
+
+// Until a serving certificate is loaded, /readyz fails, so no Service routes the API server to the
+// replica; it turns ready once the files appear, without a restart.
+func TestNotReadyWithoutServingCert(t *testing.T) {
+	s := setup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	probe := freeAddr(t)
+	dir := t.TempDir()
+	r, err := serve.New(env.Config, serve.Options{Host: "127.0.0.1", Port: freePort(t), CertDir: dir, MetricsAddr: "0", ProbeAddr: probe})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	rctx, stop := context.WithCancel(ctx)
+	go func() { done <- r.Run(rctx) }()
+	defer func() { stop(); <-done }()
+
+	readyz := func() (int, string, error) {
+		resp, err := http.Get("http://" + probe + "/readyz?verbose")
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		var b bytes.Buffer
+		_, _ = b.ReadFrom(resp.Body)
+		return resp.StatusCode, b.String(), nil
+	}
+	eventually(t, "probe server up", 30*time.Second, func() error { _, _, err := readyz(); return err })
+	for range 5 {
+		code, body, err := readyz()
+		if err != nil || code == http.StatusOK {
+			t.Fatalf("readyz without a certificate: %d %v\n%s", code, err, body)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	var secret corev1.Secret
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "webhook-server-cert"}, &secret); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"tls.crt", "tls.key"} {
+		if err := os.WriteFile(filepath.Join(dir, f), secret.Data[f], 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "readyz once the certificate is there", 30*time.Second, func() error {
+		code, body, err := readyz()
+		if err != nil {
+			return err
+		}
+		if code != http.StatusOK {
+			return fmt.Errorf("%d: %s", code, body)
+		}
+		return nil
+	})
+	_ = s
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func freeAddr(t *testing.T) string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/test/testenv"
 	"github.com/rrguard/rrguard/webhook"
+	"github.com/rrguard/rrguard/webhook/serve"
 )
 
 var (
@@ -386,4 +387,30 @@ func TestRRGuardDownFailsClosed(t *testing.T) {
 	if err := env.Client.Create(ctx, testenv.NewRR(ns, testenv.Fingerprint(ns+"/down"))); err != nil {
 		t.Fatalf("create after rrguard is back: %v", err)
 	}
+}
+
+// The post-install check (`rrguard check`) sees rrguard answer through the API server, stores
+// nothing, and says so clearly when the webhooks are not installed.
+func TestInstallCheck(t *testing.T) {
+	ctx, ns := setup(t)
+	name, err := serve.Check(ctx, env.Client, ns)
+	if err != nil || !strings.HasPrefix(name, "rr-") {
+		t.Fatalf("check: %q, %v", name, err)
+	}
+	if n := len(list(ctx, t, ns)); n != 0 {
+		t.Fatalf("the check stored %d RRs", n)
+	}
+	withoutWebhooks(ctx, t, func() {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			_, err := serve.Check(ctx, env.Client, ns)
+			if err != nil && strings.Contains(err.Error(), "without rrguard naming it") {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("check without webhooks: %v", err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
 }

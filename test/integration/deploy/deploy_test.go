@@ -1,0 +1,253 @@
+// Package deploy checks config/default, the install a platform team applies: rendered by
+// kubectl's own kustomize, applied server-side to a real API server that knows cert-manager's and
+// prometheus-operator's CRDs, so every object is validated by a real schema; and held to the
+// production settings the webhook's availability depends on.
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/rrguard/rrguard/test/cmenv"
+	"github.com/rrguard/rrguard/test/testenv"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	cm, err := cmenv.CRDs()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	mon, err := monitoringCRDs()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(mon)
+	return testenv.Main(m, testenv.Options{ExtraCRDs: []string{cm, mon}}, &env)
+}
+
+// monitoringCRDs generates the ServiceMonitor and PrometheusRule CRDs from prometheus-operator's
+// own API types (pinned in test/tools), as prometheus-operator itself does.
+func monitoringCRDs() (string, error) {
+	root, err := testenv.Root()
+	if err != nil {
+		return "", err
+	}
+	dir, err := os.MkdirTemp("", "rrguard-monitoring-crds-")
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.Command("go", "tool", "controller-gen", "crd:maxDescLen=0",
+		"paths=github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1", "output:crd:dir="+dir)
+	cmd.Dir = filepath.Join(root, "test", "tools")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("generating monitoring CRDs: %v\n%s", err, out)
+	}
+	for _, keep := range []string{"servicemonitors", "prometheusrules"} {
+		if _, err := os.Stat(filepath.Join(dir, "monitoring.coreos.com_"+keep+".yaml")); err != nil {
+			return "", err
+		}
+	}
+	return dir, nil
+}
+
+func render(t *testing.T, dir string) []byte {
+	t.Helper()
+	out, err := exec.Command("kubectl", "kustomize", filepath.Join(env.Root, dir)).Output()
+	if err != nil {
+		t.Fatalf("kubectl kustomize %s: %v", dir, err)
+	}
+	return out
+}
+
+func objects(t *testing.T, rendered []byte) []*unstructured.Unstructured {
+	t.Helper()
+	var objs []*unstructured.Unstructured
+	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(rendered), 4096)
+	for {
+		u := &unstructured.Unstructured{}
+		if err := dec.Decode(&u.Object); err != nil {
+			break
+		}
+		if len(u.Object) > 0 {
+			objs = append(objs, u)
+		}
+	}
+	return objs
+}
+
+func TestDefaultAppliesServerSide(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := env.WriteKubeconfig(kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	rendered := render(t, "config/default")
+	cmd := exec.CommandContext(ctx, "kubectl", "--kubeconfig", kubeconfig, "apply", "--server-side", "--field-manager=rrguard-install", "-f", "-")
+	cmd.Stdin = bytes.NewReader(rendered)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("server-side apply of config/default: %v\n%s", err, out)
+	}
+	objs := objects(t, rendered)
+	if len(objs) < 15 {
+		t.Fatalf("config/default rendered only %d objects", len(objs))
+	}
+	kinds := map[string]bool{}
+	for _, o := range objs {
+		got := &unstructured.Unstructured{}
+		got.SetGroupVersionKind(o.GroupVersionKind())
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(o), got); err != nil {
+			t.Errorf("%s %s not stored: %v", o.GetKind(), o.GetName(), err)
+		}
+		kinds[o.GetKind()] = true
+	}
+	for _, k := range []string{"Deployment", "PodDisruptionBudget", "Service", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+		"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "Issuer", "Certificate", "ServiceMonitor",
+		"PrometheusRule", "NetworkPolicy"} {
+		if !kinds[k] {
+			t.Errorf("config/default has no %s", k)
+		}
+	}
+}
+
+// decodeAs decodes the rendered object of the given kind whose name ends in nameSuffix.
+func decodeAs(t *testing.T, objs []*unstructured.Unstructured, kind, nameSuffix string, out any) {
+	t.Helper()
+	for _, o := range objs {
+		if o.GetKind() == kind && strings.HasSuffix(o.GetName(), nameSuffix) {
+			b, err := o.MarshalJSON()
+			if err == nil {
+				err = json.Unmarshal(b, out)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+	}
+	t.Fatalf("config/default has no %s named *%s", kind, nameSuffix)
+}
+
+// The settings rrguard's availability and safety rest on, as rendered for a cluster.
+func TestDefaultProductionSettings(t *testing.T) {
+	objs := objects(t, render(t, "config/default"))
+
+	var mut admissionregistrationv1.MutatingWebhookConfiguration
+	var val admissionregistrationv1.ValidatingWebhookConfiguration
+	decodeAs(t, objs, "MutatingWebhookConfiguration", "mutating-webhook-configuration", &mut)
+	decodeAs(t, objs, "ValidatingWebhookConfiguration", "validating-webhook-configuration", &val)
+	var svc corev1.Service
+	decodeAs(t, objs, "Service", "webhook-service", &svc)
+	check := func(name string, annotations map[string]string, failure *admissionregistrationv1.FailurePolicyType,
+		timeout *int32, side *admissionregistrationv1.SideEffectClass, match *admissionregistrationv1.MatchPolicyType,
+		versions []string, rules []admissionregistrationv1.RuleWithOperations, cc admissionregistrationv1.WebhookClientConfig) {
+		t.Helper()
+		if annotations["cert-manager.io/inject-ca-from"] != "rrguard-system/rrguard-serving-cert" {
+			t.Errorf("%s: inject-ca-from = %q", name, annotations["cert-manager.io/inject-ca-from"])
+		}
+		if failure == nil || *failure != admissionregistrationv1.Fail {
+			t.Errorf("%s: failurePolicy must be Fail", name)
+		}
+		if timeout == nil || *timeout > 5 {
+			t.Errorf("%s: timeoutSeconds must be at most 5", name)
+		}
+		if side == nil || *side != admissionregistrationv1.SideEffectClassNone {
+			t.Errorf("%s: sideEffects must be None", name)
+		}
+		if match == nil || *match != admissionregistrationv1.Equivalent {
+			t.Errorf("%s: matchPolicy must be Equivalent", name)
+		}
+		if len(versions) != 1 || versions[0] != "v1" {
+			t.Errorf("%s: admissionReviewVersions = %v", name, versions)
+		}
+		if len(rules) != 1 || len(rules[0].Operations) != 1 || rules[0].Operations[0] != admissionregistrationv1.Create ||
+			len(rules[0].Resources) != 1 || rules[0].Resources[0] != "remediationrequests" ||
+			len(rules[0].APIGroups) != 1 || rules[0].APIGroups[0] != "kubernaut.ai" {
+			t.Errorf("%s: rules must be CREATE of kubernaut.ai remediationrequests only: %+v", name, rules)
+		}
+		if cc.Service == nil || cc.Service.Name != svc.Name || cc.Service.Namespace != svc.Namespace {
+			t.Errorf("%s: clientConfig does not name the webhook Service %s/%s", name, svc.Namespace, svc.Name)
+		}
+	}
+	for _, w := range mut.Webhooks {
+		check(w.Name, mut.Annotations, w.FailurePolicy, w.TimeoutSeconds, w.SideEffects, w.MatchPolicy, w.AdmissionReviewVersions, w.Rules, w.ClientConfig)
+	}
+	for _, w := range val.Webhooks {
+		check(w.Name, val.Annotations, w.FailurePolicy, w.TimeoutSeconds, w.SideEffects, w.MatchPolicy, w.AdmissionReviewVersions, w.Rules, w.ClientConfig)
+	}
+
+	var dep appsv1.Deployment
+	decodeAs(t, objs, "Deployment", "controller-manager", &dep)
+	if dep.Spec.Replicas == nil || *dep.Spec.Replicas != 3 {
+		t.Errorf("replicas = %v, want 3", dep.Spec.Replicas)
+	}
+	pod := dep.Spec.Template.Spec
+	if len(pod.TopologySpreadConstraints) == 0 || pod.TopologySpreadConstraints[0].TopologyKey != "kubernetes.io/hostname" {
+		t.Error("no topology spread across nodes")
+	}
+	if psc := pod.SecurityContext; psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot ||
+		psc.SeccompProfile == nil || psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Error("pod must run as non-root with seccomp RuntimeDefault")
+	}
+	c := pod.Containers[0]
+	if sc := c.SecurityContext; sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem ||
+		sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation || sc.Capabilities == nil ||
+		len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" {
+		t.Error("container must have a read-only root, no privilege escalation, and drop ALL capabilities")
+	}
+	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" ||
+		c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != "/healthz" {
+		t.Error("readiness /readyz and liveness /healthz probes required")
+	}
+	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
+		t.Error("resource requests and limits required")
+	}
+	if !strings.Contains(strings.Join(c.Args, " "), "--shutdown-delay=") {
+		t.Error("no shutdown delay")
+	}
+	var pdb policyv1.PodDisruptionBudget
+	decodeAs(t, objs, "PodDisruptionBudget", "controller-manager", &pdb)
+	if pdb.Spec.MinAvailable == nil || pdb.Spec.MinAvailable.IntValue() != 2 {
+		t.Errorf("PDB minAvailable = %v, want 2", pdb.Spec.MinAvailable)
+	}
+
+	var role rbacv1.ClusterRole
+	decodeAs(t, objs, "ClusterRole", "manager-role", &role)
+	for _, r := range role.Rules {
+		for _, res := range r.Resources {
+			if res == "secrets" || res == "*" {
+				t.Errorf("RBAC grants %v on %s", r.Verbs, res)
+			}
+		}
+		for _, v := range r.Verbs {
+			if v != "get" && v != "list" && v != "watch" {
+				t.Errorf("RBAC grants %s: rrguard writes nothing", v)
+			}
+		}
+	}
+}

@@ -54,6 +54,10 @@ demo: testbin ## `make run`, then the GW-DEDUP-002 storm (5, then 100 simultaneo
 	go build -o bin/rrguard-local ./cmd/rrguard-local
 	bin/rrguard-local --demo
 
+.PHONY: bench
+bench: testbin ## Benchmarks on a real control plane; writes bin/bench/results.json and docs/benchmarks.md.
+	go run ./test/bench $(BENCH_FLAGS)
+
 .PHONY: build
 build: ## Build bin/rrguard.
 	CGO_ENABLED=0 go build -trimpath -o bin/rrguard ./cmd/rrguard

@@ -170,3 +170,17 @@ func TestOccurrenceExhausted(t *testing.T) {
 		t.Fatalf("got %v, want Invalid", err)
 	}
 }
+
+func BenchmarkDecide(b *testing.B) {
+	existing := []v1alpha1.RemediationRequest{
+		rr(Name(fp, 1), phase(v1alpha1.PhaseCompleted)), rr(Name(fp, 2), phase(v1alpha1.PhaseFailed)),
+		rr(Name(fp, 3), phase(v1alpha1.PhaseCompleted), nextAllowed(-time.Hour)),
+	}
+	newRR := rr("")
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Decide(&newRR, existing, now); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.uber.org/zap/zapcore"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
@@ -48,11 +49,17 @@ func Main(m *testing.M, o Options, env **Env) int {
 // ServeRRGuard runs an rrguard replica in-process at the address the installed webhook
 // configurations name, and returns once it answers TLS. stop ends it and waits until it has.
 func (e *Env) ServeRRGuard(ctx context.Context, adjust ...func(*serve.Options)) (stop func() error, err error) {
+	return e.ServeRRGuardWith(ctx, e.Config, adjust...)
+}
+
+// ServeRRGuardWith is ServeRRGuard with rrguard's own client configuration (to count its
+// requests, say).
+func (e *Env) ServeRRGuardWith(ctx context.Context, cfg *rest.Config, adjust ...func(*serve.Options)) (stop func() error, err error) {
 	o := e.ServeOptions()
 	for _, f := range adjust {
 		f(&o)
 	}
-	r, err := serve.New(e.Config, o)
+	r, err := serve.New(cfg, o)
 	if err != nil {
 		return nil, err
 	}

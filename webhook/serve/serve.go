@@ -14,6 +14,8 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -30,6 +32,10 @@ type Options struct {
 	CertDir     string // holds tls.crt and tls.key; reloaded when they change
 	MetricsAddr string // "0" disables the metrics server
 	ProbeAddr   string // "0" disables /healthz and /readyz
+	// ConsistentListOnly decides every create from a consistent List of the fingerprint's RRs,
+	// with no cache: cost grows with the RRs in the namespace. Off, an informer cache finds the
+	// candidates and one consistent GET confirms them.
+	ConsistentListOnly bool
 	// ShutdownDelay keeps serving after a stop is asked for, while /readyz already fails, so that
 	// endpoints drop the pod before it stops answering the API server.
 	ShutdownDelay time.Duration
@@ -67,7 +73,10 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		Host: o.Host, Port: o.Port, CertDir: o.CertDir, TLSOpts: tlsOpts,
 	})
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 Scheme(),
+		Scheme: Scheme(),
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&v1alpha1.RemediationRequest{}: {Transform: webhook.SlimForCache},
+		}},
 		WebhookServer:          server,
 		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
 		HealthProbeBindAddress: o.ProbeAddr,
@@ -82,9 +91,21 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	// The manager runs its webhook server only once it has been asked for it.
 	server = mgr.GetWebhookServer()
 
-	server.Register(webhook.NamePath, &crwebhook.Admission{Handler: &webhook.Namer{
-		Lister: webhook.APILister{Reader: mgr.GetAPIReader()},
-	}})
+	var lister webhook.Lister = webhook.APILister{Reader: mgr.GetAPIReader()}
+	if !o.ConsistentListOnly {
+		ctx := context.Background()
+		if err := mgr.GetFieldIndexer().IndexField(ctx, &v1alpha1.RemediationRequest{}, webhook.FingerprintField, webhook.IndexFingerprint); err != nil {
+			return nil, err
+		}
+		// Registered now, started with the manager; until it has synced, decisions use
+		// consistent Lists.
+		inf, err := mgr.GetCache().GetInformer(ctx, &v1alpha1.RemediationRequest{}, cache.BlockUntilSynced(false))
+		if err != nil {
+			return nil, err
+		}
+		lister = webhook.CachedLister{Cache: mgr.GetClient(), API: mgr.GetAPIReader(), Synced: inf.HasSynced}
+	}
+	server.Register(webhook.NamePath, &crwebhook.Admission{Handler: &webhook.Namer{Lister: lister}})
 	server.Register(webhook.CheckPath, &crwebhook.Admission{Handler: webhook.Checker{}})
 
 	if err := mgr.Add(cert); err != nil {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -117,6 +118,15 @@ func Start(o Options) (*Env, error) {
 		}
 
 	}
+	// A fixed folder for the API server's serving certificates lets RestartAPIServer keep them,
+	// and with them every client's trust.
+	certDir, err := os.MkdirTemp("", "rrguard-apiserver-")
+	if err != nil {
+		return nil, err
+	}
+	env.ControlPlane.GetAPIServer().CertDir = certDir
+	// A graceful stop under load drains in-flight requests first; envtest's 20 s is short for it.
+	env.ControlPlaneStopTimeout = 90 * time.Second
 	// Keep the reaper ahead of the processes it guards: it learns their PIDs after they start.
 	rp, err := startReaper()
 	if err != nil {
@@ -146,6 +156,7 @@ func Start(o Options) (*Env, error) {
 		return nil, err
 	}
 	e := &Env{Config: cfg, Client: c, Root: root, env: env, reaper: rp}
+	e.OnStop(func() error { return os.RemoveAll(certDir) })
 	if o.Webhooks && o.Serving != nil {
 		if err := e.useServing(context.Background(), o.Serving); err != nil {
 			_ = e.Stop()
@@ -168,6 +179,20 @@ func (e *Env) Stop() error {
 // OnStop registers f to run when Stop is called, before the control plane stops, in reverse
 // order of registration.
 func (e *Env) OnStop(f func() error) { e.onStop = append(e.onStop, f) }
+
+// RestartAPIServer stops kube-apiserver and starts it again on the same address and certificates;
+// etcd and its data stay.
+func (e *Env) RestartAPIServer() error {
+	api := e.env.ControlPlane.GetAPIServer()
+	if err := api.Stop(); err != nil {
+		return err
+	}
+	if err := api.Start(); err != nil {
+		return err
+	}
+	e.reaper.guardChildren()
+	return nil
+}
 
 // Environment exposes envtest's Environment (its webhook install options, for instance).
 func (e *Env) Environment() *envtest.Environment { return e.env }

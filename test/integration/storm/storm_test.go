@@ -1,0 +1,239 @@
+// Package storm proves that every signal is accounted for: signals sent through package creator
+// end as exactly one RR per fingerprint whose occurrenceCount equals the signals sent for it, also
+// while rrguard replicas die and come back, the API server restarts, or rrguard is too slow.
+package storm
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/creator"
+	"github.com/rrguard/rrguard/test/storm"
+	"github.com/rrguard/rrguard/test/testenv"
+	"github.com/rrguard/rrguard/webhook/serve"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m, testenv.Options{Webhooks: true}, &env)) }
+
+func fingerprints(ns string, n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = testenv.Fingerprint(fmt.Sprintf("%s/%d", ns, i))
+	}
+	return out
+}
+
+// exact asserts one RR per fingerprint, none lost, and occurrenceCount equal to the signals sent
+// for each fingerprint, up to overcount (ambiguous writes) in total.
+func exact(ctx context.Context, t *testing.T, ns string, s storm.Summary, overcount int) {
+	t.Helper()
+	t.Log(s)
+	k, err := storm.Check(ctx, env.Client, ns, s.PerFP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(k)
+	if s.Lost() != 0 || len(s.Errors) != 0 {
+		t.Fatalf("%d signals lost, errors %v", s.Lost(), s.Errors)
+	}
+	if k.Duplicates != 0 || len(k.MissingFP) != 0 || k.RRs != len(s.PerFP) {
+		t.Fatalf("%d RRs for %d fingerprints: %d duplicates, %d fingerprints without RR", k.RRs, len(s.PerFP), k.Duplicates, len(k.MissingFP))
+	}
+	over := 0
+	for fp, sent := range s.PerFP {
+		got := k.CountPerFP[fp]
+		if got < sent {
+			t.Fatalf("fingerprint %s: occurrenceCount %d < %d signals sent: signals lost", fp[:8], got, sent)
+		}
+		over += got - sent
+	}
+	if over > overcount {
+		t.Fatalf("occurrenceCount over-counts by %d, more than the %d ambiguous outcomes", over, overcount)
+	}
+}
+
+func newNS(ctx context.Context, t *testing.T) string {
+	t.Helper()
+	ns, err := env.Namespace(ctx, "storm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
+func TestThousandSignalsExactCounts(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	stop, err := env.ServeRRGuard(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	ns := newNS(ctx, t)
+	s := storm.Run(ctx, env.Client, storm.Options{Namespace: ns, Fingerprints: fingerprints(ns, 50), Signals: 1000, Workers: 64})
+	exact(ctx, t, ns, s, 0)
+	if s.Ambiguous != 0 {
+		t.Fatalf("%d ambiguous outcomes with no fault injected", s.Ambiguous)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// replica runs one rrguard replica on addr; stop kills it.
+func replica(ctx context.Context, t *testing.T, addr string) (stop func() error) {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	stop, err := env.ServeRRGuard(ctx, func(o *serve.Options) { o.Host, o.Port = host, p })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stop
+}
+
+// proxied puts a round-robin proxy on the address the webhook configurations name, in front of
+// two replicas, for the length of a test.
+func proxied(ctx context.Context, t *testing.T) (p *testenv.Proxy, addrs []string, stops []func() error) {
+	t.Helper()
+	o := env.ServeOptions()
+	addrs = []string{freeAddr(t), freeAddr(t)}
+	for _, a := range addrs {
+		stops = append(stops, replica(ctx, t, a))
+	}
+	p, err := testenv.NewProxy(net.JoinHostPort(o.Host, strconv.Itoa(o.Port)), addrs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, addrs, stops
+}
+
+// Two replicas behind a Service; one is killed mid-storm and started again.
+func TestReplicaKilledMidStorm(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	p, addrs, stops := proxied(ctx, t)
+	defer p.Close()
+	defer func() {
+		for _, s := range stops {
+			_ = s()
+		}
+	}()
+	ns := newNS(ctx, t)
+	var s storm.Summary
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s = storm.Run(ctx, env.Client, storm.Options{Namespace: ns, Fingerprints: fingerprints(ns, 50), Signals: 1000, Workers: 64})
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if err := stops[0](); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	stops[0] = replica(ctx, t, addrs[0])
+	wg.Wait()
+	exact(ctx, t, ns, s, s.Ambiguous)
+	if s.Attempts <= s.Sent {
+		t.Logf("no create needed a retry (%d creates for %d signals): the kill did not hit the storm", s.Attempts, s.Sent)
+	}
+}
+
+// rrguard slower than the webhook timeout (5 s): a create fails fast with a clear error and
+// nothing is stored; the helper's retries then land each signal exactly once.
+func TestSlowerThanTimeout(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	p, _, stops := proxied(ctx, t)
+	defer p.Close()
+	defer func() {
+		for _, s := range stops {
+			_ = s()
+		}
+	}()
+	ns := newNS(ctx, t)
+	p.SetDelay(7 * time.Second)
+	fp := testenv.Fingerprint(ns + "/slow")
+	start := time.Now()
+	err := env.Client.Create(ctx, testenv.NewRR(ns, fp))
+	took := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "failed calling webhook") {
+		t.Fatalf("create through a slow rrguard: %v", err)
+	}
+	if took > 6500*time.Millisecond {
+		t.Fatalf("the create took %s: the webhook timeout (5 s) did not cut it short", took)
+	}
+	t.Logf("create failed after %s: %v", took.Round(time.Millisecond), err)
+	var none v1alpha1.RemediationRequestList
+	if err := env.Client.List(ctx, &none, client.InNamespace(ns)); err != nil || len(none.Items) != 0 {
+		t.Fatalf("after the timed-out create: %d RRs stored, %v", len(none.Items), err)
+	}
+	if !creator.Transient(err) {
+		t.Fatalf("a webhook timeout must be retryable: %v", err)
+	}
+
+	// Signals sent while rrguard is slow, which recovers after a few seconds.
+	go func() {
+		time.Sleep(3 * time.Second)
+		p.SetDelay(0)
+	}()
+	s := storm.Run(ctx, env.Client, storm.Options{Namespace: ns, Fingerprints: fingerprints(ns, 5), Signals: 20, Workers: 10,
+		Creator: creator.Options{MaxAttempts: 20, MaxBackoff: time.Second}})
+	exact(ctx, t, ns, s, s.Ambiguous)
+	if s.Attempts <= s.Sent {
+		t.Fatalf("no create was retried (%d creates for %d signals): rrguard was never slow for the storm", s.Attempts, s.Sent)
+	}
+}
+
+// The API server restarted mid-storm, etcd and its data kept: every signal still lands once.
+func TestAPIServerRestartMidStorm(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	stop, err := env.ServeRRGuard(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	ns := newNS(ctx, t)
+	var s storm.Summary
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s = storm.Run(ctx, env.Client, storm.Options{Namespace: ns, Fingerprints: fingerprints(ns, 50), Signals: 1000, Workers: 64,
+			// Like a Gateway, keep retrying for as long as a graceful restart under load takes: the
+			// API server drains in-flight requests for up to a minute before it stops.
+			Creator: creator.Options{MaxAttempts: 400, MaxBackoff: time.Second}})
+	}()
+	time.Sleep(time.Second)
+	start := time.Now()
+	if err := env.RestartAPIServer(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("API server restarted in %s", time.Since(start).Round(time.Millisecond))
+	wg.Wait()
+	exact(ctx, t, ns, s, s.Ambiguous)
+	if s.Attempts <= s.Sent {
+		t.Fatalf("no create needed a retry (%d creates for %d signals): the restart did not hit the storm", s.Attempts, s.Sent)
+	}
+}

@@ -1,0 +1,180 @@
+// Package storm sends signals the way N Gateway replicas would, through package creator, and
+// checks the cluster afterwards: per fingerprint at most one RR in flight, and every signal
+// accounted for in status.deduplication.occurrenceCount.
+package storm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/creator"
+	"github.com/rrguard/rrguard/test/testenv"
+	"github.com/rrguard/rrguard/webhook"
+)
+
+// Options size a storm.
+type Options struct {
+	Namespace    string
+	Fingerprints []string
+	Signals      int // spread round-robin over Fingerprints
+	Workers      int
+	Creator      creator.Options
+	// Progress, when set, is called about every second with the signals landed so far.
+	Progress func(done, total int)
+}
+
+// Summary is what a storm did, as its creators saw it.
+type Summary struct {
+	Sent      int
+	Created   int
+	Repeats   int
+	Ambiguous int
+	Attempts  int
+	Errors    map[string]int // by kind, for signals that did not land
+	PerFP     map[string]int // signals sent per fingerprint
+	Elapsed   time.Duration
+}
+
+// Lost is how many signals landed nowhere.
+func (s Summary) Lost() int { return s.Sent - s.Created - s.Repeats }
+
+// Run sends the signals and waits for all of them.
+func Run(ctx context.Context, c client.Client, o Options) Summary {
+	s := Summary{Sent: o.Signals, Errors: map[string]int{}, PerFP: map[string]int{}}
+	for i := range o.Signals {
+		s.PerFP[o.Fingerprints[i%len(o.Fingerprints)]]++
+	}
+	work := make(chan int)
+	var mu sync.Mutex
+	var done atomic.Int64
+	start := time.Now()
+	stopProgress := make(chan struct{})
+	if o.Progress != nil {
+		go func() {
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-stopProgress:
+					return
+				case <-t.C:
+					o.Progress(int(done.Load()), o.Signals)
+				}
+			}
+		}()
+	}
+	var wg sync.WaitGroup
+	for range o.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				res, err := creator.CreateOrRecord(ctx, c, testenv.NewRR(o.Namespace, o.Fingerprints[i%len(o.Fingerprints)]), o.Creator)
+				done.Add(1)
+				mu.Lock()
+				s.Attempts += res.Attempts
+				if res.Ambiguous {
+					s.Ambiguous++
+				}
+				switch {
+				case err != nil:
+					s.Errors[kind(err)]++
+				case res.New:
+					s.Created++
+				default:
+					s.Repeats++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for i := range o.Signals {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	close(stopProgress)
+	s.Elapsed = time.Since(start)
+	return s
+}
+
+func kind(err error) string {
+	var st apierrors.APIStatus
+	switch {
+	case errors.Is(err, creator.ErrGaveUp):
+		return "gave-up"
+	case errors.As(err, &st):
+		return string(st.Status().Reason)
+	default:
+		return "other"
+	}
+}
+
+// Consistency is the cluster after a storm.
+type Consistency struct {
+	RRs              int
+	InFlightMax      int            // the most RRs of one fingerprint in flight at once
+	Duplicates       int            // RRs beyond one in flight per fingerprint
+	Counted          int            // sum of occurrenceCount
+	CountPerFP       map[string]int // occurrenceCount summed per fingerprint
+	RRsPerFP         map[string]int
+	MissingFP        []string // fingerprints sent that hold no RR
+	NotDeduplicating int      // RRs with no status.deduplication
+}
+
+// Check reads the namespace consistently and accounts for the storm's signals.
+func Check(ctx context.Context, c client.Client, ns string, sent map[string]int) (Consistency, error) {
+	var list v1alpha1.RemediationRequestList
+	if err := c.List(ctx, &list, client.InNamespace(ns)); err != nil {
+		return Consistency{}, err
+	}
+	k := Consistency{RRs: len(list.Items), CountPerFP: map[string]int{}, RRsPerFP: map[string]int{}}
+	inflight := map[string]int{}
+	now := time.Now()
+	for i := range list.Items {
+		rr := &list.Items[i]
+		fp := rr.Spec.SignalFingerprint
+		k.RRsPerFP[fp]++
+		if webhook.InFlight(rr, now) {
+			inflight[fp]++
+		}
+		if d := rr.Status.Deduplication; d != nil {
+			k.CountPerFP[fp] += int(d.OccurrenceCount)
+			k.Counted += int(d.OccurrenceCount)
+		} else {
+			k.NotDeduplicating++
+		}
+	}
+	for _, n := range inflight {
+		k.InFlightMax = max(k.InFlightMax, n)
+		k.Duplicates += n - 1
+	}
+	for fp := range sent {
+		if k.RRsPerFP[fp] == 0 {
+			k.MissingFP = append(k.MissingFP, fp)
+		}
+	}
+	sort.Strings(k.MissingFP)
+	return k, nil
+}
+
+// String is the storm summary a person reads.
+func (s Summary) String() string {
+	return fmt.Sprintf("signals sent %d in %s: RRs created %d, repeats recorded %d, lost %d, ambiguous writes %d, creates sent %d, errors %v",
+		s.Sent, s.Elapsed.Round(time.Millisecond), s.Created, s.Repeats, s.Lost(), s.Ambiguous, s.Attempts, s.Errors)
+}
+
+// String is the consistency check a person reads.
+func (k Consistency) String() string {
+	return fmt.Sprintf("RRs %d, most in flight for one fingerprint %d, duplicates %d, occurrenceCount total %d, fingerprints without RR %d, RRs without count %d",
+		k.RRs, k.InFlightMax, k.Duplicates, k.Counted, len(k.MissingFP), k.NotDeduplicating)
+}

@@ -1,0 +1,87 @@
+package testenv
+
+import (
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Proxy is a round-robin TCP proxy standing in for a Service in front of several rrguard
+// replicas. It can hold every new connection for a while, to make rrguard look slow.
+type Proxy struct {
+	ln       net.Listener
+	backends []string
+	next     atomic.Uint64
+	delay    atomic.Int64 // nanoseconds to hold each chunk from a client before forwarding
+	wg       sync.WaitGroup
+}
+
+// NewProxy listens on addr and forwards each connection to the next backend in turn. A backend
+// that refuses the connection gets the client's connection closed, as when a Service still
+// routes to a pod that just died.
+func NewProxy(addr string, backends ...string) (*Proxy, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{ln: ln, backends: backends}
+	p.wg.Add(1)
+	go p.serve()
+	return p, nil
+}
+
+// SetDelay holds every chunk a client sends for d before forwarding it (0: no delay), so each
+// request on a kept-alive connection is slowed too.
+func (p *Proxy) SetDelay(d time.Duration) { p.delay.Store(int64(d)) }
+
+// Close stops accepting and waits for open connections to end.
+func (p *Proxy) Close() error {
+	err := p.ln.Close()
+	p.wg.Wait()
+	return err
+}
+
+func (p *Proxy) serve() {
+	defer p.wg.Done()
+	for {
+		conn, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			defer conn.Close()
+			backend := p.backends[p.next.Add(1)%uint64(len(p.backends))]
+			up, err := net.DialTimeout("tcp", backend, time.Second)
+			if err != nil {
+				return
+			}
+			defer up.Close()
+			done := make(chan struct{}, 2)
+			go func() { p.copyDelayed(up, conn); done <- struct{}{} }()
+			go func() { _, _ = io.Copy(conn, up); done <- struct{}{} }()
+			<-done
+		}()
+	}
+}
+
+func (p *Proxy) copyDelayed(dst io.Writer, src io.Reader) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if d := time.Duration(p.delay.Load()); d > 0 {
+				time.Sleep(d)
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}

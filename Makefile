@@ -40,9 +40,17 @@ lint: ## gofmt, go vet and staticcheck.
 	go vet ./...
 	$(TOOL) staticcheck ./...
 
+FUZZ_TARGETS := FuzzAdmissionHTTP FuzzDecide
+FUZZTIME     ?= 5m
+
 .PHONY: test
-test: testbin lint ## Every test: static checks, unit tests, integration tests on a real API server.
+test: testbin lint ## Every test: static checks, unit tests, integration tests on a real API server, a short fuzz.
 	go test $(GO_TEST_FLAGS) -count=1 -timeout 30m ./...
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=10s
+
+.PHONY: fuzz
+fuzz: ## Fuzz the admission handlers and the decision (FUZZTIME each, default 5m).
+	@for t in $(FUZZ_TARGETS); do echo "fuzz $$t ($(FUZZTIME))"; go test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./webhook/ || exit 1; done
 
 .PHONY: run
 run: testbin ## Local control plane + CRD + webhooks + rrguard in the foreground (Ctrl-C stops all).

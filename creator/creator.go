@@ -91,7 +91,7 @@ func CreateOrRecord(ctx context.Context, c client.Client, rr *v1alpha1.Remediati
 				return res, fmt.Errorf("409 without the RR's name: %w", err)
 			}
 			res.Name = name
-			mine, err := isMine(ctx, c, rr.Namespace, name, signalID)
+			mine, err := isMine(ctx, c, rr.Namespace, name, signalID, o)
 			if err != nil {
 				return res, err
 			}
@@ -142,9 +142,9 @@ func detailsName(err error) string {
 	return ""
 }
 
-func isMine(ctx context.Context, c client.Client, ns, name, signalID string) (bool, error) {
+func isMine(ctx context.Context, c client.Client, ns, name, signalID string, o Options) (bool, error) {
 	var rr v1alpha1.RemediationRequest
-	if err := retryTransient(ctx, func() error { return c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &rr) }); err != nil {
+	if err := retryTransient(ctx, o, func() error { return c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &rr) }); err != nil {
 		if apierrors.IsNotFound(err) {
 			return false, nil
 		}
@@ -222,17 +222,21 @@ func (r *Result) updateStatus(ctx context.Context, c client.Client, ns string, o
 	}
 }
 
-func retryTransient(ctx context.Context, f func() error) error {
-	backoff := 50 * time.Millisecond
+// retryTransient runs f until it succeeds, fails for good, or o.MaxAttempts are spent.
+func retryTransient(ctx context.Context, o Options, f func() error) error {
+	backoff := o.InitialBackoff
 	for attempt := 1; ; attempt++ {
 		err := f()
-		if !Transient(err) || attempt >= 10 {
+		switch {
+		case !Transient(err):
 			return err
+		case attempt >= o.MaxAttempts:
+			return fmt.Errorf("%w (%d attempts): %w", ErrGaveUp, attempt, err)
 		}
 		if err := sleep(ctx, backoff); err != nil {
 			return err
 		}
-		backoff = min(2*backoff, 2*time.Second)
+		backoff = min(2*backoff, o.MaxBackoff)
 	}
 }
 

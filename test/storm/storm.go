@@ -40,8 +40,10 @@ type Summary struct {
 	Ambiguous int
 	Attempts  int
 	Errors    map[string]int // by kind, for signals that did not land
-	PerFP     map[string]int // signals sent per fingerprint
-	Elapsed   time.Duration
+	// FirstError is the first message of each kind in Errors.
+	FirstError map[string]string
+	PerFP      map[string]int // signals sent per fingerprint
+	Elapsed    time.Duration
 }
 
 // Lost is how many signals landed nowhere.
@@ -49,7 +51,7 @@ func (s Summary) Lost() int { return s.Sent - s.Created - s.Repeats }
 
 // Run sends the signals and waits for all of them.
 func Run(ctx context.Context, c client.Client, o Options) Summary {
-	s := Summary{Sent: o.Signals, Errors: map[string]int{}, PerFP: map[string]int{}}
+	s := Summary{Sent: o.Signals, Errors: map[string]int{}, FirstError: map[string]string{}, PerFP: map[string]int{}}
 	for i := range o.Signals {
 		s.PerFP[o.Fingerprints[i%len(o.Fingerprints)]]++
 	}
@@ -87,7 +89,11 @@ func Run(ctx context.Context, c client.Client, o Options) Summary {
 				}
 				switch {
 				case err != nil:
-					s.Errors[kind(err)]++
+					k := kind(err)
+					s.Errors[k]++
+					if s.FirstError[k] == "" {
+						s.FirstError[k] = err.Error()
+					}
 				case res.New:
 					s.Created++
 				default:
@@ -169,8 +175,8 @@ func Check(ctx context.Context, c client.Client, ns string, sent map[string]int)
 
 // String is the storm summary a person reads.
 func (s Summary) String() string {
-	return fmt.Sprintf("signals sent %d in %s: RRs created %d, repeats recorded %d, lost %d, ambiguous writes %d, creates sent %d, errors %v",
-		s.Sent, s.Elapsed.Round(time.Millisecond), s.Created, s.Repeats, s.Lost(), s.Ambiguous, s.Attempts, s.Errors)
+	return fmt.Sprintf("signals sent %d in %s: RRs created %d, repeats recorded %d, lost %d, ambiguous writes %d, creates sent %d, errors %v %v",
+		s.Sent, s.Elapsed.Round(time.Millisecond), s.Created, s.Repeats, s.Lost(), s.Ambiguous, s.Attempts, s.Errors, s.FirstError)
 }
 
 // String is the consistency check a person reads.

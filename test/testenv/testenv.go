@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"testing"
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -205,6 +206,18 @@ func (e *Env) ServeOptions() serve.Options {
 		Host: w.LocalServingHost, Port: w.LocalServingPort, CertDir: w.LocalServingCertDir,
 		MetricsAddr: "0", ProbeAddr: "0",
 	}
+}
+
+// TestNamespace gives a test a context bounded by timeout and a namespace of its own.
+func (e *Env) TestNamespace(t testing.TB, prefix string, timeout time.Duration) (context.Context, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	ns, err := e.Namespace(ctx, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, ns
 }
 
 // Namespace creates a namespace with a unique name for one test.

@@ -30,13 +30,7 @@ func TestMain(m *testing.M) { os.Exit(testenv.Main(m, testenv.Options{}, &env)) 
 
 func ctxNS(t *testing.T) (context.Context, string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	t.Cleanup(cancel)
-	ns, err := env.Namespace(ctx, "crd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ctx, ns
+	return env.TestNamespace(t, "crd", time.Minute)
 }
 
 func TestCRDEstablished(t *testing.T) {

@@ -64,24 +64,13 @@ func exact(ctx context.Context, t *testing.T, ns string, s storm.Summary, overco
 	}
 }
 
-func newNS(ctx context.Context, t *testing.T) string {
-	t.Helper()
-	ns, err := env.Namespace(ctx, "storm")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ns
-}
-
 func TestThousandSignalsExactCounts(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	ctx, ns := env.TestNamespace(t, "storm", 5*time.Minute)
 	stop, err := env.ServeRRGuard(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer stop()
-	ns := newNS(ctx, t)
 	s := storm.Run(ctx, env.Client, storm.Options{Namespace: ns, Fingerprints: fingerprints(ns, 50), Signals: 1000, Workers: 64})
 	exact(ctx, t, ns, s, 0)
 	if s.Ambiguous != 0 {
@@ -111,34 +100,40 @@ func replica(ctx context.Context, t *testing.T, addr string) (stop func() error)
 	return stop
 }
 
-// proxied puts a round-robin proxy on the address the webhook configurations name, in front of
-// two replicas, for the length of a test.
-func proxied(ctx context.Context, t *testing.T) (p *testenv.Proxy, addrs []string, stops []func() error) {
+// service is two rrguard replicas behind a round-robin proxy on the address the webhook
+// configurations name, standing in for a Service.
+type service struct {
+	proxy *testenv.Proxy
+	addrs []string
+	stops []func() error
+}
+
+// proxied runs a service for the length of a test.
+func proxied(ctx context.Context, t *testing.T) *service {
 	t.Helper()
 	o := env.ServeOptions()
-	addrs = []string{freeAddr(t), freeAddr(t)}
-	for _, a := range addrs {
-		stops = append(stops, replica(ctx, t, a))
+	s := &service{addrs: []string{freeAddr(t), freeAddr(t)}}
+	for _, a := range s.addrs {
+		s.stops = append(s.stops, replica(ctx, t, a))
 	}
-	p, err := testenv.NewProxy(net.JoinHostPort(o.Host, strconv.Itoa(o.Port)), addrs...)
+	p, err := testenv.NewProxy(net.JoinHostPort(o.Host, strconv.Itoa(o.Port)), s.addrs...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return p, addrs, stops
+	s.proxy = p
+	t.Cleanup(func() {
+		_ = s.proxy.Close()
+		for _, stop := range s.stops {
+			_ = stop()
+		}
+	})
+	return s
 }
 
 // Two replicas behind a Service; one is killed mid-storm and started again.
 func TestReplicaKilledMidStorm(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	p, addrs, stops := proxied(ctx, t)
-	defer p.Close()
-	defer func() {
-		for _, s := range stops {
-			_ = s()
-		}
-	}()
-	ns := newNS(ctx, t)
+	ctx, ns := env.TestNamespace(t, "storm", 5*time.Minute)
+	svc := proxied(ctx, t)
 	var s storm.Summary
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -147,11 +142,11 @@ func TestReplicaKilledMidStorm(t *testing.T) {
 		s = storm.Run(ctx, env.Client, storm.Options{Namespace: ns, Fingerprints: fingerprints(ns, 50), Signals: 1000, Workers: 64})
 	}()
 	time.Sleep(300 * time.Millisecond)
-	if err := stops[0](); err != nil {
+	if err := svc.stops[0](); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Second)
-	stops[0] = replica(ctx, t, addrs[0])
+	svc.stops[0] = replica(ctx, t, svc.addrs[0])
 	wg.Wait()
 	exact(ctx, t, ns, s, s.Ambiguous)
 	if s.Attempts <= s.Sent {
@@ -162,16 +157,8 @@ func TestReplicaKilledMidStorm(t *testing.T) {
 // rrguard slower than the webhook timeout (5 s): a create fails fast with a clear error and
 // nothing is stored; the helper's retries then land each signal exactly once.
 func TestSlowerThanTimeout(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	p, _, stops := proxied(ctx, t)
-	defer p.Close()
-	defer func() {
-		for _, s := range stops {
-			_ = s()
-		}
-	}()
-	ns := newNS(ctx, t)
+	ctx, ns := env.TestNamespace(t, "storm", 5*time.Minute)
+	p := proxied(ctx, t).proxy
 	p.SetDelay(7 * time.Second)
 	fp := testenv.Fingerprint(ns + "/slow")
 	start := time.Now()
@@ -207,14 +194,12 @@ func TestSlowerThanTimeout(t *testing.T) {
 
 // The API server restarted mid-storm, etcd and its data kept: every signal still lands once.
 func TestAPIServerRestartMidStorm(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	ctx, ns := env.TestNamespace(t, "storm", 5*time.Minute)
 	stop, err := env.ServeRRGuard(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer stop()
-	ns := newNS(ctx, t)
 	var s storm.Summary
 	var wg sync.WaitGroup
 	wg.Add(1)

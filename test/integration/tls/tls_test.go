@@ -252,21 +252,11 @@ func bringUp(t *testing.T) error {
 	return nil
 }
 
-func newNamespace(ctx context.Context, t *testing.T) string {
-	t.Helper()
-	n, err := env.Namespace(ctx, "tls")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
 // The API server reaches rrguard over TLS that it verifies with the CA cainjector injected: the
 // certificate rrguard serves must chain to it, and GW-DEDUP-002 must pass on that path.
 func TestCertManagerTLSPath(t *testing.T) {
 	s := setup(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	ctx, n := env.TestNamespace(t, "tls", 2*time.Minute)
 
 	leaf, err := servedCert(s.addr)
 	if err != nil {
@@ -281,7 +271,6 @@ func TestCertManagerTLSPath(t *testing.T) {
 		t.Fatalf("served certificate is not a leaf issued by the CA Issuer: issuer %q, isCA %v", leaf.Issuer.CommonName, leaf.IsCA)
 	}
 
-	n := newNamespace(ctx, t)
 	fp := testenv.Fingerprint(n + "/tls")
 	// The API server learns the injected caBundle through its own informer, a moment after.
 	var out []testenv.Outcome
@@ -312,9 +301,7 @@ func TestCertManagerTLSPath(t *testing.T) {
 // admission request may fail.
 func TestRotationUnderLoad(t *testing.T) {
 	s := setup(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	n := newNamespace(ctx, t)
+	ctx, n := env.TestNamespace(t, "tls", 3*time.Minute)
 
 	before, err := servedCert(s.addr)
 	if err != nil {

@@ -48,13 +48,7 @@ func serving(t *testing.T) {
 func setup(t *testing.T) (context.Context, string) {
 	t.Helper()
 	serving(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	ns, err := env.Namespace(ctx, "wh")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ctx, ns
+	return env.TestNamespace(t, "wh", 2*time.Minute)
 }
 
 func list(ctx context.Context, t *testing.T, ns string) []v1alpha1.RemediationRequest {

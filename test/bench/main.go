@@ -59,7 +59,7 @@ type result struct {
 func main() {
 	sizes := flag.String("sizes", "0,10000,50000", "RRs already in the namespace")
 	creators := flag.String("creators", "1,32,128", "concurrent creators")
-	perCell := flag.Int("signals", 0, "signals per row (default max(256, 8 x creators))")
+	perCell := flag.Int("signals", 0, "signals per row (default max(128, 4 x creators))")
 	out := flag.String("out", "bin/bench/results.json", "where to write all rows as JSON")
 	doc := flag.String("doc", "docs/benchmarks.md", "Markdown file whose results section is replaced (empty: none)")
 	flag.Parse()
@@ -133,7 +133,7 @@ func run(sizes, creators []int, perCell int, out, doc string) error {
 			for _, spread := range []string{"spread", "concentrated"} {
 				n := perCell
 				if n == 0 {
-					n = max(256, 8*cr)
+					n = max(128, 4*cr)
 				}
 				if size == 0 {
 					// Fresh namespaces per row: "0 existing" must stay near 0.

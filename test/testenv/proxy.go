@@ -3,8 +3,10 @@ package testenv
 import (
 	"io"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 )
 
@@ -84,4 +86,20 @@ func (p *Proxy) copyDelayed(dst io.Writer, src io.Reader) {
 			return
 		}
 	}
+}
+
+// FreePort is a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// FreeAddr is 127.0.0.1 with a FreePort.
+func FreeAddr(t testing.TB) string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t)))
 }

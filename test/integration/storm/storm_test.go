@@ -78,16 +78,6 @@ func TestThousandSignalsExactCounts(t *testing.T) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // replica runs one rrguard replica on addr; stop kills it.
 func replica(ctx context.Context, t *testing.T, addr string) (stop func() error) {
 	t.Helper()
@@ -112,7 +102,7 @@ type service struct {
 func proxied(ctx context.Context, t *testing.T) *service {
 	t.Helper()
 	o := env.ServeOptions()
-	s := &service{addrs: []string{freeAddr(t), freeAddr(t)}}
+	s := &service{addrs: []string{testenv.FreeAddr(t), testenv.FreeAddr(t)}}
 	for _, a := range s.addrs {
 		s.stops = append(s.stops, replica(ctx, t, a))
 	}

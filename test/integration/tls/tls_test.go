@@ -374,9 +374,9 @@ func TestNotReadyWithoutServingCert(t *testing.T) {
 	s := setup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	probe := freeAddr(t)
+	probe := testenv.FreeAddr(t)
 	dir := t.TempDir()
-	r, err := serve.New(env.Config, serve.Options{Host: "127.0.0.1", Port: freePort(t), CertDir: dir, MetricsAddr: "0", ProbeAddr: probe})
+	r, err := serve.New(env.Config, serve.Options{Host: "127.0.0.1", Port: testenv.FreePort(t), CertDir: dir, MetricsAddr: "0", ProbeAddr: probe})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -423,18 +423,4 @@ func TestNotReadyWithoutServingCert(t *testing.T) {
 		return nil
 	})
 	_ = s
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func freeAddr(t *testing.T) string {
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
 }

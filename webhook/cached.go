@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/rules"
 )
 
 // CachedLister answers from an informer cache indexed by fingerprint, and makes the answer
@@ -49,14 +50,14 @@ func (l CachedLister) ListByFingerprint(ctx context.Context, namespace, fp strin
 	now := time.Now()
 	var newest int64
 	for i := range cached.Items {
-		if n, ok := Occurrence(fp, cached.Items[i].Name); ok && n > newest {
+		if n, ok := rules.Occurrence(fp, cached.Items[i].Name); ok && n > newest {
 			newest = n
 		}
 	}
 
 	var out []v1alpha1.RemediationRequest
 	if newest == 0 {
-		_, err := l.get(ctx, namespace, Name(fp, 1))
+		_, err := l.get(ctx, namespace, rules.Name(fp, 1))
 		switch {
 		case apierrors.IsNotFound(err):
 		case err != nil:
@@ -65,7 +66,7 @@ func (l CachedLister) ListByFingerprint(ctx context.Context, namespace, fp strin
 			return l.fallback(ctx, "cache-behind", namespace, fp)
 		}
 	} else {
-		rr, err := l.get(ctx, namespace, Name(fp, newest))
+		rr, err := l.get(ctx, namespace, rules.Name(fp, newest))
 		switch {
 		case apierrors.IsNotFound(err):
 			// Deleted since the cache saw it: numbering needs what is really there.
@@ -77,7 +78,7 @@ func (l CachedLister) ListByFingerprint(ctx context.Context, namespace, fp strin
 	}
 	for i := range cached.Items {
 		c := &cached.Items[i]
-		if n, _ := Occurrence(fp, c.Name); (newest > 0 && n == newest) || !InFlight(c, now) {
+		if n, _ := rules.Occurrence(fp, c.Name); (newest > 0 && n == newest) || !rules.InFlight(c, now) {
 			continue
 		}
 		rr, err := l.get(ctx, namespace, c.Name)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/rrguard/rrguard/rules"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -29,9 +30,11 @@ func (Checker) Handle(_ context.Context, req admission.Request) admission.Respon
 		err = ValidateFingerprint(rr)
 	}
 	if err == nil {
-		if _, ok := Occurrence(rr.Spec.SignalFingerprint, rr.Name); !ok {
+		if key := storedUnder(req, rr); rr.Name != key {
+			err = renamedApply(rr, key)
+		} else if _, ok := rules.Occurrence(rr.Spec.SignalFingerprint, rr.Name); !ok {
 			err = apierrors.NewInvalid(groupKind, rr.Name, field.ErrorList{field.Invalid(
-				field.NewPath("metadata", "name"), rr.Name,
+				namePath, rr.Name,
 				"must be rr-<first 32 characters of spec.signalFingerprint>-<n>, as rrguard's mutating webhook sets it; another mutating webhook may have changed it")})
 		}
 	}

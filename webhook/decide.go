@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/rules"
 )
 
 var (
@@ -37,10 +38,10 @@ func Decide(rr *v1alpha1.RemediationRequest, existing []v1alpha1.RemediationRequ
 			continue
 		}
 		// A terminating RR still holds its name, so it still counts for numbering.
-		if n, ok := Occurrence(fp, e.Name); ok && n > newest {
+		if n, ok := rules.Occurrence(fp, e.Name); ok && n > newest {
 			newest = n
 		}
-		if InFlight(e, now) {
+		if rules.InFlight(e, now) {
 			blocking = append(blocking, e)
 		}
 	}
@@ -52,7 +53,7 @@ func Decide(rr *v1alpha1.RemediationRequest, existing []v1alpha1.RemediationRequ
 			field.Invalid(fingerprintPath, fp, "occurrence numbers of this fingerprint are exhausted"),
 		})
 	}
-	return Name(fp, newest+1), nil
+	return rules.Name(fp, newest+1), nil
 }
 
 // ValidateFingerprint refuses an RR whose fingerprint the naming rule cannot use.
@@ -61,7 +62,7 @@ func ValidateFingerprint(rr *v1alpha1.RemediationRequest) error {
 	switch {
 	case fp == "":
 		return apierrors.NewInvalid(groupKind, rr.Name, field.ErrorList{field.Required(fingerprintPath, "")})
-	case !ValidFingerprint(fp):
+	case !rules.ValidFingerprint(fp):
 		return apierrors.NewInvalid(groupKind, rr.Name, field.ErrorList{
 			field.Invalid(fingerprintPath, fp, "must be 64 lowercase hex characters (a SHA-256)"),
 		})
@@ -73,8 +74,8 @@ func ValidateFingerprint(rr *v1alpha1.RemediationRequest) error {
 // legacy RRs or an orchestrator reopening an old RR can make more than one): the most recent.
 func newestOf(fp string, rrs []*v1alpha1.RemediationRequest) *v1alpha1.RemediationRequest {
 	sort.Slice(rrs, func(i, j int) bool {
-		ni, _ := Occurrence(fp, rrs[i].Name)
-		nj, _ := Occurrence(fp, rrs[j].Name)
+		ni, _ := rules.Occurrence(fp, rrs[i].Name)
+		nj, _ := rules.Occurrence(fp, rrs[j].Name)
 		if ni != nj {
 			return ni > nj
 		}

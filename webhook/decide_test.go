@@ -9,6 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/rules"
 )
 
 const (
@@ -55,7 +56,7 @@ func fingerprint(f string) rrOpt {
 }
 
 func TestDecide(t *testing.T) {
-	n := func(i int64) string { return Name(fp, i) }
+	n := func(i int64) string { return rules.Name(fp, i) }
 	tests := []struct {
 		name     string
 		newFP    string
@@ -92,7 +93,7 @@ func TestDecide(t *testing.T) {
 		{name: "gaps left by retention are not refilled", existing: []v1alpha1.RemediationRequest{rr(n(41), phase(v1alpha1.PhaseCompleted))}, wantName: n(42)},
 		{name: "legacy in-flight RR refuses", existing: []v1alpha1.RemediationRequest{rr("rr-3f79bb7b435b-1a2b3c4d")}, wantDup: "rr-3f79bb7b435b-1a2b3c4d"},
 		{name: "legacy terminal RR does not number", existing: []v1alpha1.RemediationRequest{rr("rr-3f79bb7b435b-1a2b3c4d", phase(v1alpha1.PhaseCompleted))}, wantName: n(1)},
-		{name: "non-canonical number is legacy", existing: []v1alpha1.RemediationRequest{rr(Name(fp, 1)+"0", phase(v1alpha1.PhaseCompleted)), rr("rr-"+fp[:32]+"-07", phase(v1alpha1.PhaseCompleted))}, wantName: n(11)},
+		{name: "non-canonical number is legacy", existing: []v1alpha1.RemediationRequest{rr(rules.Name(fp, 1)+"0", phase(v1alpha1.PhaseCompleted)), rr("rr-"+fp[:32]+"-07", phase(v1alpha1.PhaseCompleted))}, wantName: n(11)},
 		{name: "several in flight: the newest is named", existing: []v1alpha1.RemediationRequest{
 			rr("legacy-old", created(-time.Hour)), rr(n(2), phase(v1alpha1.PhaseBlocked)), rr(n(1), phase(v1alpha1.PhaseCompleted)),
 		}, wantDup: n(2)},
@@ -144,28 +145,28 @@ func TestDecide(t *testing.T) {
 
 func TestNameFitsAndParses(t *testing.T) {
 	for _, n := range []int64{1, 9, 10, 1 << 40, 1<<63 - 1} {
-		name := Name(fp, n)
+		name := rules.Name(fp, n)
 		if len(name) > 63 {
 			t.Errorf("%s is %d characters", name, len(name))
 		}
-		if got, ok := Occurrence(fp, name); !ok || got != n {
-			t.Errorf("Occurrence(%s) = %d, %v", name, got, ok)
+		if got, ok := rules.Occurrence(fp, name); !ok || got != n {
+			t.Errorf("rules.Occurrence(%s) = %d, %v", name, got, ok)
 		}
-		if _, ok := Occurrence(otherFP, name); ok {
+		if _, ok := rules.Occurrence(otherFP, name); ok {
 			t.Errorf("%s parsed as a name of another fingerprint", name)
 		}
 	}
 	for _, bad := range []string{"", "rr-", "rr-" + fp[:32] + "-", "rr-" + fp[:32] + "-0", "rr-" + fp[:32] + "--1",
 		"rr-" + fp[:32] + "-01", "rr-" + fp[:32] + "-1x", "rr-" + fp[:32] + "-99999999999999999999", "xx-" + fp[:32] + "-1"} {
-		if n, ok := Occurrence(fp, bad); ok {
-			t.Errorf("Occurrence(%q) = %d, want not a scheme name", bad, n)
+		if n, ok := rules.Occurrence(fp, bad); ok {
+			t.Errorf("rules.Occurrence(%q) = %d, want not a scheme name", bad, n)
 		}
 	}
 }
 
 func TestOccurrenceExhausted(t *testing.T) {
 	newRR := rr("")
-	_, err := Decide(&newRR, []v1alpha1.RemediationRequest{rr(Name(fp, 1<<63-1), phase(v1alpha1.PhaseCompleted))}, now)
+	_, err := Decide(&newRR, []v1alpha1.RemediationRequest{rr(rules.Name(fp, 1<<63-1), phase(v1alpha1.PhaseCompleted))}, now)
 	if !apierrors.IsInvalid(err) {
 		t.Fatalf("got %v, want Invalid", err)
 	}
@@ -173,8 +174,8 @@ func TestOccurrenceExhausted(t *testing.T) {
 
 func BenchmarkDecide(b *testing.B) {
 	existing := []v1alpha1.RemediationRequest{
-		rr(Name(fp, 1), phase(v1alpha1.PhaseCompleted)), rr(Name(fp, 2), phase(v1alpha1.PhaseFailed)),
-		rr(Name(fp, 3), phase(v1alpha1.PhaseCompleted), nextAllowed(-time.Hour)),
+		rr(rules.Name(fp, 1), phase(v1alpha1.PhaseCompleted)), rr(rules.Name(fp, 2), phase(v1alpha1.PhaseFailed)),
+		rr(rules.Name(fp, 3), phase(v1alpha1.PhaseCompleted), nextAllowed(-time.Hour)),
 	}
 	newRR := rr("")
 	b.ReportAllocs()

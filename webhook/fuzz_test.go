@@ -14,6 +14,7 @@ import (
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/rules"
 )
 
 // review is an AdmissionReview as the API server sends it for an RR create.
@@ -43,7 +44,7 @@ func FuzzAdmissionHTTP(f *testing.F) {
 	f.Add(review("CREATE", `null`))
 	f.Add([]byte(`{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}`))
 	f.Add([]byte(`not json`))
-	namer := &crwebhook.Admission{Handler: &Namer{Lister: staticLister(rr(Name(fp, 1), phase(v1alpha1.PhaseCompleted)))}}
+	namer := &crwebhook.Admission{Handler: &Namer{Lister: staticLister(rr(rules.Name(fp, 1), phase(v1alpha1.PhaseCompleted)))}}
 	checker := &crwebhook.Admission{Handler: Checker{}}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		for _, h := range []http.Handler{namer, checker} {
@@ -85,7 +86,7 @@ func FuzzDecide(f *testing.F) {
 		newRR := &v1alpha1.RemediationRequest{Spec: v1alpha1.RemediationRequestSpec{SignalFingerprint: fingerprint}}
 		name, err := Decide(newRR, existing, now)
 		if err == nil {
-			if _, ok := Occurrence(fingerprint, name); !ok || len(name) > 63 {
+			if _, ok := rules.Occurrence(fingerprint, name); !ok || len(name) > 63 {
 				t.Fatalf("Decide named %q for %q", name, fingerprint)
 			}
 			return

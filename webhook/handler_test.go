@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/rules"
 )
 
 // listerFunc adapts a function to Lister, for handler tests that need no API server.
@@ -38,13 +40,13 @@ func createReq(raw string) admission.Request {
 const rrJSON = `{"apiVersion":"kubernaut.ai/v1alpha1","kind":"RemediationRequest","metadata":{"generateName":"rr-"},"spec":{"signalFingerprint":"` + fp + `"}}`
 
 func TestNamerPatches(t *testing.T) {
-	h := &Namer{Lister: staticLister(rr(Name(fp, 4), phase(v1alpha1.PhaseCompleted))), Now: func() time.Time { return now }}
+	h := &Namer{Lister: staticLister(rr(rules.Name(fp, 4), phase(v1alpha1.PhaseCompleted))), Now: func() time.Time { return now }}
 	resp := h.Handle(context.Background(), createReq(rrJSON))
 	if !resp.Allowed {
 		t.Fatalf("denied: %+v", resp.Result)
 	}
 	got, _ := json.Marshal(resp.Patches)
-	want := `[{"op":"add","path":"/metadata/name","value":"` + Name(fp, 5) + `"},{"op":"remove","path":"/metadata/generateName"}]`
+	want := `[{"op":"add","path":"/metadata/name","value":"` + rules.Name(fp, 5) + `"},{"op":"remove","path":"/metadata/generateName"}]`
 	if string(got) != want {
 		t.Fatalf("patch = %s\nwant %s", got, want)
 	}
@@ -54,7 +56,7 @@ func TestNamerPatchesWithoutMetadata(t *testing.T) {
 	h := &Namer{Lister: staticLister()}
 	resp := h.Handle(context.Background(), createReq(`{"spec":{"signalFingerprint":"`+fp+`"}}`))
 	got, _ := json.Marshal(resp.Patches)
-	if want := `[{"op":"add","path":"/metadata","value":{"name":"` + Name(fp, 1) + `"}}]`; !resp.Allowed || string(got) != want {
+	if want := `[{"op":"add","path":"/metadata","value":{"name":"` + rules.Name(fp, 1) + `"}}]`; !resp.Allowed || string(got) != want {
 		t.Fatalf("allowed=%v patch=%s, want %s", resp.Allowed, got, want)
 	}
 }
@@ -76,7 +78,7 @@ func TestNamerDenials(t *testing.T) {
 		code   int32
 		reason metav1.StatusReason
 	}{
-		{"duplicate", staticLister(rr(Name(fp, 1))), createReq(rrJSON), 409, metav1.StatusReasonAlreadyExists},
+		{"duplicate", staticLister(rr(rules.Name(fp, 1))), createReq(rrJSON), 409, metav1.StatusReasonAlreadyExists},
 		{"undecodable", staticLister(), createReq(`{"spec":`), 400, metav1.StatusReasonBadRequest},
 		{"wrong type of field", staticLister(), createReq(`{"spec":{"signalFingerprint":7}}`), 400, metav1.StatusReasonBadRequest},
 		{"empty body", staticLister(), createReq(``), 400, metav1.StatusReasonBadRequest},
@@ -124,10 +126,10 @@ func TestChecker(t *testing.T) {
 	named := func(name string) admission.Request {
 		return createReq(`{"metadata":{"name":"` + name + `"},"spec":{"signalFingerprint":"` + fp + `"}}`)
 	}
-	if resp := (Checker{}).Handle(context.Background(), named(Name(fp, 3))); !resp.Allowed {
+	if resp := (Checker{}).Handle(context.Background(), named(rules.Name(fp, 3))); !resp.Allowed {
 		t.Fatalf("scheme name denied: %+v", resp.Result)
 	}
-	for _, name := range []string{"rr-3f79bb7b435b-1a2b3c4d", Name(otherFP, 1), "", Name(fp, 1) + "x"} {
+	for _, name := range []string{"rr-3f79bb7b435b-1a2b3c4d", rules.Name(otherFP, 1), "", rules.Name(fp, 1) + "x"} {
 		resp := (Checker{}).Handle(context.Background(), named(name))
 		if resp.Allowed || resp.Result.Code != 422 || resp.Result.Details.Causes[0].Field != "metadata.name" {
 			t.Errorf("name %q: %+v", name, resp.Result)
@@ -138,12 +140,73 @@ func TestChecker(t *testing.T) {
 // BenchmarkNamerHandle is one admission round trip through the handler: decode the request,
 // read (from memory here), decide, build the patch.
 func BenchmarkNamerHandle(b *testing.B) {
-	h := &Namer{Lister: staticLister(rr(Name(fp, 4), phase(v1alpha1.PhaseCompleted)))}
+	h := &Namer{Lister: staticLister(rr(rules.Name(fp, 4), phase(v1alpha1.PhaseCompleted)))}
 	req := createReq(rrJSON)
 	b.ReportAllocs()
 	for b.Loop() {
 		if resp := h.Handle(context.Background(), req); !resp.Allowed {
 			b.Fatal(resp.Result)
 		}
+	}
+}
+
+// appliedReq is a create as a server-side apply sends it: the URL name in the request, the
+// applier's managed-fields entry in the object, the field manager in the options.
+func appliedReq(urlName, objName, manager string) admission.Request {
+	req := createReq(`{"metadata":{"name":"` + objName + `","managedFields":[{"manager":"gitops","operation":"Apply","apiVersion":"kubernaut.ai/v1alpha1","fieldsType":"FieldsV1","fieldsV1":{"f:spec":{"f:signalFingerprint":{}}}}]},"spec":{"signalFingerprint":"` + fp + `"}}`)
+	req.Name = urlName
+	req.Options = runtime.RawExtension{Raw: []byte(`{"kind":"CreateOptions","apiVersion":"meta.k8s.io/v1","fieldManager":"` + manager + `"}`)}
+	return req
+}
+
+func TestNamerServerSideApply(t *testing.T) {
+	h := &Namer{Lister: staticLister(rr(rules.Name(fp, 4), phase(v1alpha1.PhaseCompleted))), Now: func() time.Time { return now }}
+	tests := []struct {
+		name    string
+		req     admission.Request
+		allowed bool
+		want    string // in the denial's message
+	}{
+		{"the scheme's next name is admitted unchanged", appliedReq(rules.Name(fp, 5), rules.Name(fp, 5), "gitops"), true, ""},
+		{"a foreign name is refused, told the next name", appliedReq("gitops-a", "gitops-a", "gitops"), false, rules.Name(fp, 5)},
+		{"an old scheme name is refused", appliedReq(rules.Name(fp, 2), rules.Name(fp, 2), "gitops"), false, "kubectl create"},
+		{"renamed by another webhook before rrguard", appliedReq("gitops-a", rules.Name(fp, 5), "gitops"), false, "renamed"},
+		{"options unreadable: any Apply entry counts", appliedReq("gitops-a", "gitops-a", ""), false, "server-side apply"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := h.Handle(context.Background(), tc.req)
+			if len(resp.Patches) != 0 {
+				t.Fatalf("an apply was patched: %+v", resp.Patches)
+			}
+			if resp.Allowed != tc.allowed {
+				t.Fatalf("allowed = %v, want %v: %+v", resp.Allowed, tc.allowed, resp.Result)
+			}
+			if !tc.allowed && (resp.Result.Code != 422 || !strings.Contains(resp.Result.Message, tc.want)) {
+				t.Fatalf("denial %+v, want 422 mentioning %q", resp.Result, tc.want)
+			}
+		})
+	}
+	// A POST that carries another manager's Apply entry (copied from an exported object) is a POST.
+	post := appliedReq("", "gitops-a", "kubectl-create")
+	if resp := h.Handle(context.Background(), post); !resp.Allowed || len(resp.Patches) == 0 {
+		t.Fatalf("POST with a foreign Apply entry: %+v", resp)
+	}
+}
+
+// Whatever mutating webhook renamed it, an apply is refused once its name is not its key.
+func TestCheckerServerSideApply(t *testing.T) {
+	if resp := (Checker{}).Handle(context.Background(), appliedReq(rules.Name(fp, 2), rules.Name(fp, 2), "gitops")); !resp.Allowed {
+		t.Fatalf("apply under its own scheme name denied: %+v", resp.Result)
+	}
+	resp := (Checker{}).Handle(context.Background(), appliedReq("gitops-a", rules.Name(fp, 2), "gitops"))
+	if resp.Allowed || resp.Result.Code != 422 || !strings.Contains(resp.Result.Message, "gitops-a") {
+		t.Fatalf("renamed apply: %+v", resp.Result)
+	}
+	// A POST is stored under its final name, whatever it was sent with.
+	post := createReq(`{"metadata":{"name":"` + rules.Name(fp, 2) + `"},"spec":{"signalFingerprint":"` + fp + `"}}`)
+	post.Name = "gitops-a"
+	if resp := (Checker{}).Handle(context.Background(), post); !resp.Allowed {
+		t.Fatalf("renamed POST denied: %+v", resp.Result)
 	}
 }

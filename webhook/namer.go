@@ -40,6 +40,11 @@ func (h *Namer) handle(ctx context.Context, req admission.Request) (admission.Re
 		// Refuse a bad fingerprint before spending an API read on it.
 		err = ValidateFingerprint(rr)
 	}
+	applied := err == nil && appliedCreate(req, rr)
+	if applied && rr.Name != req.Name {
+		// Reinvoked after another mutating webhook renamed an apply.
+		err = renamedApply(rr, req.Name)
+	}
 	if err != nil {
 		return deny(err), decisionOf(err)
 	}
@@ -58,8 +63,15 @@ func (h *Namer) handle(ctx context.Context, req admission.Request) (admission.Re
 		now = h.Now
 	}
 	name, err := Decide(rr, existing, now())
+	if err == nil && applied && rr.Name != name {
+		err = applyRefused(rr, name)
+	}
 	if err != nil {
 		return deny(err), decisionOf(err)
+	}
+	if applied {
+		// Already the scheme's name, and the key it will be stored under: as unique as a POST.
+		return admission.Allowed("applied under the scheme's name " + name), DecisionCreated
 	}
 	return admission.Patched("named "+name, renamePatch(req.Object.Raw, name, rr.GenerateName != "")...), DecisionCreated
 }

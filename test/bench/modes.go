@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/rules"
 	"github.com/rrguard/rrguard/test/testenv"
 	"github.com/rrguard/rrguard/webhook"
 )
@@ -66,7 +67,7 @@ func findInFlight(ctx context.Context, c client.Client, ns, fp string) (*v1alpha
 	}
 	now := time.Now()
 	for i := range list.Items {
-		if webhook.InFlight(&list.Items[i], now) {
+		if rules.InFlight(&list.Items[i], now) {
 			return &list.Items[i], nil
 		}
 	}

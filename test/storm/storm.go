@@ -17,8 +17,8 @@ import (
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/creator"
+	"github.com/rrguard/rrguard/rules"
 	"github.com/rrguard/rrguard/test/testenv"
-	"github.com/rrguard/rrguard/webhook"
 )
 
 // Options size a storm.
@@ -150,7 +150,7 @@ func Check(ctx context.Context, c client.Client, ns string, sent map[string]int)
 		rr := &list.Items[i]
 		fp := rr.Spec.SignalFingerprint
 		k.RRsPerFP[fp]++
-		if webhook.InFlight(rr, now) {
+		if rules.InFlight(rr, now) {
 			inflight[fp]++
 		}
 		if d := rr.Status.Deduplication; d != nil {

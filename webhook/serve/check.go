@@ -10,7 +10,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
-	"github.com/rrguard/rrguard/webhook"
+	"github.com/rrguard/rrguard/rules"
 )
 
 // Check makes a dry-run RR create through the API server, as an RR creator would, with a fresh
@@ -33,7 +33,7 @@ func Check(ctx context.Context, c client.Client, namespace string) (string, erro
 	if err := c.Create(ctx, rr, client.DryRunAll); err != nil {
 		return "", fmt.Errorf("the dry-run create was refused: %w", err)
 	}
-	if _, ok := webhook.Occurrence(fp, rr.Name); !ok {
+	if _, ok := rules.Occurrence(fp, rr.Name); !ok {
 		return "", fmt.Errorf("the API server accepted the RR as %q without rrguard naming it: is the MutatingWebhookConfiguration installed?", rr.Name)
 	}
 	return rr.Name, nil

@@ -18,8 +18,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/rules"
 	"github.com/rrguard/rrguard/test/testenv"
-	"github.com/rrguard/rrguard/webhook"
 	"github.com/rrguard/rrguard/webhook/serve"
 )
 
@@ -93,7 +93,7 @@ func checkStorm(ctx context.Context, t *testing.T, ns string, fps []string, out 
 		t.Fatalf("%d RRs stored (%d reported) for %d fingerprints", len(items), len(stored), len(fps))
 	}
 	for _, rr := range items {
-		if want := webhook.Name(rr.Spec.SignalFingerprint, 1); rr.Name != want || stored[rr.Spec.SignalFingerprint] != want {
+		if want := rules.Name(rr.Spec.SignalFingerprint, 1); rr.Name != want || stored[rr.Spec.SignalFingerprint] != want {
 			t.Fatalf("stored %s, want %s", rr.Name, want)
 		}
 	}
@@ -200,8 +200,8 @@ func TestLifecycle(t *testing.T) {
 			second := testenv.NewRR(ns, fp)
 			err := env.Client.Create(ctx, second)
 			if tc.allow {
-				if err != nil || second.Name != webhook.Name(fp, 2) {
-					t.Fatalf("got %q, %v; want %s", second.Name, err, webhook.Name(fp, 2))
+				if err != nil || second.Name != rules.Name(fp, 2) {
+					t.Fatalf("got %q, %v; want %s", second.Name, err, rules.Name(fp, 2))
 				}
 				return
 			}
@@ -222,7 +222,7 @@ func TestNamesAreRewritten(t *testing.T) {
 		if err := env.Client.Create(ctx, rr); err != nil {
 			t.Fatal(err)
 		}
-		if want := webhook.Name(rr.Spec.SignalFingerprint, 1); rr.Name != want || rr.GenerateName != "" {
+		if want := rules.Name(rr.Spec.SignalFingerprint, 1); rr.Name != want || rr.GenerateName != "" {
 			t.Fatalf("stored as %q (generateName %q), want %s", rr.Name, rr.GenerateName, want)
 		}
 	}
@@ -245,7 +245,7 @@ func TestNamesAreRewritten(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kubectl create: %v\n%s", err, out)
 	}
-	if want := webhook.Name(sampleRR.Spec.SignalFingerprint, 1); sampleRR.Name != want {
+	if want := rules.Name(sampleRR.Spec.SignalFingerprint, 1); sampleRR.Name != want {
 		t.Fatalf("kubectl stored %s, want %s", sampleRR.Name, want)
 	}
 	out, err = kubectl("create", "-f", sample)
@@ -258,7 +258,7 @@ func TestDryRun(t *testing.T) {
 	ctx, ns := setup(t)
 	fp := testenv.Fingerprint(ns + "/dry-run")
 	dry := testenv.NewRR(ns, fp)
-	if err := env.Client.Create(ctx, dry, client.DryRunAll); err != nil || dry.Name != webhook.Name(fp, 1) {
+	if err := env.Client.Create(ctx, dry, client.DryRunAll); err != nil || dry.Name != rules.Name(fp, 1) {
 		t.Fatalf("dry run: %q, %v", dry.Name, err)
 	}
 	if n := len(list(ctx, t, ns)); n != 0 {
@@ -268,7 +268,7 @@ func TestDryRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := env.Client.Create(ctx, testenv.NewRR(ns, fp), client.DryRunAll)
-	if !apierrors.IsAlreadyExists(err) || detailsName(err) != webhook.Name(fp, 1) {
+	if !apierrors.IsAlreadyExists(err) || detailsName(err) != rules.Name(fp, 1) {
 		t.Fatalf("dry-run duplicate: %v", err)
 	}
 }
@@ -350,7 +350,7 @@ func TestLegacyInFlightRefuses(t *testing.T) {
 		if apierrors.IsAlreadyExists(err) && detailsName(err) == legacy {
 			break
 		}
-		if err == nil && rr.Name != webhook.Name(fp, 1) {
+		if err == nil && rr.Name != rules.Name(fp, 1) {
 			// Created while the API server still ran without the webhook: not rrguard's answer yet.
 			_ = env.Client.Delete(ctx, rr)
 		} else if err == nil {

@@ -17,13 +17,17 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/rules"
 )
 
 // SignalIDAnnotation carries a per-signal ID on the RR a signal created, so that a retried create
 // whose first try was in fact stored is recognised as the same signal, not counted as a repeat.
+// A caller may set it on the RR it passes (its own signal ID, stable across process restarts);
+// otherwise each call draws a new one.
 const SignalIDAnnotation = "rrguard.kubernaut.ai/signal-id"
 
 // Result says where a signal landed.
@@ -34,20 +38,34 @@ type Result struct {
 	New bool
 	// Attempts is how many creates were sent.
 	Attempts int
+	// Requests is how many API requests were sent in all (creates, reads, status writes).
+	Requests int
+	// Retries is how many tries of the budget (Options.MaxAttempts) were spent.
+	Retries int
 	// Ambiguous is true when a status write's response was lost after the write may have
 	// happened and was retried: the occurrence count may then be one too high.
 	Ambiguous bool
 }
 
-// Options tune retries. The zero value retries for up to 10 attempts, 50 ms doubling to 2 s,
-// with full jitter, within the context's deadline.
+// Options tune retries. Zero fields take their defaults: 10 tries, 50 ms doubling to 2 s, with
+// full jitter, within the context's deadline. Negative values are refused.
 type Options struct {
+	// MaxAttempts bounds one CreateOrRecord: every failure worth a retry (a transient error, a
+	// write conflict, a 409 naming an RR that has finished or is gone) spends one try and one
+	// backoff, whichever step it hit; when all are spent, ErrGaveUp.
 	MaxAttempts    int
 	InitialBackoff time.Duration
 	MaxBackoff     time.Duration
 }
 
-func (o Options) withDefaults() Options {
+// ErrInvalidOptions is returned, before any request, for Options that cannot work.
+var ErrInvalidOptions = errors.New("invalid creator options")
+
+func (o Options) validated() (Options, error) {
+	if o.MaxAttempts < 0 || o.InitialBackoff < 0 || o.MaxBackoff < 0 {
+		return o, fmt.Errorf("%w: MaxAttempts %d, InitialBackoff %s, MaxBackoff %s: none may be negative",
+			ErrInvalidOptions, o.MaxAttempts, o.InitialBackoff, o.MaxBackoff)
+	}
 	if o.MaxAttempts == 0 {
 		o.MaxAttempts = 10
 	}
@@ -55,83 +73,251 @@ func (o Options) withDefaults() Options {
 		o.InitialBackoff = 50 * time.Millisecond
 	}
 	if o.MaxBackoff == 0 {
-		o.MaxBackoff = 2 * time.Second
+		o.MaxBackoff = max(2*time.Second, o.InitialBackoff)
 	}
-	return o
+	if o.MaxBackoff < o.InitialBackoff {
+		return o, fmt.Errorf("%w: MaxBackoff %s is below InitialBackoff %s", ErrInvalidOptions, o.MaxBackoff, o.InitialBackoff)
+	}
+	return o, nil
 }
 
-// ErrGaveUp wraps the last transient error after MaxAttempts.
+// ErrGaveUp wraps the last retryable error after Options.MaxAttempts tries.
 var ErrGaveUp = errors.New("gave up after retries")
 
+// ErrNoDetails is returned when a 409 AlreadyExists does not name the RR that holds the signal
+// (neither rrguard nor the API server answers so; something else in the path did).
+var ErrNoDetails = errors.New("409 AlreadyExists without the RR's name in details")
+
 // CreateOrRecord lands one signal: it creates rr, or records the repeat on the RR in flight.
-// Transient failures (timeouts, 429, 5xx, webhook unreachable) are retried with capped exponential
-// backoff and jitter; client mistakes (422 Invalid, 400, 403) are returned at once.
+// rr is a template: it is not modified, and may be reused for later signals.
+//
+// Transient failures (429, 500, 502-504, timeouts, connection refused or reset) are retried with
+// capped exponential backoff and full jitter; any other error (422 Invalid, 400, 403, an error it
+// does not know) is returned at once. A 409 naming an RR that has finished or is gone by the time
+// it is read means the signal belongs to a new remediation: it creates again, within the same
+// budget.
 func CreateOrRecord(ctx context.Context, c client.Client, rr *v1alpha1.RemediationRequest, o Options) (Result, error) {
-	o = o.withDefaults()
-	if rr.Annotations[SignalIDAnnotation] == "" {
-		if rr.Annotations == nil {
-			rr.Annotations = map[string]string{}
-		}
-		rr.Annotations[SignalIDAnnotation] = newID()
+	o, err := o.validated()
+	if err != nil {
+		return Result{}, err
 	}
-	signalID := rr.Annotations[SignalIDAnnotation]
-	var res Result
-	backoff := o.InitialBackoff
+	tmpl := rr.DeepCopy()
+	if tmpl.Annotations[SignalIDAnnotation] == "" {
+		if tmpl.Annotations == nil {
+			tmpl.Annotations = map[string]string{}
+		}
+		tmpl.Annotations[SignalIDAnnotation] = newID()
+	}
+	s := &signal{c: c, ns: tmpl.Namespace, id: tmpl.Annotations[SignalIDAnnotation], budget: budget{o: o, next: o.InitialBackoff}}
+	err = s.land(ctx, tmpl)
+	s.res.Retries = s.budget.spent
+	return s.res, err
+}
+
+// signal is one CreateOrRecord in progress.
+type signal struct {
+	c      client.Client
+	ns, id string
+	res    Result
+	budget budget
+}
+
+// land is the one loop: create; on a 409, read the RR it names and record the signal there,
+// unless that RR no longer holds signals, in which case create again.
+func (s *signal) land(ctx context.Context, tmpl *v1alpha1.RemediationRequest) error {
 	for {
-		res.Attempts++
-		attempt := rr.DeepCopy()
-		err := c.Create(ctx, attempt)
+		attempt := tmpl.DeepCopy()
+		s.res.Attempts++
+		s.res.Requests++
+		err := s.c.Create(ctx, attempt)
 		switch {
 		case err == nil:
-			res.Name, res.New = attempt.Name, true
-			return res, res.recordFirst(ctx, c, rr.Namespace, o)
+			s.res.Name, s.res.New = attempt.Name, true
+			return s.record(ctx, attempt, countFirst)
 		case apierrors.IsAlreadyExists(err):
 			name := detailsName(err)
 			if name == "" {
-				return res, fmt.Errorf("409 without the RR's name: %w", err)
+				return fmt.Errorf("%w: %w", ErrNoDetails, err)
 			}
-			res.Name = name
-			mine, err := isMine(ctx, c, rr.Namespace, name, signalID, o)
-			if err != nil {
-				return res, err
-			}
-			if mine {
+			held, err := s.get(ctx, name)
+			switch {
+			case apierrors.IsNotFound(err):
+				if err := s.budget.spend(ctx, fmt.Errorf("the RR %s named by the 409 is gone: %w", name, err)); err != nil {
+					return err
+				}
+				continue
+			case err != nil:
+				return err
+			case held.Annotations[SignalIDAnnotation] == s.id:
 				// An earlier try was stored and its answer lost: this signal created it.
-				res.New = true
-				return res, res.recordFirst(ctx, c, rr.Namespace, o)
+				s.res.Name, s.res.New = name, true
+				return s.record(ctx, held, countFirst)
+			case !rules.InFlight(held, time.Now()):
+				if err := s.budget.spend(ctx, fmt.Errorf("the RR %s named by the 409 is no longer in flight (phase %s)", name, held.Status.OverallPhase)); err != nil {
+					return err
+				}
+				continue
 			}
-			return res, res.recordRepeat(ctx, c, rr.Namespace, o)
-		case !Transient(err):
-			return res, err
+			s.res.Name, s.res.New = name, false
+			recorded, err := s.recordRepeat(ctx, held)
+			if recorded || err != nil {
+				return err
+			}
+			// The RR finished or went away before the repeat could be written: a new remediation.
+		case Transient(err):
+			if err := s.budget.spend(ctx, err); err != nil {
+				return err
+			}
+		default:
+			return err
 		}
-		if res.Attempts >= o.MaxAttempts {
-			return res, fmt.Errorf("%w (%d attempts): %w", ErrGaveUp, res.Attempts, err)
-		}
-		if err := sleep(ctx, backoff); err != nil {
-			return res, err
-		}
-		backoff = min(2*backoff, o.MaxBackoff)
 	}
 }
 
-// Transient reports whether a failed request is worth retrying: the API server or rrguard could
-// not answer, as opposed to refusing the request.
+// countFirst sets firstSeenAt and occurrenceCount 1 on a new RR, unless a repeat got there first
+// (a repeat counts the first signal too, see countRepeat), so counts add up in any order.
+func countFirst(d *v1alpha1.DeduplicationStatus, now metav1.Time) bool {
+	if d.OccurrenceCount > 0 {
+		return false
+	}
+	d.FirstSeenAt, d.LastSeenAt, d.OccurrenceCount = &now, &now, 1
+	return true
+}
+
+// countRepeat adds one occurrence. A count still 0 means the creator's own first write has not
+// landed yet: the first signal counts as 1 here, and countFirst then leaves the count alone.
+func countRepeat(d *v1alpha1.DeduplicationStatus, now metav1.Time) bool {
+	if d.OccurrenceCount == 0 {
+		d.FirstSeenAt, d.OccurrenceCount = &now, 1
+	}
+	d.OccurrenceCount++
+	d.LastSeenAt = &now
+	return true
+}
+
+// record writes change on the RR this signal created (cur is its latest known state).
+func (s *signal) record(ctx context.Context, cur *v1alpha1.RemediationRequest, change func(*v1alpha1.DeduplicationStatus, metav1.Time) bool) error {
+	_, err := s.write(ctx, cur, change, false)
+	return err
+}
+
+// recordRepeat writes a repeat on the RR in flight. recorded is false when the RR finished or
+// went away before a write that surely did not apply: the signal then belongs to a new RR.
+func (s *signal) recordRepeat(ctx context.Context, cur *v1alpha1.RemediationRequest) (recorded bool, err error) {
+	return s.write(ctx, cur, countRepeat, true)
+}
+
+// write applies change to status.deduplication with a merge patch guarded by resourceVersion:
+// status fields it does not model survive, and concurrent writers conflict instead of
+// overwriting each other. A conflict re-reads and tries again, within the budget. A transient
+// failure of the write itself may have applied, so it marks the result ambiguous, and from then
+// on the signal stays on this RR (moving it would count it twice).
+func (s *signal) write(ctx context.Context, cur *v1alpha1.RemediationRequest, change func(*v1alpha1.DeduplicationStatus, metav1.Time) bool,
+	mustBeInFlight bool) (bool, error) {
+	mayHaveApplied := false
+	for {
+		next := cur.DeepCopy()
+		patch := client.MergeFromWithOptions(cur, client.MergeFromWithOptimisticLock{})
+		d := next.Status.Deduplication
+		if d == nil {
+			d = &v1alpha1.DeduplicationStatus{}
+		}
+		if !change(d, metav1.Now()) {
+			return true, nil
+		}
+		next.Status.Deduplication = d
+		s.res.Requests++
+		err := s.c.Status().Patch(ctx, next, patch)
+		switch {
+		case err == nil:
+			return true, nil
+		case apierrors.IsConflict(err), apierrors.IsNotFound(err):
+		case Transient(err):
+			s.res.Ambiguous, mayHaveApplied = true, true
+		default:
+			return false, err
+		}
+		if err := s.budget.spend(ctx, fmt.Errorf("recording on %s: %w", cur.Name, err)); err != nil {
+			return false, err
+		}
+		cur, err = s.get(ctx, cur.Name)
+		switch {
+		case apierrors.IsNotFound(err) && mustBeInFlight && !mayHaveApplied:
+			return false, nil
+		case err != nil:
+			return false, fmt.Errorf("recording on %s: %w", next.Name, err)
+		case mustBeInFlight && !mayHaveApplied && !rules.InFlight(cur, time.Now()):
+			return false, nil
+		}
+	}
+}
+
+// get reads one RR as of now, retrying transient failures within the budget.
+func (s *signal) get(ctx context.Context, name string) (*v1alpha1.RemediationRequest, error) {
+	for {
+		var rr v1alpha1.RemediationRequest
+		s.res.Requests++
+		err := s.c.Get(ctx, client.ObjectKey{Namespace: s.ns, Name: name}, &rr)
+		if !Transient(err) {
+			return &rr, err
+		}
+		if err := s.budget.spend(ctx, err); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// budget is the one retry policy of a CreateOrRecord: a number of tries shared by every step,
+// and an exponential backoff with full jitter, so that creators refused together do not retry
+// together.
+type budget struct {
+	o     Options
+	spent int
+	next  time.Duration
+}
+
+// spend takes one try for a failure worth retrying and sleeps before it, or says why there is
+// none left.
+func (b *budget) spend(ctx context.Context, cause error) error {
+	b.spent++
+	if b.spent >= b.o.MaxAttempts {
+		return fmt.Errorf("%w (%d tries): %w", ErrGaveUp, b.spent, cause)
+	}
+	d := time.Duration(rand.Int64N(int64(b.next))) + 1
+	b.next = min(2*b.next, b.o.MaxBackoff)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return fmt.Errorf("%w (last failure: %w)", ctx.Err(), cause)
+	case <-t.C:
+		return nil
+	}
+}
+
+// Transient reports whether a failed request is known to be worth retrying: the API server or
+// rrguard could not answer (429, 500 — which is how the API server reports a webhook it could not
+// call —, 502, 503, 504, a server or client timeout, a refused, reset or lost connection), as
+// opposed to refusing the request. Anything else, unknown errors included, is not.
 func Transient(err error) bool {
-	var netErr net.Error
 	var st apierrors.APIStatus
+	var netErr net.Error
 	switch {
 	case err == nil, errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return false
-	case apierrors.IsTimeout(err), apierrors.IsServerTimeout(err), apierrors.IsTooManyRequests(err),
-		apierrors.IsServiceUnavailable(err), apierrors.IsInternalError(err), apierrors.IsUnexpectedServerError(err):
+	case errors.As(err, &st):
+		switch st.Status().Code {
+		case 429, 500, 502, 503, 504:
+			return true
+		}
+		return apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err)
+	case utilnet.IsConnectionRefused(err), utilnet.IsConnectionReset(err), utilnet.IsHTTP2ConnectionLost(err),
+		utilnet.IsProbableEOF(err):
 		return true
 	case errors.As(err, &netErr):
-		return true
-	case errors.As(err, &st):
-		return st.Status().Code >= 500 || st.Status().Code == 429
+		return netErr.Timeout()
 	}
-	// Connection refused or reset, EOF: no status at all.
-	return true
+	return false
 }
 
 func detailsName(err error) string {
@@ -140,117 +326,6 @@ func detailsName(err error) string {
 		return st.Status().Details.Name
 	}
 	return ""
-}
-
-func isMine(ctx context.Context, c client.Client, ns, name, signalID string, o Options) (bool, error) {
-	var rr v1alpha1.RemediationRequest
-	if err := retryTransient(ctx, o, func() error { return c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &rr) }); err != nil {
-		if apierrors.IsNotFound(err) {
-			return false, nil
-		}
-		return false, err
-	}
-	return rr.Annotations[SignalIDAnnotation] == signalID, nil
-}
-
-// recordFirst sets firstSeenAt and occurrenceCount 1 on a new RR, unless a repeat got there first
-// (a repeat counts the first signal too, see recordRepeat), so counts add up in any order.
-func (r *Result) recordFirst(ctx context.Context, c client.Client, ns string, o Options) error {
-	return r.updateStatus(ctx, c, ns, o, func(d *v1alpha1.DeduplicationStatus, now metav1.Time) bool {
-		if d.OccurrenceCount > 0 {
-			return false
-		}
-		d.FirstSeenAt, d.LastSeenAt, d.OccurrenceCount = &now, &now, 1
-		return true
-	})
-}
-
-// recordRepeat adds one occurrence. A count still 0 means the creator's own first write has not
-// landed yet: the first signal counts as 1 here, and recordFirst then leaves the count alone.
-func (r *Result) recordRepeat(ctx context.Context, c client.Client, ns string, o Options) error {
-	return r.updateStatus(ctx, c, ns, o, func(d *v1alpha1.DeduplicationStatus, now metav1.Time) bool {
-		if d.OccurrenceCount == 0 {
-			d.FirstSeenAt, d.OccurrenceCount = &now, 1
-		}
-		d.OccurrenceCount++
-		d.LastSeenAt = &now
-		return true
-	})
-}
-
-// updateStatus applies change with optimistic concurrency (retry on conflict) and retries
-// transient failures; a transient failure of the write itself may have been applied, so it marks
-// the result ambiguous.
-func (r *Result) updateStatus(ctx context.Context, c client.Client, ns string, o Options,
-	change func(*v1alpha1.DeduplicationStatus, metav1.Time) bool) error {
-	backoff := o.InitialBackoff
-	for attempt := 1; ; attempt++ {
-		var rr v1alpha1.RemediationRequest
-		err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: r.Name}, &rr)
-		if err == nil {
-			// A merge patch of deduplication only, guarded by resourceVersion: fields of the
-			// status this helper does not model survive, and concurrent writers conflict.
-			patch := client.MergeFromWithOptions(rr.DeepCopy(), client.MergeFromWithOptimisticLock{})
-			d := rr.Status.Deduplication
-			if d == nil {
-				d = &v1alpha1.DeduplicationStatus{}
-			}
-			if !change(d, metav1.Now()) {
-				return nil
-			}
-			rr.Status.Deduplication = d
-			err = c.Status().Patch(ctx, &rr, patch)
-			if err == nil {
-				return nil
-			}
-			if Transient(err) {
-				r.Ambiguous = true
-			}
-		}
-		switch {
-		case apierrors.IsConflict(err):
-			continue
-		case !Transient(err):
-			return err
-		case attempt >= o.MaxAttempts:
-			return fmt.Errorf("%w recording on %s: %w", ErrGaveUp, r.Name, err)
-		}
-		if err := sleep(ctx, backoff); err != nil {
-			return err
-		}
-		backoff = min(2*backoff, o.MaxBackoff)
-	}
-}
-
-// retryTransient runs f until it succeeds, fails for good, or o.MaxAttempts are spent.
-func retryTransient(ctx context.Context, o Options, f func() error) error {
-	backoff := o.InitialBackoff
-	for attempt := 1; ; attempt++ {
-		err := f()
-		switch {
-		case !Transient(err):
-			return err
-		case attempt >= o.MaxAttempts:
-			return fmt.Errorf("%w (%d attempts): %w", ErrGaveUp, attempt, err)
-		}
-		if err := sleep(ctx, backoff); err != nil {
-			return err
-		}
-		backoff = min(2*backoff, o.MaxBackoff)
-	}
-}
-
-// sleep waits a random time up to d (full jitter), so that creators refused together do not
-// retry together.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(time.Duration(rand.Int64N(int64(d)) + 1))
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 func newID() string {

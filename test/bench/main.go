@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"go.uber.org/zap/zapcore"
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
@@ -110,7 +109,7 @@ func run(sizes, creators []int, perCell int, out, doc string) error {
 
 	// rrguard judges only namespaces labelled for it, so that every mode runs against one
 	// control plane, in one process, side by side.
-	if err := selectNamespaces(ctx, env.Client); err != nil {
+	if err := env.JudgeOnly(ctx, &metav1.LabelSelector{MatchLabels: map[string]string{benchLabel: "rrguard"}}); err != nil {
 		return err
 	}
 	var requests atomic.Int64
@@ -125,7 +124,7 @@ func run(sizes, creators []int, perCell int, out, doc string) error {
 	var results []result
 	cell := 0
 	for _, size := range sizes {
-		plain, guarded, err := namespaces(ctx, env.Client, size)
+		plain, guarded, err := namespaces(ctx, env, size)
 		if err != nil {
 			return err
 		}
@@ -137,7 +136,7 @@ func run(sizes, creators []int, perCell int, out, doc string) error {
 				}
 				if size == 0 {
 					// Fresh namespaces per row: "0 existing" must stay near 0.
-					if plain, guarded, err = namespaces(ctx, env.Client, 0); err != nil {
+					if plain, guarded, err = namespaces(ctx, env, 0); err != nil {
 						return err
 					}
 				}
@@ -187,30 +186,9 @@ func run(sizes, creators []int, perCell int, out, doc string) error {
 	return nil
 }
 
-func selectNamespaces(ctx context.Context, c client.Client) error {
-	sel := &metav1.LabelSelector{MatchLabels: map[string]string{benchLabel: "rrguard"}}
-	var m admissionregistrationv1.MutatingWebhookConfiguration
-	if err := c.Get(ctx, client.ObjectKey{Name: "rrguard-mutating-webhook-configuration"}, &m); err != nil {
-		return err
-	}
-	for i := range m.Webhooks {
-		m.Webhooks[i].NamespaceSelector = sel
-	}
-	if err := c.Update(ctx, &m); err != nil {
-		return err
-	}
-	var v admissionregistrationv1.ValidatingWebhookConfiguration
-	if err := c.Get(ctx, client.ObjectKey{Name: "rrguard-validating-webhook-configuration"}, &v); err != nil {
-		return err
-	}
-	for i := range v.Webhooks {
-		v.Webhooks[i].NamespaceSelector = sel
-	}
-	return c.Update(ctx, &v)
-}
-
 // namespaces makes two namespaces holding size RRs each: one plain, one judged by rrguard.
-func namespaces(ctx context.Context, c client.Client, size int) (plain, guarded string, err error) {
+func namespaces(ctx context.Context, env *testenv.Env, size int) (plain, guarded string, err error) {
+	c := env.Client
 	for i, label := range []string{"plain", "rrguard"} {
 		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: fmt.Sprintf("bench-%d-%s-", size, label)}}
 		if err := c.Create(ctx, ns); err != nil {
@@ -232,9 +210,10 @@ func namespaces(ctx context.Context, c client.Client, size int) (plain, guarded 
 		}
 		guarded = ns.Name
 	}
-	// The API server learns namespace labels through its own informer.
-	time.Sleep(2 * time.Second)
-	return plain, guarded, nil
+	if err := env.WaitJudged(ctx, guarded, true); err != nil {
+		return "", "", err
+	}
+	return plain, guarded, env.WaitJudged(ctx, plain, false)
 }
 
 // fill creates n RRs of distinct fingerprints, before rrguard judges the namespace.

@@ -26,10 +26,15 @@ type Options struct {
 	Namespace    string
 	Fingerprints []string
 	Signals      int // spread round-robin over Fingerprints
+	// Duration, when set, keeps every worker sending until it has passed; Signals is then ignored.
+	Duration time.Duration
 	Workers      int
 	Creator      creator.Options
 	// Progress, when set, is called about every second with the signals landed so far.
 	Progress func(done, total int)
+	// OnLanded, when set, is called once for each signal with how many have landed (or failed)
+	// so far, counting it: tests inject faults at a point of the storm, not at a time.
+	OnLanded func(done int)
 }
 
 // Summary is what a storm did, as its creators saw it.
@@ -39,6 +44,7 @@ type Summary struct {
 	Repeats   int
 	Ambiguous int
 	Attempts  int
+	Requests  int
 	Errors    map[string]int // by kind, for signals that did not land
 	// FirstError is the first message of each kind in Errors.
 	FirstError map[string]string
@@ -51,10 +57,7 @@ func (s Summary) Lost() int { return s.Sent - s.Created - s.Repeats }
 
 // Run sends the signals and waits for all of them.
 func Run(ctx context.Context, c client.Client, o Options) Summary {
-	s := Summary{Sent: o.Signals, Errors: map[string]int{}, FirstError: map[string]string{}, PerFP: map[string]int{}}
-	for i := range o.Signals {
-		s.PerFP[o.Fingerprints[i%len(o.Fingerprints)]]++
-	}
+	s := Summary{Errors: map[string]int{}, FirstError: map[string]string{}, PerFP: map[string]int{}}
 	work := make(chan int)
 	var mu sync.Mutex
 	var done atomic.Int64
@@ -80,10 +83,17 @@ func Run(ctx context.Context, c client.Client, o Options) Summary {
 		go func() {
 			defer wg.Done()
 			for i := range work {
-				res, err := creator.CreateOrRecord(ctx, c, testenv.NewRR(o.Namespace, o.Fingerprints[i%len(o.Fingerprints)]), o.Creator)
-				done.Add(1)
+				fp := o.Fingerprints[i%len(o.Fingerprints)]
+				res, err := creator.CreateOrRecord(ctx, c, testenv.NewRR(o.Namespace, fp), o.Creator)
+				n := done.Add(1)
+				if o.OnLanded != nil {
+					o.OnLanded(int(n))
+				}
 				mu.Lock()
+				s.Sent++
+				s.PerFP[fp]++
 				s.Attempts += res.Attempts
+				s.Requests += res.Requests
 				if res.Ambiguous {
 					s.Ambiguous++
 				}
@@ -103,8 +113,23 @@ func Run(ctx context.Context, c client.Client, o Options) Summary {
 			}
 		}()
 	}
-	for i := range o.Signals {
-		work <- i
+	if o.Duration > 0 {
+		deadline := time.NewTimer(o.Duration)
+	send:
+		for i := 0; ; i++ {
+			select {
+			case work <- i:
+			case <-deadline.C:
+				break send
+			case <-ctx.Done():
+				break send
+			}
+		}
+		deadline.Stop()
+	} else {
+		for i := range o.Signals {
+			work <- i
+		}
 	}
 	close(work)
 	wg.Wait()

@@ -17,6 +17,7 @@ type Proxy struct {
 	backends []string
 	next     atomic.Uint64
 	delay    atomic.Int64 // nanoseconds to hold each chunk from a client before forwarding
+	delayed  atomic.Int64 // chunks held so far
 	wg       sync.WaitGroup
 }
 
@@ -37,6 +38,9 @@ func NewProxy(addr string, backends ...string) (*Proxy, error) {
 // SetDelay holds every chunk a client sends for d before forwarding it (0: no delay), so each
 // request on a kept-alive connection is slowed too.
 func (p *Proxy) SetDelay(d time.Duration) { p.delay.Store(int64(d)) }
+
+// Delayed is how many chunks the proxy has held so far: how often the slowness hit.
+func (p *Proxy) Delayed() int64 { return p.delayed.Load() }
 
 // Close stops accepting and waits for open connections to end.
 func (p *Proxy) Close() error {
@@ -76,7 +80,8 @@ func (p *Proxy) copyDelayed(dst io.Writer, src io.Reader) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			if d := time.Duration(p.delay.Load()); d > 0 {
-				time.Sleep(d)
+				p.delayed.Add(1)
+				time.Sleep(d) // the fault itself: a slow rrguard
 			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return

@@ -8,16 +8,21 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/creator"
+	"github.com/rrguard/rrguard/rules"
 	"github.com/rrguard/rrguard/test/storm"
 	"github.com/rrguard/rrguard/test/testenv"
 	"github.com/rrguard/rrguard/webhook/serve"
@@ -120,27 +125,47 @@ func proxied(ctx context.Context, t *testing.T) *service {
 	return s
 }
 
-// Two replicas behind a Service; one is killed mid-storm and started again.
+// at returns an OnLanded hook that closes each channel once the storm has landed that many
+// signals, so that a fault is injected at a point of the storm, whatever the machine's speed.
+func at(points ...int) (func(int), []chan struct{}) {
+	chans := make([]chan struct{}, len(points))
+	for i := range chans {
+		chans[i] = make(chan struct{})
+	}
+	return func(done int) {
+		for i, p := range points {
+			if done == p {
+				close(chans[i])
+			}
+		}
+	}, chans
+}
+
+// Two replicas behind a Service; one is killed after 100 of 1,000 signals and started again after
+// 300.
 func TestReplicaKilledMidStorm(t *testing.T) {
 	ctx, ns := env.TestNamespace(t, "storm", 5*time.Minute)
 	svc := proxied(ctx, t)
+	onLanded, points := at(100, 300)
 	var s storm.Summary
-	var wg sync.WaitGroup
-	wg.Add(1)
+	done := make(chan struct{})
 	go func() {
-		defer wg.Done()
-		s = storm.Run(ctx, env.Client, storm.Options{Namespace: ns, Fingerprints: fingerprints(ns, 50), Signals: 1000, Workers: 64})
+		defer close(done)
+		s = storm.Run(ctx, env.Client, storm.Options{Namespace: ns, Fingerprints: fingerprints(ns, 50), Signals: 1000, Workers: 64, OnLanded: onLanded})
 	}()
-	time.Sleep(300 * time.Millisecond)
+	<-points[0]
 	if err := svc.stops[0](); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second)
+	select {
+	case <-points[1]:
+	case <-done:
+	}
 	svc.stops[0] = replica(ctx, t, svc.addrs[0])
-	wg.Wait()
+	<-done
 	exact(ctx, t, ns, s, s.Ambiguous)
 	if s.Attempts <= s.Sent {
-		t.Logf("no create needed a retry (%d creates for %d signals): the kill did not hit the storm", s.Attempts, s.Sent)
+		t.Fatalf("no create needed a retry (%d creates for %d signals): the kill did not hit the storm", s.Attempts, s.Sent)
 	}
 }
 
@@ -169,9 +194,11 @@ func TestSlowerThanTimeout(t *testing.T) {
 		t.Fatalf("a webhook timeout must be retryable: %v", err)
 	}
 
-	// Signals sent while rrguard is slow, which recovers after a few seconds.
+	// Signals sent while rrguard is slow; it recovers once ten webhook calls have timed out.
 	go func() {
-		time.Sleep(3 * time.Second)
+		_ = wait.PollUntilContextCancel(ctx, 50*time.Millisecond, false, func(context.Context) (bool, error) {
+			return p.Delayed() >= 10, nil
+		})
 		p.SetDelay(0)
 	}()
 	s := storm.Run(ctx, env.Client, storm.Options{Namespace: ns, Fingerprints: fingerprints(ns, 5), Signals: 20, Workers: 10,
@@ -190,6 +217,7 @@ func TestAPIServerRestartMidStorm(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stop()
+	onLanded, points := at(100)
 	var s storm.Summary
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -198,9 +226,9 @@ func TestAPIServerRestartMidStorm(t *testing.T) {
 		s = storm.Run(ctx, env.Client, storm.Options{Namespace: ns, Fingerprints: fingerprints(ns, 50), Signals: 1000, Workers: 64,
 			// Like a Gateway, keep retrying for as long as a graceful restart under load takes: the
 			// API server drains in-flight requests for up to a minute before it stops.
-			Creator: creator.Options{MaxAttempts: 400, MaxBackoff: time.Second}})
+			Creator: creator.Options{MaxAttempts: 400, MaxBackoff: time.Second}, OnLanded: onLanded})
 	}()
-	time.Sleep(time.Second)
+	<-points[0]
 	start := time.Now()
 	if err := env.RestartAPIServer(); err != nil {
 		t.Fatal(err)
@@ -211,4 +239,120 @@ func TestAPIServerRestartMidStorm(t *testing.T) {
 	if s.Attempts <= s.Sent {
 		t.Fatalf("no create needed a retry (%d creates for %d signals): the restart did not hit the storm", s.Attempts, s.Sent)
 	}
+}
+
+// stormDuration is how long the completion storm runs: RRGUARD_STORM_DURATION (`make storm` sets
+// a minute), else 10 s in `make test`.
+func stormDuration(t *testing.T) time.Duration {
+	if v := os.Getenv("RRGUARD_STORM_DURATION"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("RRGUARD_STORM_DURATION: %v", err)
+		}
+		return d
+	}
+	return 10 * time.Second
+}
+
+// Numbering above 1 under concurrency: 64 creators fire at 4 fingerprints while another goroutine
+// completes every RR in flight as soon as it sees it, so each fingerprint runs through many
+// occurrences. A watch replays every committed change: at no instant are two RRs of one
+// fingerprint in flight; every name is issued once, in order; every signal is counted once.
+func TestNumberingUnderCompletions(t *testing.T) {
+	d := stormDuration(t)
+	ctx, ns := env.TestNamespace(t, "storm", d+5*time.Minute)
+	stop, err := env.ServeRRGuard(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	wc, err := client.NewWithWatch(env.Config, client.Options{Scheme: serve.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	iw, err := storm.WatchInFlight(ctx, wc, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	completerCtx, stopCompleter := context.WithCancel(ctx)
+	var completed atomic.Int64
+	completerDone := make(chan struct{})
+	go func() {
+		defer close(completerDone)
+		// Paced, not synchronised: a sweep every 20 ms completes whatever is in flight.
+		_ = wait.PollUntilContextCancel(completerCtx, 20*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+			var list v1alpha1.RemediationRequestList
+			if err := env.Client.List(ctx, &list, client.InNamespace(ns)); err != nil {
+				return false, nil
+			}
+			for i := range list.Items {
+				rr := &list.Items[i]
+				if !rules.InFlight(rr, time.Now()) {
+					continue
+				}
+				patch := client.RawPatch(types.MergePatchType, []byte(`{"status":{"overallPhase":"Completed"}}`))
+				if err := env.Client.Status().Patch(ctx, rr, patch); err == nil {
+					completed.Add(1)
+				}
+			}
+			return false, nil
+		})
+	}()
+	s := storm.Run(ctx, env.Client, storm.Options{Namespace: ns, Fingerprints: fingerprints(ns, 4), Duration: d, Workers: 64,
+		Creator: creator.Options{MaxAttempts: 30}})
+	stopCompleter()
+	<-completerDone
+	t.Log(s)
+	most, worst, events, err := iw.Stop(ctx, env.Client, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("watch replayed %d changes; completer finished %d RRs; most RRs of one fingerprint in flight at once: %d", events, completed.Load(), most)
+	if most > 1 {
+		t.Fatalf("two RRs of one fingerprint in flight together %s", worst)
+	}
+	if s.Lost() != 0 || len(s.Errors) != 0 {
+		t.Fatalf("%d signals lost: %v %v", s.Lost(), s.Errors, s.FirstError)
+	}
+
+	var list v1alpha1.RemediationRequestList
+	if err := env.Client.List(ctx, &list, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	counted := map[string]int{}
+	numbers := map[string][]int64{}
+	for _, rr := range list.Items {
+		fp := rr.Spec.SignalFingerprint
+		n, ok := rules.Occurrence(fp, rr.Name)
+		if !ok {
+			t.Fatalf("RR %s is not named by the scheme", rr.Name)
+		}
+		numbers[fp] = append(numbers[fp], n)
+		if d := rr.Status.Deduplication; d != nil {
+			counted[fp] += int(d.OccurrenceCount)
+		}
+	}
+	over, highest := 0, int64(0)
+	for fp, sent := range s.PerFP {
+		ns := numbers[fp]
+		slices.Sort(ns)
+		for i, n := range ns {
+			if n != int64(i+1) {
+				t.Fatalf("fingerprint %s: numbers %v are not 1..%d, each once", fp[:8], ns, len(ns))
+			}
+		}
+		highest = max(highest, int64(len(ns)))
+		if counted[fp] < sent {
+			t.Fatalf("fingerprint %s: %d counted over its RRs, %d signals sent", fp[:8], counted[fp], sent)
+		}
+		over += counted[fp] - sent
+	}
+	if over > s.Ambiguous {
+		t.Fatalf("over-counted by %d with %d ambiguous writes", over, s.Ambiguous)
+	}
+	if highest < 10 {
+		t.Fatalf("the highest occurrence number reached only %d: the storm did not exercise numbering", highest)
+	}
+	t.Logf("%d RRs over %d fingerprints, highest occurrence number %d", len(list.Items), len(s.PerFP), highest)
 }

@@ -1,0 +1,175 @@
+// Package kubernaut measures what an unmodified Kubernaut gets from rrguard: GW-DEDUP-002 (five
+// truly simultaneous signals of one fingerprint) through an emulation of today's Gateway (package
+// test/gateway), against a real API server with rrguard installed, next to package creator as the
+// drop-in. docs/kubernaut.md quotes the figures this test logs.
+package kubernaut
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/creator"
+	"github.com/rrguard/rrguard/test/gateway"
+	"github.com/rrguard/rrguard/test/testenv"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m, testenv.Options{Webhooks: true}, &env)) }
+
+const (
+	rounds  = 20
+	signals = 5 // GW-DEDUP-002
+)
+
+// tally is one scenario's outcome over all rounds.
+type tally struct {
+	rrs, counted, phantoms, swallowed, errors int
+	maxRRsPerRound                            int
+}
+
+func (t tally) String() string {
+	return fmt.Sprintf("%d signals in %d rounds: RRs stored %d (most in one round %d), signals counted in occurrenceCount %d, "+
+		"409s taken as success %d, reported names that do not exist %d, errors %d",
+		rounds*signals, rounds, t.rrs, t.maxRRsPerRound, t.counted, t.swallowed, t.phantoms, t.errors)
+}
+
+// storm fires one round's signals at once through send (the index picks the Gateway pod) and
+// accounts for them.
+func storm(ctx context.Context, t *testing.T, ns string, round int, send func(i int, fp string) (name string, swallowed bool, err error), sum *tally) {
+	t.Helper()
+	fp := testenv.Fingerprint(fmt.Sprintf("%s/%d", ns, round))
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var reported []string
+	for i := range signals {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			name, swallowed, err := send(i, fp)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				t.Logf("signal error: %v", err)
+				sum.errors++
+				return
+			}
+			if swallowed {
+				sum.swallowed++
+			}
+			reported = append(reported, name)
+		}()
+	}
+	close(start)
+	wg.Wait()
+
+	var list v1alpha1.RemediationRequestList
+	if err := env.Client.List(ctx, &list, client.InNamespace(ns), client.MatchingFields{"spec.signalFingerprint": fp}); err != nil {
+		t.Fatal(err)
+	}
+	sum.rrs += len(list.Items)
+	sum.maxRRsPerRound = max(sum.maxRRsPerRound, len(list.Items))
+	for _, rr := range list.Items {
+		if d := rr.Status.Deduplication; d != nil {
+			sum.counted += int(d.OccurrenceCount)
+		} else {
+			sum.counted++ // created, no repeat recorded yet: it holds its first signal
+		}
+	}
+	for _, name := range reported {
+		var rr v1alpha1.RemediationRequest
+		if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &rr); apierrors.IsNotFound(err) {
+			sum.phantoms++
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestGWDedup002WithUnmodifiedKubernaut(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "kubernaut", 5*time.Minute)
+	stop, err := env.ServeRRGuard(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+
+	// A second namespace that rrguard does not judge, for today's Kubernaut without rrguard.
+	if err := env.JudgeOnly(ctx, &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+		{Key: "rrguard.test/off", Operator: metav1.LabelSelectorOpDoesNotExist}}}); err != nil {
+		t.Fatal(err)
+	}
+	off := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "kubernaut-off-", Labels: map[string]string{"rrguard.test/off": "true"}}}
+	if err := env.Client.Create(ctx, off); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.WaitJudged(ctx, off.Name, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.WaitJudged(ctx, ns, true); err != nil {
+		t.Fatal(err)
+	}
+
+	viaGateway := func(ns string, pods int, noLock bool) func(i int, fp string) (string, bool, error) {
+		return func(i int, fp string) (string, bool, error) {
+			o, err := gateway.Gateway{Client: env.Client, Namespace: ns, Pod: fmt.Sprintf("gateway-%d", i%pods), NoLock: noLock}.Signal(ctx, fp)
+			return o.Name, o.Swallowed409, err
+		}
+	}
+	viaCreator := func(_ int, fp string) (string, bool, error) {
+		res, err := creator.CreateOrRecord(ctx, env.Client, testenv.NewRR(ns, fp), creator.Options{})
+		return res.Name, false, err
+	}
+	scenarios := []struct {
+		name string
+		ns   string
+		send func(int, string) (string, bool, error)
+	}{
+		{"Gateway today, one pod (its lock is re-entrant per pod)", ns, viaGateway(ns, 1, false)},
+		{"Gateway today, five pods", ns, viaGateway(ns, signals, false)},
+		{"package creator in place of Gateway's create", ns, viaCreator},
+		{"Gateway's list-then-create without the Lease lock (as ApiFrontend and other creators do)", ns, viaGateway(ns, 1, true)},
+		{"without rrguard: Gateway today, one pod", off.Name, viaGateway(off.Name, 1, false)},
+		{"without rrguard: list-then-create without the lock", off.Name, viaGateway(off.Name, 1, true)},
+	}
+	results := make([]tally, len(scenarios))
+	// Interleaved, so that each scenario sees the same machine load.
+	for round := range rounds {
+		for i, sc := range scenarios {
+			storm(ctx, t, sc.ns, i*rounds+round, sc.send, &results[i])
+		}
+	}
+	for i, sc := range scenarios {
+		r := results[i]
+		t.Logf("%s: %s", sc.name, r)
+		if sc.ns == off.Name {
+			continue
+		}
+		if r.maxRRsPerRound != 1 || r.errors != 0 {
+			t.Errorf("%s: with rrguard installed every round must store exactly one RR: %s", sc.name, r)
+		}
+		// Every 409 Gateway swallows reports the random name it sent, which was never stored.
+		if r.phantoms != r.swallowed {
+			t.Errorf("%s: %d names reported that do not exist, %d swallowed 409s", sc.name, r.phantoms, r.swallowed)
+		}
+	}
+	// The comparison means something only if GW-DEDUP-002 fails without rrguard.
+	if base := results[5]; base.maxRRsPerRound < 2 {
+		t.Errorf("without rrguard, list-then-create stored at most %d RR per round: GW-DEDUP-002 was not reproduced", base.maxRRsPerRound)
+	}
+	if c := results[2]; c.counted != rounds*signals || c.phantoms != 0 || c.swallowed != 0 {
+		t.Errorf("creator: %s; want every signal counted and every reported name stored", c)
+	}
+}

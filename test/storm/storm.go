@@ -28,8 +28,8 @@ type Options struct {
 	Signals      int // spread round-robin over Fingerprints
 	// Duration, when set, keeps every worker sending until it has passed; Signals is then ignored.
 	Duration time.Duration
-	Workers      int
-	Creator      creator.Options
+	Workers  int
+	Creator  creator.Options
 	// Progress, when set, is called about every second with the signals landed so far.
 	Progress func(done, total int)
 	// OnLanded, when set, is called once for each signal with how many have landed (or failed)

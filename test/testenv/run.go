@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.uber.org/zap/zapcore"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -75,22 +76,34 @@ func (e *Env) ServeRRGuardWith(ctx context.Context, cfg *rest.Config, adjust ...
 	// Stop ends every replica before the control plane and the serving certificates go away.
 	e.OnStop(stop)
 	addr := net.JoinHostPort(o.Host, strconv.Itoa(o.Port))
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // readiness probe only
-		if err == nil {
-			conn.Close()
-			return stop, nil
-		}
+	var last error
+	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
 		select {
 		case err := <-done:
-			return nil, fmt.Errorf("rrguard stopped before serving: %v", err)
+			return false, fmt.Errorf("rrguard stopped before serving: %v", err)
 		default:
 		}
-		if time.Now().After(deadline) {
-			_ = stop()
-			return nil, fmt.Errorf("rrguard did not serve TLS on %s within 30s: %v", addr, err)
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // readiness probe only
+		if err != nil {
+			last = err
+			return false, nil
 		}
-		time.Sleep(50 * time.Millisecond)
+		conn.Close()
+		return true, nil
+	})
+	if err != nil {
+		_ = stop()
+		return nil, fmt.Errorf("rrguard did not serve TLS on %s: %w (last dial: %v)", addr, err, last)
 	}
+	// A test begins once the cache has synced: until then every decision is a consistent List,
+	// and a test of the cache path would test the fallback instead.
+	if !o.ConsistentListOnly {
+		syncCtx, cancelSync := context.WithTimeout(ctx, 30*time.Second)
+		defer cancelSync()
+		if !r.Manager().GetCache().WaitForCacheSync(syncCtx) {
+			_ = stop()
+			return nil, fmt.Errorf("rrguard's cache did not sync within 30s")
+		}
+	}
+	return stop, nil
 }

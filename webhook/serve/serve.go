@@ -36,6 +36,9 @@ type Options struct {
 	// with no cache: cost grows with the RRs in the namespace. Off, an informer cache finds the
 	// candidates and one consistent GET confirms them.
 	ConsistentListOnly bool
+	// CacheView, when set, wraps the cache reader the decision takes its candidates from. Tests
+	// hold it back on purpose, to show that a lagging cache stores no duplicate.
+	CacheView func(client.Reader) client.Reader
 	// ShutdownDelay keeps serving after a stop is asked for, while /readyz already fails, so that
 	// endpoints drop the pod before it stops answering the API server.
 	ShutdownDelay time.Duration
@@ -103,7 +106,11 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		if err != nil {
 			return nil, err
 		}
-		lister = webhook.CachedLister{Cache: mgr.GetClient(), API: mgr.GetAPIReader(), Synced: inf.HasSynced}
+		var view client.Reader = mgr.GetClient()
+		if o.CacheView != nil {
+			view = o.CacheView(view)
+		}
+		lister = webhook.CachedLister{Cache: view, API: mgr.GetAPIReader(), Synced: inf.HasSynced}
 	}
 	server.Register(webhook.NamePath, &crwebhook.Admission{Handler: &webhook.Namer{Lister: lister}})
 	server.Register(webhook.CheckPath, &crwebhook.Admission{Handler: webhook.Checker{}})

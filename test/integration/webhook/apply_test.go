@@ -85,7 +85,7 @@ func keysMatchNames(ctx context.Context, t *testing.T, ns string) []v1alpha1.Rem
 
 // The reported bug: two concurrent server-side applies of RRs named gitops-a and gitops-b with one
 // fingerprint. An apply cannot be renamed, so both are refused, with a message saying what to do.
-func TestServerSideApplyOfForeignNamesRefused(t *testing.T) {
+func testServerSideApplyOfForeignNamesRefused(t *testing.T) {
 	ctx, ns := setup(t)
 	kubectl := kubectlIn(ctx, t, ns)
 	fp := testenv.Fingerprint(ns + "/gitops")
@@ -109,7 +109,7 @@ func TestServerSideApplyOfForeignNamesRefused(t *testing.T) {
 // An apply of the name rrguard would give the RR now is admitted unchanged, under that name. Two
 // at once store one RR: the second either finds it stored and becomes an update (as any apply
 // does), or is decided after the first was stored and is refused as its duplicate.
-func TestServerSideApplyOfSchemeName(t *testing.T) {
+func testServerSideApplyOfSchemeName(t *testing.T) {
 	ctx, ns := setup(t)
 	kubectl := kubectlIn(ctx, t, ns)
 	fp := testenv.Fingerprint(ns + "/scheme-name")
@@ -155,7 +155,7 @@ func TestServerSideApplyOfSchemeName(t *testing.T) {
 // Client-side `kubectl apply` of an RR that does not exist is a POST: rrguard names it. Applied
 // again while it is in flight, kubectl finds no RR under the manifest's name and creates again:
 // 409 naming the RR in flight. After it completed, the same apply starts the next occurrence.
-func TestClientSideApply(t *testing.T) {
+func testClientSideApply(t *testing.T) {
 	ctx, ns := setup(t)
 	kubectl := kubectlIn(ctx, t, ns)
 	fp := testenv.Fingerprint(ns + "/client-side")
@@ -181,7 +181,7 @@ func TestClientSideApply(t *testing.T) {
 }
 
 // Applied through a typed client (no kubectl), the refusal is a typed 422 on metadata.name.
-func TestServerSideApplyTypedError(t *testing.T) {
+func testServerSideApplyTypedError(t *testing.T) {
 	ctx, ns := setup(t)
 	rr := &unstructured.Unstructured{}
 	if err := yaml.Unmarshal([]byte(manifest("gitops-typed", testenv.Fingerprint(ns+"/typed"))), &rr.Object); err != nil {
@@ -204,7 +204,7 @@ func names(items []v1alpha1.RemediationRequest) []string {
 
 // Any mutating admission, not only rrguard's, that renames a server-side apply is caught: here a
 // MutatingAdmissionPolicy (in the API server, ahead of every webhook) appends "-renamed".
-func TestServerSideApplyRenamedByOtherMutationRefused(t *testing.T) {
+func testServerSideApplyRenamedByOtherMutationRefused(t *testing.T) {
 	ctx, ns := setup(t)
 	kubectl := kubectlIn(ctx, t, ns)
 	policy := fmt.Sprintf(`apiVersion: admissionregistration.k8s.io/v1

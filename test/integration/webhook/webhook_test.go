@@ -15,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
@@ -26,10 +27,62 @@ import (
 var (
 	env     *testenv.Env
 	stopRRG func() error
+	// consistentListOnly is the lister mode of the replica the suite runs against.
+	consistentListOnly bool
 )
 
 func TestMain(m *testing.M) {
 	os.Exit(testenv.Main(m, testenv.Options{Webhooks: true}, &env))
+}
+
+// suite is every test of rrguard's behaviour through the API server; TestWebhook runs it once
+// with each way of reading candidates (informer cache confirmed by GETs, the default; consistent
+// List only), since the guarantee must hold with either.
+var suite = []struct {
+	name string
+	fn   func(*testing.T)
+}{
+	{"GWDedup002", testGWDedup002},
+	{"GWDedup002Details", testGWDedup002Details},
+	{"Storm200Over20", testStorm200Over20},
+	{"Lifecycle", testLifecycle},
+	{"NamesAreRewritten", testNamesAreRewritten},
+	{"DryRun", testDryRun},
+	{"BadFingerprintThroughWebhook", testBadFingerprintThroughWebhook},
+	{"LegacyInFlightRefuses", testLegacyInFlightRefuses},
+	{"ServerSideApplyOfForeignNamesRefused", testServerSideApplyOfForeignNamesRefused},
+	{"ServerSideApplyOfSchemeName", testServerSideApplyOfSchemeName},
+	{"ClientSideApply", testClientSideApply},
+	{"ServerSideApplyTypedError", testServerSideApplyTypedError},
+	{"ServerSideApplyRenamedByOtherMutationRefused", testServerSideApplyRenamedByOtherMutationRefused},
+	{"RRGuardDownFailsClosed", testRRGuardDownFailsClosed},
+	{"InstallCheck", testInstallCheck},
+}
+
+func TestWebhook(t *testing.T) {
+	for _, mode := range []struct {
+		name               string
+		consistentListOnly bool
+	}{{"cache", false}, {"consistent-list", true}} {
+		t.Run(mode.name, func(t *testing.T) {
+			useMode(t, mode.consistentListOnly)
+			for _, tc := range suite {
+				t.Run(tc.name, tc.fn)
+			}
+		})
+	}
+}
+
+// useMode makes the suite's replica run in the given lister mode from now on.
+func useMode(t *testing.T, listOnly bool) {
+	t.Helper()
+	if stopRRG != nil && consistentListOnly != listOnly {
+		if err := stopRRG(); err != nil {
+			t.Fatal(err)
+		}
+		stopRRG = nil
+	}
+	consistentListOnly = listOnly
 }
 
 // serving makes sure rrguard serves for the test (a previous test may have stopped it).
@@ -38,11 +91,22 @@ func serving(t *testing.T) {
 	if stopRRG != nil {
 		return
 	}
-	stop, err := env.ServeRRGuard(context.Background())
+	stop, err := env.ServeRRGuard(context.Background(), func(o *serve.Options) { o.ConsistentListOnly = consistentListOnly })
 	if err != nil {
 		t.Fatal(err)
 	}
 	stopRRG = stop
+}
+
+// replaced stops the suite's replica for a test that runs one of its own.
+func replaced(t *testing.T) {
+	t.Helper()
+	if stopRRG != nil {
+		if err := stopRRG(); err != nil {
+			t.Fatal(err)
+		}
+		stopRRG = nil
+	}
 }
 
 func setup(t *testing.T) (context.Context, string) {
@@ -100,7 +164,7 @@ func checkStorm(ctx context.Context, t *testing.T, ns string, fps []string, out 
 }
 
 // GW-DEDUP-002 as first written: five truly simultaneous first creates, no anchor request.
-func TestGWDedup002(t *testing.T) {
+func testGWDedup002(t *testing.T) {
 	ctx, ns := setup(t)
 	for round := range 50 {
 		fp := testenv.Fingerprint(fmt.Sprintf("%s/gw-dedup-002/%d", ns, round))
@@ -130,13 +194,13 @@ func TestGWDedup002(t *testing.T) {
 	}
 }
 
-func TestGWDedup002Details(t *testing.T) {
+func testGWDedup002Details(t *testing.T) {
 	ctx, ns := setup(t)
 	fp := testenv.Fingerprint(ns + "/details")
 	checkStorm(ctx, t, ns, []string{fp}, testenv.Storm(ctx, env.Client, ns, []string{fp}, 5))
 }
 
-func TestStorm200Over20(t *testing.T) {
+func testStorm200Over20(t *testing.T) {
 	ctx, ns := setup(t)
 	var fps []string
 	for i := range 20 {
@@ -156,7 +220,7 @@ func setStatus(ctx context.Context, t *testing.T, rr *v1alpha1.RemediationReques
 	}
 }
 
-func TestLifecycle(t *testing.T) {
+func testLifecycle(t *testing.T) {
 	ctx, ns := setup(t)
 	future := metav1.NewTime(time.Now().Add(time.Hour))
 	past := metav1.NewTime(time.Now().Add(-time.Minute))
@@ -213,7 +277,7 @@ func TestLifecycle(t *testing.T) {
 }
 
 // Whatever name the client asks for, the stored RR carries the scheme's.
-func TestNamesAreRewritten(t *testing.T) {
+func testNamesAreRewritten(t *testing.T) {
 	ctx, ns := setup(t)
 	gen := testenv.NewRR(ns, testenv.Fingerprint(ns+"/generateName"))
 	explicit := testenv.NewRR(ns, testenv.Fingerprint(ns+"/explicit"))
@@ -254,7 +318,7 @@ func TestNamesAreRewritten(t *testing.T) {
 	}
 }
 
-func TestDryRun(t *testing.T) {
+func testDryRun(t *testing.T) {
 	ctx, ns := setup(t)
 	fp := testenv.Fingerprint(ns + "/dry-run")
 	dry := testenv.NewRR(ns, fp)
@@ -273,7 +337,7 @@ func TestDryRun(t *testing.T) {
 	}
 }
 
-func TestBadFingerprintThroughWebhook(t *testing.T) {
+func testBadFingerprintThroughWebhook(t *testing.T) {
 	ctx, ns := setup(t)
 	for _, fp := range []string{"", "ABC", testenv.Fingerprint("x")[:63]} {
 		err := env.Client.Create(ctx, testenv.NewRR(ns, fp))
@@ -319,52 +383,50 @@ func withoutWebhooks(ctx context.Context, t *testing.T, fn func()) {
 	fn()
 }
 
-func TestLegacyInFlightRefuses(t *testing.T) {
+func testLegacyInFlightRefuses(t *testing.T) {
 	ctx, ns := setup(t)
 	fp := testenv.Fingerprint(ns + "/legacy")
 	legacy := "rr-" + fp[:12] + "-1a2b3c4d"
 	withoutWebhooks(ctx, t, func() {
 		// The API server drops webhook configurations from its own informer a moment later.
-		deadline := time.Now().Add(30 * time.Second)
-		for {
+		var err error
+		poll(ctx, t, "a legacy RR created without rrguard", func() bool {
 			rr := testenv.NewRR(ns, fp)
 			rr.GenerateName, rr.Name = "", legacy
-			err := env.Client.Create(ctx, rr)
-			if err == nil && rr.Name == legacy {
-				return
-			}
-			if err == nil {
+			err = env.Client.Create(ctx, rr)
+			if err == nil && rr.Name != legacy {
 				_ = env.Client.Delete(ctx, rr)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("could not create a legacy RR: %v", err)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+			return err == nil && rr.Name == legacy
+		}, &err)
 	})
 	// Once the webhooks are back, a new create of the fingerprint is refused, naming the legacy RR.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	var err error
+	poll(ctx, t, "AlreadyExists naming "+legacy, func() bool {
 		rr := testenv.NewRR(ns, fp)
-		err := env.Client.Create(ctx, rr)
-		if apierrors.IsAlreadyExists(err) && detailsName(err) == legacy {
-			break
-		}
+		err = env.Client.Create(ctx, rr)
 		if err == nil && rr.Name != rules.Name(fp, 1) {
 			// Created while the API server still ran without the webhook: not rrguard's answer yet.
 			_ = env.Client.Delete(ctx, rr)
 		} else if err == nil {
 			t.Fatalf("stored %s beside the legacy in-flight RR %s", rr.Name, legacy)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("got %v, want AlreadyExists naming %s", err, legacy)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return apierrors.IsAlreadyExists(err) && detailsName(err) == legacy
+	}, &err)
+}
+
+// poll retries cond every 100 ms for up to 30 s; last is the error to report if it never holds.
+func poll(ctx context.Context, t *testing.T, what string, cond func() bool, last *error) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		return cond(), nil
+	}); err != nil {
+		t.Fatalf("%s: %v (last: %v)", what, err, *last)
 	}
 }
 
 // failurePolicy Fail: without rrguard no RR is created, and the error says why.
-func TestRRGuardDownFailsClosed(t *testing.T) {
+func testRRGuardDownFailsClosed(t *testing.T) {
 	ctx, ns := setup(t)
 	if err := stopRRG(); err != nil {
 		t.Fatal(err)
@@ -385,7 +447,7 @@ func TestRRGuardDownFailsClosed(t *testing.T) {
 
 // The post-install check (`rrguard check`) sees rrguard answer through the API server, stores
 // nothing, and says so clearly when the webhooks are not installed.
-func TestInstallCheck(t *testing.T) {
+func testInstallCheck(t *testing.T) {
 	ctx, ns := setup(t)
 	name, err := serve.Check(ctx, env.Client, ns)
 	if err != nil || !strings.HasPrefix(name, "rr-") {
@@ -395,16 +457,10 @@ func TestInstallCheck(t *testing.T) {
 		t.Fatalf("the check stored %d RRs", n)
 	}
 	withoutWebhooks(ctx, t, func() {
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			_, err := serve.Check(ctx, env.Client, ns)
-			if err != nil && strings.Contains(err.Error(), "without rrguard naming it") {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("check without webhooks: %v", err)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		var err error
+		poll(ctx, t, "check without webhooks", func() bool {
+			_, err = serve.Check(ctx, env.Client, ns)
+			return err != nil && strings.Contains(err.Error(), "without rrguard naming it")
+		}, &err)
 	})
 }

@@ -2,7 +2,7 @@ package testenv
 
 import (
 	"context"
-		"sync"
+	"sync"
 
 	"k8s.io/apimachinery/pkg/fields"
 	"sigs.k8s.io/controller-runtime/pkg/client"

@@ -48,6 +48,10 @@ test: testbin lint ## Every test: static checks, unit tests, integration tests o
 	go test $(GO_TEST_FLAGS) -count=1 -timeout 30m ./...
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=10s
 
+.PHONY: storm
+storm: testbin ## The storm tests at full length: the completion storm runs a minute (`make test` runs 10 s).
+	RRGUARD_STORM_DURATION=$(or $(STORM_DURATION),60s) go test -count=1 -v -timeout 30m ./test/integration/storm/
+
 .PHONY: fuzz
 fuzz: ## Fuzz the admission handlers and the decision (FUZZTIME each, default 5m).
 	@for t in $(FUZZ_TARGETS); do echo "fuzz $$t ($(FUZZTIME))"; go test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./webhook/ || exit 1; done

@@ -28,6 +28,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/test/cmenv"
@@ -67,16 +68,12 @@ func kubectl(t *testing.T, stdin []byte, args ...string) []byte {
 
 func eventually(t *testing.T, what string, limit time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s: %v", what, limit, err)
-		}
-		time.Sleep(200 * time.Millisecond)
+	var last error
+	if err := wait.PollUntilContextTimeout(context.Background(), 200*time.Millisecond, limit, true, func(context.Context) (bool, error) {
+		last = f()
+		return last == nil, nil
+	}); err != nil {
+		t.Fatalf("%s: not within %s: %v", what, limit, last)
 	}
 }
 
@@ -131,12 +128,8 @@ func mountSecret(ctx context.Context, t *testing.T, name, dir string) {
 		}
 		return nil
 	})
-	go func() {
-		for ctx.Err() == nil {
-			_ = sync()
-			time.Sleep(200 * time.Millisecond)
-		}
-	}()
+	// Follow the Secret as the kubelet does, on a period.
+	go wait.UntilWithContext(ctx, func(context.Context) { _ = sync() }, 200*time.Millisecond)
 }
 
 // servedCert returns the leaf certificate rrguard presents.
@@ -327,7 +320,13 @@ func TestRotationUnderLoad(t *testing.T) {
 		}()
 	}
 
-	time.Sleep(time.Second)
+	// Rotate once the stream is flowing.
+	eventually(t, "creates flowing", 30*time.Second, func() error {
+		if sent.Load() < 10 {
+			return fmt.Errorf("%d creates sent", sent.Load())
+		}
+		return nil
+	})
 	var cert cmapi.Certificate
 	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "serving-cert"}, &cert); err != nil {
 		t.Fatal(err)
@@ -352,7 +351,14 @@ func TestRotationUnderLoad(t *testing.T) {
 		after = c
 		return nil
 	})
-	time.Sleep(time.Second) // creates keep flowing on the new pair
+	// Creates keep flowing on the new pair.
+	onNew := sent.Load()
+	eventually(t, "creates on the new pair", 30*time.Second, func() error {
+		if sent.Load() < onNew+10 {
+			return fmt.Errorf("%d creates since the new pair", sent.Load()-onNew)
+		}
+		return nil
+	})
 	stopStream()
 	wg.Wait()
 
@@ -396,13 +402,16 @@ func TestNotReadyWithoutServingCert(t *testing.T) {
 		return resp.StatusCode, b.String(), nil
 	}
 	eventually(t, "probe server up", 30*time.Second, func() error { _, _, err := readyz(); return err })
-	for range 5 {
+	// Sampled five times over a second: it stays unready.
+	samples := 0
+	_ = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
 		code, body, err := readyz()
 		if err != nil || code == http.StatusOK {
 			t.Fatalf("readyz without a certificate: %d %v\n%s", code, err, body)
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		samples++
+		return samples == 5, nil
+	})
 	var secret corev1.Secret
 	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "webhook-server-cert"}, &secret); err != nil {
 		t.Fatal(err)

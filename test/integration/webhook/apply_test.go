@@ -188,7 +188,7 @@ func testServerSideApplyTypedError(t *testing.T) {
 		t.Fatal(err)
 	}
 	rr.SetNamespace(ns)
-	err := env.Client.Patch(ctx, rr, client.Apply, client.FieldOwner("gitops")) //nolint:staticcheck // the apply path under test
+	err := env.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(rr), client.FieldOwner("gitops"))
 	if !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), "metadata.name") {
 		t.Fatalf("typed apply: %v", err)
 	}

@@ -9,16 +9,16 @@ import (
 // two concurrent creates of one fingerprint carry the same name and the API server stores only one.
 const (
 	namePrefix = "rr-"
-	// keyLen hex characters of the fingerprint (128 bits) keep names short enough for the child
+	// KeyLen hex characters of the fingerprint (128 bits) keep names short enough for the child
 	// objects Kubernaut derives from them: "rr-" + 32 + "-" + up to 19 digits stays under 63.
-	keyLen         = 32
+	KeyLen         = 32
 	fingerprintLen = 64
 )
 
 // Name is the name the RR with the given fingerprint and occurrence number must carry.
 // The fingerprint must have passed ValidFingerprint.
 func Name(fingerprint string, n int64) string {
-	return namePrefix + fingerprint[:keyLen] + "-" + strconv.FormatInt(n, 10)
+	return namePrefix + fingerprint[:KeyLen] + "-" + strconv.FormatInt(n, 10)
 }
 
 // Occurrence returns n when name is the scheme's name for fingerprint, and false for any other
@@ -27,7 +27,7 @@ func Occurrence(fingerprint, name string) (int64, bool) {
 	if !ValidFingerprint(fingerprint) {
 		return 0, false
 	}
-	rest, ok := strings.CutPrefix(name, namePrefix+fingerprint[:keyLen]+"-")
+	rest, ok := strings.CutPrefix(name, namePrefix+fingerprint[:KeyLen]+"-")
 	if !ok || rest == "" || rest[0] == '0' || len(rest) > 19 {
 		return 0, false
 	}

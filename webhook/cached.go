@@ -14,15 +14,14 @@ import (
 )
 
 // CachedLister answers from an informer cache indexed by fingerprint, and makes the answer
-// exact with one consistent GET by name, so that admission cost does not grow with the number of
+// exact with consistent GETs by name, so that admission cost does not grow with the number of
 // RRs in the namespace. It never trusts the cache for a "no": what the decision rests on is read
 // from the API server.
 //
 //   - The cache's newest RR of the fingerprint (highest n) is re-read by name: its phase decides
-//     whether a new RR may start, and the number n+1 is the name to try. If the cache missed an
-//     even newer RR, the create collides with it by name and the API server answers 409 naming it.
-//   - With no RR of the fingerprint in the cache, rr-<key>-1 is read by name: absent, the create
-//     may take it; present, the cache is behind and a consistent List decides.
+//     whether a new RR may start.
+//   - The name decided is then confirmed free by the Namer (Taken): taken means the cache is
+//     behind, and a consistent List decides.
 //   - Any other RR the cache holds as in flight is re-read, so a stale phase never refuses a create.
 //   - Cache not synced, or the newest RR gone: a consistent List decides (APILister).
 type CachedLister struct {
@@ -56,16 +55,7 @@ func (l CachedLister) ListByFingerprint(ctx context.Context, namespace, fp strin
 	}
 
 	var out []v1alpha1.RemediationRequest
-	if newest == 0 {
-		_, err := l.get(ctx, namespace, rules.Name(fp, 1))
-		switch {
-		case apierrors.IsNotFound(err):
-		case err != nil:
-			return nil, err
-		default:
-			return l.fallback(ctx, "cache-behind", namespace, fp)
-		}
-	} else {
+	if newest > 0 {
 		rr, err := l.get(ctx, namespace, rules.Name(fp, newest))
 		switch {
 		case apierrors.IsNotFound(err):
@@ -91,6 +81,21 @@ func (l CachedLister) ListByFingerprint(ctx context.Context, namespace, fp strin
 		out = append(out, *rr)
 	}
 	return out, nil
+}
+
+// Taken reports whether an RR of this name exists now: the Namer confirms that the name it
+// decided from the cache is free (the cache may have missed the RR holding it).
+func (l CachedLister) Taken(ctx context.Context, namespace, name string) (bool, error) {
+	_, err := l.get(ctx, namespace, name)
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// Consistent lists the fingerprint's RRs from the API server, counting the fallback by reason.
+func (l CachedLister) Consistent(ctx context.Context, namespace, fp, reason string) ([]v1alpha1.RemediationRequest, error) {
+	return l.fallback(ctx, reason, namespace, fp)
 }
 
 func (l CachedLister) get(ctx context.Context, namespace, name string) (*v1alpha1.RemediationRequest, error) {

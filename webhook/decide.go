@@ -22,10 +22,12 @@ var (
 )
 
 // Decide names a new RR or refuses it. existing holds the RRs of the namespace that carry the
-// new RR's fingerprint, read consistently; RRs of other fingerprints are ignored. The error is
-// always an *apierrors.StatusError: Invalid (422) for a bad fingerprint, AlreadyExists (409)
-// naming the RR in flight for a duplicate.
-func Decide(rr *v1alpha1.RemediationRequest, existing []v1alpha1.RemediationRequest, now time.Time) (string, error) {
+// new RR's fingerprint, read consistently; RRs of other fingerprints are ignored. mark is the
+// fingerprint's high-water mark (package marks): the highest number of a deleted RR, read after
+// existing. The new number is 1 + max(highest number among existing, mark), so a name is never
+// issued twice. The error is always an *apierrors.StatusError: Invalid (422) for a bad
+// fingerprint, AlreadyExists (409) naming the RR in flight for a duplicate.
+func Decide(rr *v1alpha1.RemediationRequest, existing []v1alpha1.RemediationRequest, mark int64, now time.Time) (string, error) {
 	fp := rr.Spec.SignalFingerprint
 	if err := ValidateFingerprint(rr); err != nil {
 		return "", err
@@ -48,6 +50,7 @@ func Decide(rr *v1alpha1.RemediationRequest, existing []v1alpha1.RemediationRequ
 	if len(blocking) > 0 {
 		return "", Duplicate(rr.Namespace, newestOf(fp, blocking))
 	}
+	newest = max(newest, mark)
 	if newest == math.MaxInt64 {
 		return "", apierrors.NewInvalid(groupKind, rr.Name, field.ErrorList{
 			field.Invalid(fingerprintPath, fp, "occurrence numbers of this fingerprint are exhausted"),

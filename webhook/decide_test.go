@@ -61,6 +61,7 @@ func TestDecide(t *testing.T) {
 		name     string
 		newFP    string
 		existing []v1alpha1.RemediationRequest
+		mark     int64  // the fingerprint's high-water mark
 		wantName string // the name given, when allowed
 		wantDup  string // the RR named in the 409, when refused
 		invalid  bool
@@ -100,6 +101,10 @@ func TestDecide(t *testing.T) {
 		{name: "several legacy in flight: the most recent", existing: []v1alpha1.RemediationRequest{
 			rr("legacy-a", created(-time.Hour)), rr("legacy-b", created(-time.Minute)),
 		}, wantDup: "legacy-b"},
+		{name: "a mark above every existing RR numbers the next", mark: 9, existing: []v1alpha1.RemediationRequest{rr(n(4), phase(v1alpha1.PhaseCompleted))}, wantName: n(10)},
+		{name: "a mark with no RR left: names never go back", mark: 5, wantName: n(6)},
+		{name: "an existing RR above the mark numbers the next", mark: 3, existing: []v1alpha1.RemediationRequest{rr(n(7), phase(v1alpha1.PhaseCompleted))}, wantName: n(8)},
+		{name: "a mark does not admit a second RR in flight", mark: 9, existing: []v1alpha1.RemediationRequest{rr(n(2))}, wantDup: n(2)},
 		{name: "empty fingerprint", newFP: "-", invalid: true},
 		{name: "63 characters", newFP: fp[:63], invalid: true},
 		{name: "uppercase", newFP: strings.ToUpper(fp), invalid: true},
@@ -115,7 +120,7 @@ func TestDecide(t *testing.T) {
 			default:
 				newRR.Spec.SignalFingerprint = tc.newFP
 			}
-			name, err := Decide(&newRR, tc.existing, now)
+			name, err := Decide(&newRR, tc.existing, tc.mark, now)
 			switch {
 			case tc.invalid:
 				if !apierrors.IsInvalid(err) {
@@ -166,7 +171,11 @@ func TestNameFitsAndParses(t *testing.T) {
 
 func TestOccurrenceExhausted(t *testing.T) {
 	newRR := rr("")
-	_, err := Decide(&newRR, []v1alpha1.RemediationRequest{rr(rules.Name(fp, 1<<63-1), phase(v1alpha1.PhaseCompleted))}, now)
+	_, err := Decide(&newRR, []v1alpha1.RemediationRequest{rr(rules.Name(fp, 1<<63-1), phase(v1alpha1.PhaseCompleted))}, 0, now)
+	if !apierrors.IsInvalid(err) {
+		t.Fatalf("exhausted by an RR: %v", err)
+	}
+	_, err = Decide(&newRR, nil, 1<<63-1, now)
 	if !apierrors.IsInvalid(err) {
 		t.Fatalf("got %v, want Invalid", err)
 	}
@@ -180,7 +189,7 @@ func BenchmarkDecide(b *testing.B) {
 	newRR := rr("")
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := Decide(&newRR, existing, now); err != nil {
+		if _, err := Decide(&newRR, existing, 0, now); err != nil {
 			b.Fatal(err)
 		}
 	}

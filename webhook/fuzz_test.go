@@ -84,7 +84,7 @@ func FuzzDecide(f *testing.F) {
 				Status: v1alpha1.RemediationRequestStatus{OverallPhase: v1alpha1.Phase(phase2)}},
 		}
 		newRR := &v1alpha1.RemediationRequest{Spec: v1alpha1.RemediationRequestSpec{SignalFingerprint: fingerprint}}
-		name, err := Decide(newRR, existing, now)
+		name, err := Decide(newRR, existing, 0, now)
 		if err == nil {
 			if _, ok := rules.Occurrence(fingerprint, name); !ok || len(name) > 63 {
 				t.Fatalf("Decide named %q for %q", name, fingerprint)

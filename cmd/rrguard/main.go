@@ -15,12 +15,16 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	"github.com/rrguard/rrguard/marks"
 	"github.com/rrguard/rrguard/webhook/serve"
 )
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "check" {
 		os.Exit(check(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "release" {
+		os.Exit(release(os.Args[2:]))
 	}
 	os.Exit(run(os.Args[1:]))
 }
@@ -35,6 +39,8 @@ func run(args []string) int {
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081", `/healthz and /readyz address ("0" disables)`)
 	fs.DurationVar(&o.ShutdownDelay, "shutdown-delay", 10*time.Second, "time to keep serving, unready, after SIGTERM, so the API server stops sending first")
 	fs.BoolVar(&o.ConsistentListOnly, "consistent-list-only", false, "decide every create from a consistent List, with no cache (cost grows with the RRs in the namespace)")
+	fs.StringVar(&o.MarksNamespace, "marks-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the high-water mark ConfigMaps: rrguard's own (default $POD_NAMESPACE)")
+	fs.DurationVar(&o.ReleaseMinAge, "release-min-age", marks.DefaultMinAge, "hold a deleted RR at least this long after its creation (longer than the API server's --request-timeout)")
 	qps := fs.Float64("kube-api-qps", 200, "client-side QPS limit for API reads (each create costs one)")
 	burst := fs.Int("kube-api-burst", 400, "client-side burst for API reads")
 	zo := zap.Options{}
@@ -61,6 +67,35 @@ func run(args []string) int {
 		log.Error(err, "stopped")
 		return 1
 	}
+	return 0
+}
+
+// release removes rrguard's finalizer from every RR, for uninstalling: without rrguard running,
+// nothing else would, and deleted RRs would wait for ever. It raises each RR's mark first, as the
+// controller does, so a reinstall that keeps the marks does not reissue their names.
+func release(args []string) int {
+	fs := flag.NewFlagSet("rrguard release", flag.ExitOnError)
+	marksNS := fs.String("marks-namespace", "rrguard-system", "namespace of the high-water mark ConfigMaps")
+	timeout := fs.Duration("timeout", 5*time.Minute, "how long to try")
+	_ = fs.Parse(args)
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL: no Kubernetes configuration:", err)
+		return 1
+	}
+	c, err := client.New(cfg, client.Options{Scheme: serve.Scheme()})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL:", err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	n, err := marks.ReleaseAll(ctx, c, marks.Store{Namespace: *marksNS, Reader: c, Writer: c})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL after releasing %d RRs: %v\n", n, err)
+		return 1
+	}
+	fmt.Printf("OK: released %d RRs from rrguard's finalizer\n", n)
 	return 0
 }
 

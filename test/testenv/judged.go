@@ -3,6 +3,8 @@ package testenv
 import (
 	"context"
 	"fmt"
+	"net/url"
+	"testing"
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
@@ -49,4 +51,76 @@ func (e *Env) WaitJudged(ctx context.Context, ns string, judged bool) error {
 		return fmt.Errorf("namespace %s judged=%v not reached: %w (last check: %v)", ns, judged, err, last)
 	}
 	return nil
+}
+
+// PointNamer re-points rrguard's mutating webhook at another replica's address (host:port) and
+// waits until the API server calls it there: dry-run creates answered by that replica, as seen
+// by answered (which the replica's AfterRead hook should advance).
+func (e *Env) PointNamer(ctx context.Context, addr, ns string, answered func() int) error {
+	var m admissionregistrationv1.MutatingWebhookConfiguration
+	if err := e.Client.Get(ctx, client.ObjectKey{Name: "rrguard-mutating-webhook-configuration"}, &m); err != nil {
+		return err
+	}
+	for i := range m.Webhooks {
+		u, err := url.Parse(*m.Webhooks[i].ClientConfig.URL)
+		if err != nil {
+			return err
+		}
+		u.Host = addr
+		s := u.String()
+		m.Webhooks[i].ClientConfig.URL = &s
+	}
+	if err := e.Client.Update(ctx, &m); err != nil {
+		return err
+	}
+	before := answered()
+	return wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, _ = serve.Check(ctx, e.Client, ns)
+		return answered() > before, nil
+	})
+}
+
+// SetNamerTimeout sets the mutating webhook's timeoutSeconds (tests that hold a decision).
+func (e *Env) SetNamerTimeout(ctx context.Context, seconds int32) error {
+	var m admissionregistrationv1.MutatingWebhookConfiguration
+	if err := e.Client.Get(ctx, client.ObjectKey{Name: "rrguard-mutating-webhook-configuration"}, &m); err != nil {
+		return err
+	}
+	for i := range m.Webhooks {
+		m.Webhooks[i].TimeoutSeconds = &seconds
+	}
+	return e.Client.Update(ctx, &m)
+}
+
+// WithoutWebhooks runs fn with rrguard's webhook configurations removed, as before an install.
+func (e *Env) WithoutWebhooks(ctx context.Context, t testing.TB, fn func()) {
+	t.Helper()
+	w := e.Environment().WebhookInstallOptions
+	for _, m := range w.MutatingWebhooks {
+		if err := e.Client.Delete(ctx, m.DeepCopy()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, v := range w.ValidatingWebhooks {
+		if err := e.Client.Delete(ctx, v.DeepCopy()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer func() {
+		for _, m := range w.MutatingWebhooks {
+			c := m.DeepCopy()
+			c.ResourceVersion = ""
+			if err := e.Client.Create(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, v := range w.ValidatingWebhooks {
+			c := v.DeepCopy()
+			c.ResourceVersion = ""
+			if err := e.Client.Create(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}()
+	fn()
 }

@@ -105,5 +105,12 @@ func (e *Env) ServeRRGuardWith(ctx context.Context, cfg *rest.Config, adjust ...
 			return nil, fmt.Errorf("rrguard's cache did not sync within 30s")
 		}
 	}
+	// Nor does it decide before its marks are seeded.
+	if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		return r.Seeded() == nil, nil
+	}); err != nil {
+		_ = stop()
+		return nil, fmt.Errorf("rrguard did not seed its marks: %w", err)
+	}
 	return stop, nil
 }

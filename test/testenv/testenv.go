@@ -28,6 +28,9 @@ import (
 // K8sVersion is the version of the control plane `make testbin` builds.
 const K8sVersion = "1.37.2"
 
+// MarksNamespace is rrguard's own namespace in tests: it holds the high-water marks.
+const MarksNamespace = "rrguard-system"
+
 // ErrNoBinaries means `make testbin` has not run on this machine.
 var ErrNoBinaries = errors.New("kube-apiserver and etcd not found: run `make testbin` (or `make test`, which runs it)")
 
@@ -158,6 +161,10 @@ func Start(o Options) (*Env, error) {
 	}
 	e := &Env{Config: cfg, Client: c, Root: root, env: env, reaper: rp}
 	e.OnStop(func() error { return os.RemoveAll(certDir) })
+	if err := c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: MarksNamespace}}); err != nil {
+		_ = e.Stop()
+		return nil, err
+	}
 	if o.Webhooks && o.Serving != nil {
 		if err := e.useServing(context.Background(), o.Serving); err != nil {
 			_ = e.Stop()
@@ -205,6 +212,9 @@ func (e *Env) ServeOptions() serve.Options {
 	return serve.Options{
 		Host: w.LocalServingHost, Port: w.LocalServingPort, CertDir: w.LocalServingCertDir,
 		MetricsAddr: "0", ProbeAddr: "0",
+		MarksNamespace: MarksNamespace,
+		// Tests delete RRs right after creating them; the hold is tested where it is the point.
+		ReleaseMinAge: time.Millisecond,
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/marks"
 	"github.com/rrguard/rrguard/webhook"
 )
 
@@ -39,6 +40,16 @@ type Options struct {
 	// CacheView, when set, wraps the cache reader the decision takes its candidates from. Tests
 	// hold it back on purpose, to show that a lagging cache stores no duplicate.
 	CacheView func(client.Reader) client.Reader
+	// MarksNamespace holds the high-water mark ConfigMaps (package marks): rrguard's own
+	// namespace.
+	MarksNamespace string
+	// ReleaseMinAge holds a deleted RR at least this long after its creation before releasing
+	// it; marks.DefaultMinAge when zero.
+	ReleaseMinAge time.Duration
+	// SeedEvery repeats the seeding of marks from RRs without rrguard's finalizer; 30 s when zero.
+	SeedEvery time.Duration
+	// AfterRead, when set, runs between each naming decision's reads and its answer (tests).
+	AfterRead func(ctx context.Context, rr *v1alpha1.RemediationRequest)
 	// ShutdownDelay keeps serving after a stop is asked for, while /readyz already fails, so that
 	// endpoints drop the pod before it stops answering the API server.
 	ShutdownDelay time.Duration
@@ -59,6 +70,7 @@ func Scheme() *runtime.Scheme {
 // Replica is one rrguard webhook server.
 type Replica struct {
 	mgr      manager.Manager
+	seeded   func() error
 	stopping atomic.Bool
 	delay    time.Duration
 }
@@ -112,7 +124,27 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		}
 		lister = webhook.CachedLister{Cache: view, API: mgr.GetAPIReader(), Synced: inf.HasSynced}
 	}
-	server.Register(webhook.NamePath, &crwebhook.Admission{Handler: &webhook.Namer{Lister: lister}})
+	if o.MarksNamespace == "" {
+		return nil, errors.New("serve: MarksNamespace is required (rrguard's own namespace)")
+	}
+	store := marks.Store{Namespace: o.MarksNamespace, Reader: mgr.GetAPIReader(), Writer: mgr.GetClient()}
+	seeder := &marks.Seeder{Client: mgr.GetClient(), Store: store, Every: o.SeedEvery}
+	if err := mgr.Add(seeder); err != nil {
+		return nil, err
+	}
+	if err := (&marks.Releaser{Client: mgr.GetClient(), Store: store, MinAge: o.ReleaseMinAge}).SetupWithManager(mgr); err != nil {
+		return nil, err
+	}
+	seeded := func() error {
+		if !seeder.Seeded() {
+			return errors.New("high-water marks not seeded yet")
+		}
+		return nil
+	}
+	r.seeded = seeded
+	server.Register(webhook.NamePath, &crwebhook.Admission{Handler: &webhook.Namer{
+		Lister: lister, Marks: store, Finalizer: marks.Finalizer, Ready: seeded, AfterRead: o.AfterRead,
+	}})
 	server.Register(webhook.CheckPath, &crwebhook.Admission{Handler: webhook.Checker{}})
 
 	if err := mgr.Add(cert); err != nil {
@@ -122,6 +154,9 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		return nil, err
 	}
 	if err := mgr.AddReadyzCheck("serving-cert", cert.Loaded); err != nil {
+		return nil, err
+	}
+	if err := mgr.AddReadyzCheck("marks-seeded", func(*http.Request) error { return seeded() }); err != nil {
 		return nil, err
 	}
 	if err := mgr.AddReadyzCheck("webhook-tls", server.StartedChecker()); err != nil {
@@ -137,6 +172,9 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	}
 	return r, nil
 }
+
+// Seeded reports whether the replica has seeded its marks and decides.
+func (r *Replica) Seeded() error { return r.seeded() }
 
 // Manager exposes the controller-runtime manager, for tests that look inside.
 func (r *Replica) Manager() manager.Manager { return r.mgr }

@@ -382,7 +382,7 @@ func TestNotReadyWithoutServingCert(t *testing.T) {
 	defer cancel()
 	probe := testenv.FreeAddr(t)
 	dir := t.TempDir()
-	r, err := serve.New(env.Config, serve.Options{Host: "127.0.0.1", Port: testenv.FreePort(t), CertDir: dir, MetricsAddr: "0", ProbeAddr: probe})
+	r, err := serve.New(env.Config, serve.Options{Host: "127.0.0.1", Port: testenv.FreePort(t), CertDir: dir, MetricsAddr: "0", ProbeAddr: probe, MarksNamespace: testenv.MarksNamespace})
 	if err != nil {
 		t.Fatal(err)
 	}

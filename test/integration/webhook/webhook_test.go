@@ -350,44 +350,11 @@ func testBadFingerprintThroughWebhook(t *testing.T) {
 	}
 }
 
-// withoutWebhooks runs fn with rrguard's webhook configurations removed, as before an install.
-func withoutWebhooks(ctx context.Context, t *testing.T, fn func()) {
-	t.Helper()
-	w := env.Environment().WebhookInstallOptions
-	for _, m := range w.MutatingWebhooks {
-		if err := env.Client.Delete(ctx, m.DeepCopy()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, v := range w.ValidatingWebhooks {
-		if err := env.Client.Delete(ctx, v.DeepCopy()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	defer func() {
-		for _, m := range w.MutatingWebhooks {
-			c := m.DeepCopy()
-			c.ResourceVersion = ""
-			if err := env.Client.Create(ctx, c); err != nil {
-				t.Fatal(err)
-			}
-		}
-		for _, v := range w.ValidatingWebhooks {
-			c := v.DeepCopy()
-			c.ResourceVersion = ""
-			if err := env.Client.Create(ctx, c); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}()
-	fn()
-}
-
 func testLegacyInFlightRefuses(t *testing.T) {
 	ctx, ns := setup(t)
 	fp := testenv.Fingerprint(ns + "/legacy")
 	legacy := "rr-" + fp[:12] + "-1a2b3c4d"
-	withoutWebhooks(ctx, t, func() {
+	env.WithoutWebhooks(ctx, t, func() {
 		// The API server drops webhook configurations from its own informer a moment later.
 		var err error
 		poll(ctx, t, "a legacy RR created without rrguard", func() bool {
@@ -456,7 +423,7 @@ func testInstallCheck(t *testing.T) {
 	if n := len(list(ctx, t, ns)); n != 0 {
 		t.Fatalf("the check stored %d RRs", n)
 	}
-	withoutWebhooks(ctx, t, func() {
+	env.WithoutWebhooks(ctx, t, func() {
 		var err error
 		poll(ctx, t, "check without webhooks", func() bool {
 			_, err = serve.Check(ctx, env.Client, ns)

@@ -1,0 +1,150 @@
+// Package marks keeps, for each fingerprint of each RR namespace, its high-water mark: the highest
+// occurrence number of an RR of that fingerprint that has been deleted. An RR's name is
+// Kubernaut's audit correlation ID for years, so numbering must remember what was deleted:
+// the next name is 1 + max(highest number among existing RRs, the mark).
+//
+// The marks live in rrguard's own namespace, in 256 ConfigMaps (rrguard-marks-00 .. -ff, by the
+// first two hex characters of the fingerprint), one data entry per fingerprint:
+// "<rr-namespace>.<fingerprint[:32]>" = "<n> <unix seconds of the last raise>". Sharding keeps
+// the object count fixed (256 at any number of fingerprints) while two deletions of different
+// fingerprints rarely contend for one object. They are outside the RR namespaces so that deleting
+// an RR namespace, which deletes its RRs, does not also forget their names.
+package marks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/rrguard/rrguard/rules"
+)
+
+// Label marks rrguard's mark ConfigMaps, so that its cache and RBAC can select them alone.
+const Label = "rrguard.kubernaut.ai/marks"
+
+const namePrefix = "rrguard-marks-"
+
+// Store reads and raises marks.
+type Store struct {
+	// Namespace holds the mark ConfigMaps: rrguard's own.
+	Namespace string
+	// Reader serves consistent reads (a manager's APIReader): a mark read from a lagging cache
+	// could be lower than the truth, and numbering must never go below it.
+	Reader client.Reader
+	// Writer creates and updates the ConfigMaps.
+	Writer client.Client
+	// Now is time.Now when nil.
+	Now func() time.Time
+}
+
+// ShardName is the ConfigMap that holds the mark of fingerprint fp.
+func ShardName(fp string) string { return namePrefix + fp[:2] }
+
+func entryKey(namespace, fp string) string { return namespace + "." + fp[:rules.KeyLen] }
+
+// Entry is one fingerprint's mark as stored.
+type Entry struct {
+	N      int64
+	Raised time.Time
+}
+
+// ErrCorrupt is returned for a mark entry rrguard cannot read: numbering refuses to guess.
+var ErrCorrupt = errors.New("corrupt high-water mark entry")
+
+func parseEntry(v string) (Entry, error) {
+	n, t, ok := strings.Cut(v, " ")
+	if !ok {
+		return Entry{}, fmt.Errorf("%w: %q", ErrCorrupt, v)
+	}
+	num, err1 := strconv.ParseInt(n, 10, 64)
+	sec, err2 := strconv.ParseInt(t, 10, 64)
+	if err1 != nil || err2 != nil || num < 0 {
+		return Entry{}, fmt.Errorf("%w: %q", ErrCorrupt, v)
+	}
+	return Entry{N: num, Raised: time.Unix(sec, 0)}, nil
+}
+
+func formatEntry(e Entry) string {
+	return strconv.FormatInt(e.N, 10) + " " + strconv.FormatInt(e.Raised.Unix(), 10)
+}
+
+// Get returns the mark of fp in namespace, read as of now; 0 when there is none.
+func (s Store) Get(ctx context.Context, namespace, fp string) (int64, error) {
+	var cm corev1.ConfigMap
+	err := s.Reader.Get(ctx, client.ObjectKey{Namespace: s.Namespace, Name: ShardName(fp)}, &cm)
+	if apierrors.IsNotFound(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	v, ok := cm.Data[entryKey(namespace, fp)]
+	if !ok {
+		return 0, nil
+	}
+	e, err := parseEntry(v)
+	return e.N, err
+}
+
+// Raise makes the marks of the given fingerprints (all in one shard, see ShardName) at least the
+// numbers given, in one write; it writes nothing when every mark is already that high. A write
+// conflict is returned as is, for the caller to retry with a fresh read.
+func (s Store) Raise(ctx context.Context, namespace string, shard string, want map[string]int64) error {
+	now := time.Now
+	if s.Now != nil {
+		now = s.Now
+	}
+	var cm corev1.ConfigMap
+	err := s.Reader.Get(ctx, client.ObjectKey{Namespace: s.Namespace, Name: shard}, &cm)
+	creating := apierrors.IsNotFound(err)
+	if err != nil && !creating {
+		return err
+	}
+	if creating {
+		cm = corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: shard, Labels: map[string]string{Label: "true"}}}
+	}
+	changed := false
+	for fp, n := range want {
+		if ShardName(fp) != shard {
+			return fmt.Errorf("fingerprint %s does not belong to shard %s", fp, shard)
+		}
+		k := entryKey(namespace, fp)
+		if v, ok := cm.Data[k]; ok {
+			cur, err := parseEntry(v)
+			if err != nil {
+				return err
+			}
+			if cur.N >= n {
+				continue
+			}
+		}
+		if cm.Data == nil {
+			cm.Data = map[string]string{}
+		}
+		cm.Data[k] = formatEntry(Entry{N: n, Raised: now()})
+		changed = true
+	}
+	if !changed {
+		return nil
+	}
+	if creating {
+		// Two first raises of one shard at once: the loser gets AlreadyExists and retries.
+		err = s.Writer.Create(ctx, &cm)
+	} else {
+		// Update carries the resourceVersion read above: a concurrent raise conflicts instead of
+		// being overwritten.
+		err = s.Writer.Update(ctx, &cm)
+	}
+	if err == nil {
+		raises.Inc()
+	}
+	return err
+}

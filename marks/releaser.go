@@ -1,0 +1,232 @@
+package marks
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/util/retry"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/rules"
+)
+
+// Finalizer is what rrguard's mutating webhook puts on every RR it admits, in the same patch that
+// names it (no extra request): the RR cannot leave the API server before its number is covered
+// by the mark.
+const Finalizer = "rrguard.kubernaut.ai/high-water-mark"
+
+// DefaultMinAge is how long a new RR is held before its finalizer is released, even when it is
+// deleted at once. A create decided before this RR was stored may still be in flight, carrying
+// this RR's name (its cache had not seen it); that create must meet this RR in etcd and be
+// refused, not find the name free. The API server cuts every request after --request-timeout
+// (60 s by default), so two minutes covers it. Kubernaut deletes RRs 24 h after they complete,
+// so in practice nothing waits.
+const DefaultMinAge = 2 * time.Minute
+
+var (
+	raises = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "rrguard_mark_writes_total",
+		Help: "Writes of high-water mark ConfigMaps (raises, seeding included).",
+	})
+	released = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "rrguard_finalizers_released_total",
+		Help: "RRs whose rrguard finalizer was released after their mark was raised.",
+	})
+)
+
+func init() { metrics.Registry.MustRegister(raises, released) }
+
+// Releaser is the controller that lets deleted RRs go: for an RR being deleted that carries
+// Finalizer, it raises the fingerprint's mark to the RR's number, then removes the finalizer.
+// The order is the guarantee: at every instant, every number issued for a fingerprint is either
+// held by an RR that exists or covered by the mark. Every replica runs it (raising a mark is
+// idempotent and monotonic, and a finalizer is removed once): no leader election, no leader
+// change to reason about.
+type Releaser struct {
+	Client client.Client // cached reads of RRs, writes
+	Store  Store
+	// MinAge is DefaultMinAge when zero.
+	MinAge time.Duration
+}
+
+// SetupWithManager registers the controller.
+func (r *Releaser) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).For(&v1alpha1.RemediationRequest{}).
+		Named("high-water-mark").
+		// Several replicas run in one process in tests; names are for logs and metrics only.
+		WithOptions(controller.Options{MaxConcurrentReconciles: 4, SkipNameValidation: ptr(true)}).
+		Complete(r)
+}
+
+// Reconcile implements reconcile.Reconciler.
+func (r *Releaser) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	var rr v1alpha1.RemediationRequest
+	if err := r.Client.Get(ctx, req.NamespacedName, &rr); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	if rr.DeletionTimestamp == nil || !slices.Contains(rr.Finalizers, Finalizer) {
+		return reconcile.Result{}, nil
+	}
+	minAge := r.MinAge
+	if minAge == 0 {
+		minAge = DefaultMinAge
+	}
+	if wait := minAge - time.Since(rr.CreationTimestamp.Time); wait > 0 {
+		return reconcile.Result{RequeueAfter: wait}, nil
+	}
+	if n, ok := rules.Occurrence(rr.Spec.SignalFingerprint, rr.Name); ok {
+		err := r.Store.Raise(ctx, rr.Namespace, ShardName(rr.Spec.SignalFingerprint), map[string]int64{rr.Spec.SignalFingerprint: n})
+		if err != nil {
+			// A conflict or a concurrent shard create: the next try reads afresh.
+			return reconcile.Result{}, fmt.Errorf("raising the mark of %s/%s to %d: %w", rr.Namespace, rr.Name, n, err)
+		}
+	}
+	patch := client.MergeFromWithOptions(rr.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	rr.Finalizers = slices.DeleteFunc(rr.Finalizers, func(f string) bool { return f == Finalizer })
+	if err := r.Client.Patch(ctx, &rr, patch); err != nil {
+		if apierrors.IsNotFound(err) {
+			return reconcile.Result{}, nil
+		}
+		return reconcile.Result{}, err
+	}
+	released.Inc()
+	return reconcile.Result{}, nil
+}
+
+// Seeder raises the marks of the RRs that carry no finalizer (created before rrguard had one, or
+// by an older replica during an upgrade) to their numbers, so that deleting them cannot free their
+// names. A replica answers admission only once its first pass is done (Seeded).
+type Seeder struct {
+	Client client.Client // cached
+	Store  Store
+	seeded atomic.Bool
+	// Every is how often a pass repeats after the first (to cover RRs an older replica admits
+	// during a rolling upgrade); 30 s when zero.
+	Every time.Duration
+}
+
+// Seeded reports whether the first pass has completed.
+func (s *Seeder) Seeded() bool { return s.seeded.Load() }
+
+// Start implements manager.Runnable: a pass at once (after the cache syncs), then periodically.
+func (s *Seeder) Start(ctx context.Context) error {
+	every := s.Every
+	if every == 0 {
+		every = 30 * time.Second
+	}
+	for {
+		if err := s.pass(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			ctrl.Log.WithName("marks").Error(err, "seeding high-water marks")
+		} else {
+			s.seeded.Store(true)
+		}
+		wait := every
+		if !s.seeded.Load() {
+			wait = time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+// NeedLeaderElection implements manager.LeaderElectionRunnable: every replica seeds.
+func (s *Seeder) NeedLeaderElection() bool { return false }
+
+func (s *Seeder) pass(ctx context.Context) error {
+	var list v1alpha1.RemediationRequestList
+	if err := s.Client.List(ctx, &list); err != nil {
+		return err
+	}
+	// namespace -> shard -> fingerprint -> highest number
+	want := map[string]map[string]map[string]int64{}
+	for i := range list.Items {
+		rr := &list.Items[i]
+		if slices.Contains(rr.Finalizers, Finalizer) {
+			continue
+		}
+		fp := rr.Spec.SignalFingerprint
+		n, ok := rules.Occurrence(fp, rr.Name)
+		if !ok {
+			continue // Kubernaut's own names never collide with the scheme's
+		}
+		shard := ShardName(fp)
+		if want[rr.Namespace] == nil {
+			want[rr.Namespace] = map[string]map[string]int64{}
+		}
+		if want[rr.Namespace][shard] == nil {
+			want[rr.Namespace][shard] = map[string]int64{}
+		}
+		want[rr.Namespace][shard][fp] = max(want[rr.Namespace][shard][fp], n)
+	}
+	for ns, shards := range want {
+		for shard, fps := range shards {
+			for try := 0; ; try++ {
+				err := s.Store.Raise(ctx, ns, shard, fps)
+				if err == nil {
+					break
+				}
+				if try == 5 || !(apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err)) {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// ReleaseAll removes Finalizer from every RR in the cluster, raising each RR's mark first. It is
+// the uninstall step (`rrguard release`, run by `make undeploy` before the webhooks go): no RR
+// stays held by a controller that no longer runs. It returns how many RRs it released.
+func ReleaseAll(ctx context.Context, c client.Client, store Store) (int, error) {
+	var list v1alpha1.RemediationRequestList
+	if err := c.List(ctx, &list); err != nil {
+		return 0, err
+	}
+	released := 0
+	for i := range list.Items {
+		rr := &list.Items[i]
+		if !slices.Contains(rr.Finalizers, Finalizer) {
+			continue
+		}
+		if err := retry.OnError(retry.DefaultBackoff, func(err error) bool {
+			return apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err)
+		}, func() error {
+			if n, ok := rules.Occurrence(rr.Spec.SignalFingerprint, rr.Name); ok {
+				// With rrguard's namespace already gone, the marks are gone too: release anyway.
+				err := store.Raise(ctx, rr.Namespace, ShardName(rr.Spec.SignalFingerprint), map[string]int64{rr.Spec.SignalFingerprint: n})
+				if err != nil && !apierrors.IsNotFound(err) {
+					return err
+				}
+			}
+			var cur v1alpha1.RemediationRequest
+			if err := c.Get(ctx, client.ObjectKeyFromObject(rr), &cur); err != nil {
+				return client.IgnoreNotFound(err)
+			}
+			patch := client.MergeFromWithOptions(cur.DeepCopy(), client.MergeFromWithOptimisticLock{})
+			cur.Finalizers = slices.DeleteFunc(cur.Finalizers, func(f string) bool { return f == Finalizer })
+			return client.IgnoreNotFound(c.Patch(ctx, &cur, patch))
+		}); err != nil {
+			return released, fmt.Errorf("releasing %s/%s: %w", rr.Namespace, rr.Name, err)
+		}
+		released++
+	}
+	return released, nil
+}

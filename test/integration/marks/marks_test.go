@@ -1,0 +1,294 @@
+// Package marks tests names for life against a real API server: an RR's name is never issued
+// twice for its fingerprint, across deletions, restarts, fresh replicas and installs onto
+// clusters that already hold RRs, and deleted RRs are released promptly and only after their
+// number is covered.
+package marks
+
+import (
+	"context"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/marks"
+	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/test/testenv"
+	"github.com/rrguard/rrguard/webhook/serve"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m, testenv.Options{Webhooks: true}, &env)) }
+
+func create(ctx context.Context, t *testing.T, ns, fp string) *v1alpha1.RemediationRequest {
+	t.Helper()
+	rr := testenv.NewRR(ns, fp)
+	if err := env.Client.Create(ctx, rr); err != nil {
+		t.Fatal(err)
+	}
+	return rr
+}
+
+func complete(ctx context.Context, t *testing.T, rr *v1alpha1.RemediationRequest) {
+	t.Helper()
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(rr), rr); err != nil {
+		t.Fatal(err)
+	}
+	rr.Status.OverallPhase = v1alpha1.PhaseCompleted
+	if err := env.Client.Status().Update(ctx, rr); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// gone deletes rr as Kubernaut's retention does and waits until the API server no longer has it,
+// returning how long that took.
+func gone(ctx context.Context, t *testing.T, rr *v1alpha1.RemediationRequest, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	if err := env.Client.Delete(ctx, rr); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, within, true, func(ctx context.Context) (bool, error) {
+		err := env.Client.Get(ctx, client.ObjectKeyFromObject(rr), &v1alpha1.RemediationRequest{})
+		return apierrors.IsNotFound(err), nil
+	}); err != nil {
+		t.Fatalf("%s still there %s after its deletion: %v", rr.Name, within, err)
+	}
+	return time.Since(start)
+}
+
+func serving(ctx context.Context, t *testing.T, adjust ...func(*serve.Options)) func() error {
+	t.Helper()
+	stop, err := env.ServeRRGuard(ctx, adjust...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+// The reported behaviour: create, complete, delete, create again gave rr-<key>-1 every round.
+// Six rounds, rrguard restarted between the second and third, and a fresh replica (empty cache)
+// started only after every RR of the fingerprint is gone: six different names, 1 to 6.
+func TestReuseRoundsNeverRepeatAName(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "reuse", 3*time.Minute)
+	fp := testenv.Fingerprint(ns + "/reuse")
+	stop := serving(ctx, t)
+	var names []string
+	for round := 1; round <= 6; round++ {
+		switch round {
+		case 3, 5:
+			// A restart, and (round 5) a replica that never saw the fingerprint: no RR of it is left.
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+			stop = serving(ctx, t)
+		}
+		rr := create(ctx, t, ns, fp)
+		if !slices.Contains(rr.Finalizers, marks.Finalizer) {
+			t.Fatalf("round %d: %s admitted without rrguard's finalizer: %v", round, rr.Name, rr.Finalizers)
+		}
+		names = append(names, rr.Name)
+		complete(ctx, t, rr)
+		gone(ctx, t, rr, 30*time.Second)
+	}
+	for i, name := range names {
+		if want := rules.Name(fp, int64(i+1)); name != want {
+			t.Fatalf("names %v: round %d got %s, want %s", names, i+1, name, want)
+		}
+	}
+}
+
+// Deleted RRs wait while rrguard is down (nothing may free their numbers unseen) and go within
+// 10 s of a replica being ready again.
+func TestDeletionsWaitForRRGuard(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "outage", 3*time.Minute)
+	stop := serving(ctx, t)
+	rr := create(ctx, t, ns, testenv.Fingerprint(ns+"/outage"))
+	complete(ctx, t, rr)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Delete(ctx, rr); err != nil {
+		t.Fatal(err)
+	}
+	// Deletion is asked for; with no replica, the RR stays, terminating, for as long as it takes.
+	var cur v1alpha1.RemediationRequest
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(rr), &cur); err != nil || cur.DeletionTimestamp == nil {
+		t.Fatalf("with rrguard down the RR should wait, terminating: %v %v", err, cur.DeletionTimestamp)
+	}
+	start := time.Now()
+	serving(ctx, t)
+	ready := time.Since(start)
+	took := gone(ctx, t, rr, 10*time.Second)
+	t.Logf("replica ready in %s; the held deletion completed %s after that", ready.Round(time.Millisecond), took.Round(time.Millisecond))
+}
+
+// A deleted RR younger than the release hold waits out the hold, so that a create decided before
+// it was stored, still in flight, meets it in etcd; an older one is released at once.
+func TestReleaseWaitsOutTheHold(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "hold", 3*time.Minute)
+	const hold = 3 * time.Second
+	serving(ctx, t, func(o *serve.Options) { o.ReleaseMinAge = hold })
+	rr := create(ctx, t, ns, testenv.Fingerprint(ns+"/hold"))
+	created := time.Now()
+	took := gone(ctx, t, rr, 30*time.Second)
+	if age := time.Since(created); age < hold-time.Second {
+		t.Fatalf("released %s after creation, before the %s hold", age, hold)
+	}
+	t.Logf("a new RR deleted at once was held %s", took.Round(time.Millisecond))
+}
+
+// Installed onto a cluster that already has RRs (rrguard's names from before the finalizer, and
+// Kubernaut's random names): the marks are seeded from them before rrguard decides, so deleting
+// them does not free their names.
+func TestSeededFromExistingRRs(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "seed", 3*time.Minute)
+	fp := testenv.Fingerprint(ns + "/seed")
+	var legacy []*v1alpha1.RemediationRequest
+	env.WithoutWebhooks(ctx, t, func() {
+		for _, name := range []string{rules.Name(fp, 3), "rr-" + fp[:12] + "-1a2b3c4d"} {
+			rr := testenv.NewRR(ns, fp)
+			rr.GenerateName, rr.Name = "", name
+			rr.Status.OverallPhase = v1alpha1.PhaseCompleted
+			if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+				// Until the API server drops the webhook configurations, creates are renamed or refused.
+				c := rr.DeepCopy()
+				if err := env.Client.Create(ctx, c); err != nil || c.Name != name {
+					if err == nil {
+						_ = env.Client.Delete(ctx, c)
+					}
+					return false, nil
+				}
+				rr = c
+				return true, nil
+			}); err != nil {
+				t.Fatal("could not create RRs without rrguard:", err)
+			}
+			legacy = append(legacy, rr)
+		}
+	})
+	for _, rr := range legacy {
+		complete(ctx, t, rr)
+		if slices.Contains(rr.Finalizers, marks.Finalizer) {
+			t.Fatalf("%s carries rrguard's finalizer though created without rrguard", rr.Name)
+		}
+	}
+	serving(ctx, t) // returns once seeded
+	for _, rr := range legacy {
+		gone(ctx, t, rr, 30*time.Second)
+	}
+	if rr := create(ctx, t, ns, fp); rr.Name != rules.Name(fp, 4) {
+		t.Fatalf("after the pre-existing %s was deleted, a new RR was named %s, want %s", rules.Name(fp, 3), rr.Name, rules.Name(fp, 4))
+	}
+}
+
+// `rrguard release` (marks.ReleaseAll), the uninstall step: no RR stays held once rrguard is gone,
+// and each RR's mark is raised first.
+func TestReleaseAllForUninstall(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "release", 3*time.Minute)
+	fp := testenv.Fingerprint(ns + "/release")
+	stop := serving(ctx, t)
+	rr := create(ctx, t, ns, fp)
+	other := create(ctx, t, ns, testenv.Fingerprint(ns+"/release-2"))
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Delete(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	store := marks.Store{Namespace: testenv.MarksNamespace, Reader: env.Client, Writer: env.Client}
+	n, err := marks.ReleaseAll(ctx, env.Client, store)
+	if err != nil || n < 2 {
+		t.Fatalf("released %d, %v", n, err)
+	}
+	gone(ctx, t, other, 10*time.Second)
+	var cur v1alpha1.RemediationRequest
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(rr), &cur); err != nil || slices.Contains(cur.Finalizers, marks.Finalizer) {
+		t.Fatalf("%s still held: %v %v", rr.Name, cur.Finalizers, err)
+	}
+	if mark, err := store.Get(ctx, ns, fp); err != nil || mark != 1 {
+		t.Fatalf("mark of %s after release: %d, %v", fp[:8], mark, err)
+	}
+}
+
+// The deletion edge, forced: a decision is held between its reads (which saw -1, finished) and
+// its answer while -1 is deleted and a second replica decides. Without marks, the second would
+// name -1 again and the first -2: two in flight. With them, both name -2, and the API server
+// stores one.
+func TestDeletionEdgeForced(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "edge", 3*time.Minute)
+	fp := testenv.Fingerprint(ns + "/edge")
+	// The held decision must outlive the default 5 s webhook timeout.
+	setNamerTimeout(ctx, t, 30)
+
+	var armed atomic.Bool
+	held, release := make(chan struct{}), make(chan struct{})
+	serving(ctx, t, func(o *serve.Options) {
+		o.AfterRead = func(_ context.Context, rr *v1alpha1.RemediationRequest) {
+			if rr.Namespace == ns && armed.CompareAndSwap(true, false) {
+				close(held)
+				<-release
+			}
+		}
+	})
+	var answeredByB atomic.Int64
+	addrB := testenv.FreeAddr(t)
+	host, port, _ := net.SplitHostPort(addrB)
+	p, _ := strconv.Atoi(port)
+	serving(ctx, t, func(o *serve.Options) {
+		o.Host, o.Port = host, p
+		o.AfterRead = func(context.Context, *v1alpha1.RemediationRequest) { answeredByB.Add(1) }
+	})
+	defaultAddr := net.JoinHostPort(env.ServeOptions().Host, strconv.Itoa(env.ServeOptions().Port))
+	t.Cleanup(func() { _ = env.PointNamer(context.Background(), defaultAddr, ns, func() int { return 0 }) })
+
+	first := create(ctx, t, ns, fp)
+	complete(ctx, t, first)
+
+	armed.Store(true)
+	xErr := make(chan error, 1)
+	x := testenv.NewRR(ns, fp)
+	go func() { xErr <- env.Client.Create(ctx, x) }()
+	<-held // X's reads saw -1 finished and no mark: it will answer -2
+
+	gone(ctx, t, first, 30*time.Second)
+	if err := env.PointNamer(ctx, addrB, ns, func() int { return int(answeredByB.Load()) }); err != nil {
+		t.Fatal(err)
+	}
+	before := answeredByB.Load()
+	y := create(ctx, t, ns, fp)
+	if answeredByB.Load() == before {
+		t.Fatal("the second create was not decided by the second replica")
+	}
+	close(release)
+	err := <-xErr
+
+	if y.Name != rules.Name(fp, 2) {
+		t.Fatalf("the second replica named %s after -1 was deleted: want %s (never -1 again)", y.Name, rules.Name(fp, 2))
+	}
+	if !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("the held decision: %v (stored as %q); want 409 naming %s", err, x.Name, y.Name)
+	}
+	var list v1alpha1.RemediationRequestList
+	if err := env.Client.List(ctx, &list, client.InNamespace(ns)); err != nil || len(list.Items) != 1 {
+		t.Fatalf("stored %d RRs, %v; want only %s", len(list.Items), err, y.Name)
+	}
+}
+
+func setNamerTimeout(ctx context.Context, t *testing.T, seconds int32) {
+	t.Helper()
+	if err := env.SetNamerTimeout(ctx, seconds); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.SetNamerTimeout(context.Background(), 5) })
+}

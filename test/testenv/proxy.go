@@ -18,6 +18,7 @@ type Proxy struct {
 	next     atomic.Uint64
 	delay    atomic.Int64 // nanoseconds to hold each chunk from a client before forwarding
 	delayed  atomic.Int64 // chunks held so far
+	heldOut  atomic.Int64 // chunks held for the whole delay so far
 	wg       sync.WaitGroup
 }
 
@@ -41,6 +42,9 @@ func (p *Proxy) SetDelay(d time.Duration) { p.delay.Store(int64(d)) }
 
 // Delayed is how many chunks the proxy has held so far: how often the slowness hit.
 func (p *Proxy) Delayed() int64 { return p.delayed.Load() }
+
+// HeldOut is how many chunks have been held for the whole delay so far.
+func (p *Proxy) HeldOut() int64 { return p.heldOut.Load() }
 
 // Close stops accepting and waits for open connections to end.
 func (p *Proxy) Close() error {
@@ -82,6 +86,7 @@ func (p *Proxy) copyDelayed(dst io.Writer, src io.Reader) {
 			if d := time.Duration(p.delay.Load()); d > 0 {
 				p.delayed.Add(1)
 				time.Sleep(d) // the fault itself: a slow rrguard
+				p.heldOut.Add(1)
 			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return

@@ -82,5 +82,6 @@ deploy: ## Deploy config/default to the current kubectl context with image IMG (
 	  kubectl apply --server-side -k $$tmp/config/default
 
 .PHONY: undeploy
-undeploy: ## Remove what `make deploy` installed.
+undeploy: ## Remove what `make deploy` installed; first release every RR from rrguard's finalizer.
+	go run ./cmd/rrguard release --marks-namespace rrguard-system
 	kubectl delete --ignore-not-found -k config/default

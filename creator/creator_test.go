@@ -14,6 +14,7 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
@@ -172,6 +173,12 @@ func TestAlreadyExistsNamingGoneRRCreatesAgain(t *testing.T) {
 		err := c.Create(ctx, obj, opts...)
 		if apierrors.IsAlreadyExists(err) && hit.Add(1) == 1 {
 			if err := c.Delete(ctx, get(ctx, t, ns, first.Name)); err != nil {
+				return err
+			}
+			// rrguard holds a deleted RR until its mark covers it: wait until it is gone.
+			if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+				return apierrors.IsNotFound(c.Get(ctx, client.ObjectKey{Namespace: ns, Name: first.Name}, &v1alpha1.RemediationRequest{})), nil
+			}); err != nil {
 				return err
 			}
 		}

@@ -3,10 +3,11 @@
 // Kubernaut's audit correlation ID for years, so numbering must remember what was deleted:
 // the next name is 1 + max(highest number among existing RRs, the mark).
 //
-// The marks live in rrguard's own namespace, in 256 ConfigMaps (rrguard-marks-00 .. -ff, by the
-// first two hex characters of the fingerprint), one data entry per fingerprint:
-// "<rr-namespace>.<fingerprint[:32]>" = "<n> <unix seconds of the last raise>". Sharding keeps
-// the object count fixed (256 at any number of fingerprints) while two deletions of different
+// The marks live in rrguard's own namespace, in at most 4,096 ConfigMaps (rrguard-marks-000 ..
+// -fff, by the first three hex characters of the fingerprint), one data entry per fingerprint:
+// "<rr-namespace>.<fingerprint[:32]>" = "<n> <unix seconds of the last raise>". Sharding bounds
+// the object count whatever the number of fingerprints, keeps the object a create reads small
+// (about 25 entries, under 2 KB, at 100,000 fingerprints), and makes two deletions of different
 // fingerprints rarely contend for one object. They are outside the RR namespaces so that deleting
 // an RR namespace, which deletes its RRs, does not also forget their names.
 package marks
@@ -46,7 +47,10 @@ type Store struct {
 }
 
 // ShardName is the ConfigMap that holds the mark of fingerprint fp.
-func ShardName(fp string) string { return namePrefix + fp[:2] }
+func ShardName(fp string) string { return namePrefix + fp[:shardChars] }
+
+// shardChars hex characters of the fingerprint pick its shard: 16^3 = 4,096 shards.
+const shardChars = 3
 
 func entryKey(namespace, fp string) string { return namespace + "." + fp[:rules.KeyLen] }
 

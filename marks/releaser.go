@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -42,9 +43,21 @@ var (
 		Name: "rrguard_finalizers_released_total",
 		Help: "RRs whose rrguard finalizer was released after their mark was raised.",
 	})
+	held = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "rrguard_deletions_held",
+		Help: "RRs being deleted that still carry rrguard's finalizer, as of the last seeding pass.",
+	})
+	collected = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "rrguard_mark_collections_total",
+		Help: "Writes that removed marks past the horizon whose fingerprint has no RR left.",
+	})
+	heldOldest = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "rrguard_deletion_held_oldest_seconds",
+		Help: "How long the oldest deletion held by rrguard's finalizer has waited, as of the last seeding pass.",
+	})
 )
 
-func init() { metrics.Registry.MustRegister(raises, released) }
+func init() { metrics.Registry.MustRegister(raises, released, held, heldOldest, collected) }
 
 // Releaser is the controller that lets deleted RRs go: for an RR being deleted that carries
 // Finalizer, it raises the fingerprint's mark to the RR's number, then removes the finalizer.
@@ -113,7 +126,15 @@ type Seeder struct {
 	// Every is how often a pass repeats after the first (to cover RRs an older replica admits
 	// during a rolling upgrade); 30 s when zero.
 	Every time.Duration
+	// Horizon: a mark raised longer ago than this, whose fingerprint has no RR left, is removed
+	// (DefaultHorizon when zero). Every GCEvery (1 h when zero) a pass looks for such marks.
+	Horizon, GCEvery time.Duration
+	lastGC           time.Time
 }
+
+// DefaultHorizon is how long Kubernaut's DataStorage keeps audit events (2,555 days): after it, the
+// name's old correlation data is gone, unless a legal hold keeps it longer.
+const DefaultHorizon = 2555 * 24 * time.Hour
 
 // Seeded reports whether the first pass has completed.
 func (s *Seeder) Seeded() bool { return s.seeded.Load() }
@@ -155,9 +176,15 @@ func (s *Seeder) pass(ctx context.Context) error {
 	}
 	// namespace -> shard -> fingerprint -> highest number
 	want := map[string]map[string]map[string]int64{}
+	var heldNow int
+	var oldest time.Duration
 	for i := range list.Items {
 		rr := &list.Items[i]
 		if slices.Contains(rr.Finalizers, Finalizer) {
+			if rr.DeletionTimestamp != nil {
+				heldNow++
+				oldest = max(oldest, time.Since(rr.DeletionTimestamp.Time))
+			}
 			continue
 		}
 		fp := rr.Spec.SignalFingerprint
@@ -173,6 +200,18 @@ func (s *Seeder) pass(ctx context.Context) error {
 			want[rr.Namespace][shard] = map[string]int64{}
 		}
 		want[rr.Namespace][shard][fp] = max(want[rr.Namespace][shard][fp], n)
+	}
+	held.Set(float64(heldNow))
+	heldOldest.Set(oldest.Seconds())
+	gcEvery := s.GCEvery
+	if gcEvery == 0 {
+		gcEvery = time.Hour
+	}
+	if time.Since(s.lastGC) >= gcEvery {
+		if err := s.collect(ctx, list.Items); err != nil {
+			return err
+		}
+		s.lastGC = time.Now()
 	}
 	for ns, shards := range want {
 		for shard, fps := range shards {
@@ -229,4 +268,45 @@ func ReleaseAll(ctx context.Context, c client.Client, store Store) (int, error) 
 		released++
 	}
 	return released, nil
+}
+
+// collect removes the marks older than the horizon whose fingerprint has no RR left in the cache.
+// A cache that lags can only keep a mark longer (it may still show a deleted RR), and an RR it
+// missed carries a number of its own, above the mark, that numbering follows anyway.
+func (s *Seeder) collect(ctx context.Context, rrs []v1alpha1.RemediationRequest) error {
+	horizon := s.Horizon
+	if horizon == 0 {
+		horizon = DefaultHorizon
+	}
+	live := map[string]bool{}
+	for i := range rrs {
+		if fp := rrs[i].Spec.SignalFingerprint; len(fp) >= rules.KeyLen {
+			live[entryKey(rrs[i].Namespace, fp)] = true
+		}
+	}
+	var shards corev1.ConfigMapList
+	if err := s.Store.Reader.List(ctx, &shards, client.InNamespace(s.Store.Namespace), client.MatchingLabels{Label: "true"}); err != nil {
+		return err
+	}
+	for i := range shards.Items {
+		cm := &shards.Items[i]
+		changed := false
+		for k, v := range cm.Data {
+			e, err := parseEntry(v)
+			if err != nil || live[k] || time.Since(e.Raised) < horizon {
+				continue
+			}
+			delete(cm.Data, k)
+			changed = true
+		}
+		if !changed {
+			continue
+		}
+		// Guarded by the resourceVersion read: a raise in between wins, and the next pass retries.
+		if err := s.Store.Writer.Update(ctx, cm); err != nil && !apierrors.IsConflict(err) {
+			return err
+		}
+		collected.Inc()
+	}
+	return nil
 }

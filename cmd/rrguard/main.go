@@ -41,6 +41,7 @@ func run(args []string) int {
 	fs.BoolVar(&o.ConsistentListOnly, "consistent-list-only", false, "decide every create from a consistent List, with no cache (cost grows with the RRs in the namespace)")
 	fs.StringVar(&o.MarksNamespace, "marks-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the high-water mark ConfigMaps: rrguard's own (default $POD_NAMESPACE)")
 	fs.DurationVar(&o.ReleaseMinAge, "release-min-age", marks.DefaultMinAge, "hold a deleted RR at least this long after its creation (longer than the API server's --request-timeout)")
+	fs.DurationVar(&o.MarkHorizon, "mark-horizon", marks.DefaultHorizon, "remove the high-water mark of a fingerprint with no RR left once it is older than this (Kubernaut keeps audit data 2,555 days)")
 	qps := fs.Float64("kube-api-qps", 200, "client-side QPS limit for API reads (each create costs one)")
 	burst := fs.Int("kube-api-burst", 400, "client-side burst for API reads")
 	zo := zap.Options{}

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -23,7 +22,6 @@ import (
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -82,22 +80,6 @@ func parseInts(s string) []int {
 	return out
 }
 
-// counting counts the HTTP requests made through a rest.Config.
-func counting(cfg *rest.Config, n *atomic.Int64) *rest.Config {
-	c := rest.CopyConfig(cfg)
-	c.Wrap(func(rt http.RoundTripper) http.RoundTripper {
-		return roundTripFunc(func(r *http.Request) (*http.Response, error) {
-			n.Add(1)
-			return rt.RoundTrip(r)
-		})
-	})
-	return c
-}
-
-type roundTripFunc func(*http.Request) (*http.Response, error)
-
-func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
-
 func run(sizes, creators []int, perCell int, out, doc string) error {
 	start := time.Now()
 	env, err := testenv.Start(testenv.Options{Webhooks: true})
@@ -112,11 +94,11 @@ func run(sizes, creators []int, perCell int, out, doc string) error {
 	if err := env.JudgeOnly(ctx, &metav1.LabelSelector{MatchLabels: map[string]string{benchLabel: "rrguard"}}); err != nil {
 		return err
 	}
-	var requests atomic.Int64
-	if _, err := env.ServeRRGuardWith(ctx, counting(env.Config, &requests)); err != nil {
+	var requests testenv.Requests
+	if _, err := env.ServeRRGuardWith(ctx, testenv.Counting(env.Config, &requests)); err != nil {
 		return err
 	}
-	c, err := client.New(counting(env.Config, &requests), client.Options{Scheme: env.Client.Scheme()})
+	c, err := client.New(testenv.Counting(env.Config, &requests), client.Options{Scheme: env.Client.Scheme()})
 	if err != nil {
 		return err
 	}
@@ -248,7 +230,7 @@ func fill(ctx context.Context, c client.Client, ns string, n int) error {
 	}
 }
 
-func runCell(ctx context.Context, c client.Client, requests *atomic.Int64, m mode, ns string, size, creators int, spread string, n, cell int) (result, error) {
+func runCell(ctx context.Context, c client.Client, requests *testenv.Requests, m mode, ns string, size, creators int, spread string, n, cell int) (result, error) {
 	fps := n
 	if spread == "concentrated" {
 		fps = 4
@@ -269,7 +251,7 @@ func runCell(ctx context.Context, c client.Client, requests *atomic.Int64, m mod
 	var stored, errCount atomic.Int64
 	var firstErr atomic.Value
 	runtime.GC()
-	before := requests.Load()
+	before := requests.All.Load()
 	begin := time.Now()
 	var wg sync.WaitGroup
 	for w := range creators {
@@ -293,7 +275,7 @@ func runCell(ctx context.Context, c client.Client, requests *atomic.Int64, m mod
 	}
 	wg.Wait()
 	elapsed := time.Since(begin)
-	apiCalls := requests.Load() - before
+	apiCalls := requests.All.Load() - before
 
 	// Duplicates: RRs of this row beyond one per fingerprint (none ever leaves flight here).
 	var list v1alpha1.RemediationRequestList

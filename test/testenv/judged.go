@@ -55,7 +55,8 @@ func (e *Env) WaitJudged(ctx context.Context, ns string, judged bool) error {
 
 // PointNamer re-points rrguard's mutating webhook at another replica's address (host:port) and
 // waits until the API server calls it there: dry-run creates answered by that replica, as seen
-// by answered (which the replica's AfterRead hook should advance).
+// by answered (which the replica's AfterRead hook should advance); with answered nil, it does not
+// wait.
 func (e *Env) PointNamer(ctx context.Context, addr, ns string, answered func() int) error {
 	var m admissionregistrationv1.MutatingWebhookConfiguration
 	if err := e.Client.Get(ctx, client.ObjectKey{Name: "rrguard-mutating-webhook-configuration"}, &m); err != nil {
@@ -72,6 +73,9 @@ func (e *Env) PointNamer(ctx context.Context, addr, ns string, answered func() i
 	}
 	if err := e.Client.Update(ctx, &m); err != nil {
 		return err
+	}
+	if answered == nil {
+		return nil
 	}
 	before := answered()
 	return wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {

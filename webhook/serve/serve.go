@@ -48,6 +48,9 @@ type Options struct {
 	ReleaseMinAge time.Duration
 	// SeedEvery repeats the seeding of marks from RRs without rrguard's finalizer; 30 s when zero.
 	SeedEvery time.Duration
+	// MarkHorizon removes marks older than it whose fingerprint has no RR left
+	// (marks.DefaultHorizon when zero), looked for every MarkGCEvery (1 h when zero).
+	MarkHorizon, MarkGCEvery time.Duration
 	// AfterRead, when set, runs between each naming decision's reads and its answer (tests).
 	AfterRead func(ctx context.Context, rr *v1alpha1.RemediationRequest)
 	// ShutdownDelay keeps serving after a stop is asked for, while /readyz already fails, so that
@@ -128,7 +131,7 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		return nil, errors.New("serve: MarksNamespace is required (rrguard's own namespace)")
 	}
 	store := marks.Store{Namespace: o.MarksNamespace, Reader: mgr.GetAPIReader(), Writer: mgr.GetClient()}
-	seeder := &marks.Seeder{Client: mgr.GetClient(), Store: store, Every: o.SeedEvery}
+	seeder := &marks.Seeder{Client: mgr.GetClient(), Store: store, Every: o.SeedEvery, Horizon: o.MarkHorizon, GCEvery: o.MarkGCEvery}
 	if err := mgr.Add(seeder); err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -126,7 +127,7 @@ func TestDefaultAppliesServerSide(t *testing.T) {
 		}
 		kinds[o.GetKind()] = true
 	}
-	for _, k := range []string{"Deployment", "PodDisruptionBudget", "Service", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+	for _, k := range []string{"Deployment", "PodDisruptionBudget", "Service", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
 		"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "Issuer", "Certificate", "ServiceMonitor",
 		"PrometheusRule", "NetworkPolicy"} {
 		if !kinds[k] {
@@ -245,9 +246,26 @@ func TestDefaultProductionSettings(t *testing.T) {
 			}
 		}
 		for _, v := range r.Verbs {
-			if v != "get" && v != "list" && v != "watch" {
-				t.Errorf("RBAC grants %s: rrguard writes nothing", v)
+			// The only cluster-wide write: removing its own finalizer from RRs.
+			if v != "get" && v != "list" && v != "watch" && !(slices.Equal(r.Resources, []string{"remediationrequests"}) && (v == "update" || v == "patch")) {
+				t.Errorf("RBAC grants %s on %v: rrguard writes only its finalizer on RRs", v, r.Resources)
 			}
 		}
+	}
+	// The marks: ConfigMaps, in rrguard's own namespace only (a Role, not a ClusterRole).
+	var marksRole rbacv1.Role
+	decodeAs(t, objs, "Role", "marks-role", &marksRole)
+	if marksRole.Namespace != "rrguard-system" || len(marksRole.Rules) != 1 || !slices.Equal(marksRole.Rules[0].Resources, []string{"configmaps"}) ||
+		slices.Contains(marksRole.Rules[0].Verbs, "delete") || slices.Contains(marksRole.Rules[0].Verbs, "*") {
+		t.Errorf("marks Role: %s %+v", marksRole.Namespace, marksRole.Rules)
+	}
+	var env corev1.EnvVar
+	for _, e := range c.Env {
+		if e.Name == "POD_NAMESPACE" {
+			env = e
+		}
+	}
+	if env.ValueFrom == nil || env.ValueFrom.FieldRef == nil || env.ValueFrom.FieldRef.FieldPath != "metadata.namespace" {
+		t.Errorf("POD_NAMESPACE (the marks' namespace) not set from the downward API: %+v", env)
 	}
 }

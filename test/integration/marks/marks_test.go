@@ -6,6 +6,7 @@ package marks
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"slices"
@@ -250,7 +251,7 @@ func TestDeletionEdgeForced(t *testing.T) {
 		o.AfterRead = func(context.Context, *v1alpha1.RemediationRequest) { answeredByB.Add(1) }
 	})
 	defaultAddr := net.JoinHostPort(env.ServeOptions().Host, strconv.Itoa(env.ServeOptions().Port))
-	t.Cleanup(func() { _ = env.PointNamer(context.Background(), defaultAddr, ns, func() int { return 0 }) })
+	t.Cleanup(func() { _ = env.PointNamer(context.Background(), defaultAddr, ns, nil) })
 
 	first := create(ctx, t, ns, fp)
 	complete(ctx, t, first)
@@ -291,4 +292,75 @@ func setNamerTimeout(ctx context.Context, t *testing.T, seconds int32) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = env.SetNamerTimeout(context.Background(), 5) })
+}
+
+// Past the horizon, the mark of a fingerprint with no RR left is removed (numbering then starts
+// again at 1, as after audit data has expired); a mark whose fingerprint still has an RR stays.
+func TestMarksPastTheHorizonAreCollected(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "horizon", 3*time.Minute)
+	const horizon = 500 * time.Millisecond
+	serving(ctx, t, func(o *serve.Options) {
+		o.MarkHorizon, o.MarkGCEvery, o.SeedEvery = horizon, 50*time.Millisecond, 50*time.Millisecond
+	})
+	store := marks.Store{Namespace: testenv.MarksNamespace, Reader: env.Client, Writer: env.Client}
+	gonefp, livefp := testenv.Fingerprint(ns+"/gone"), testenv.Fingerprint(ns+"/live")
+	for _, fp := range []string{gonefp, livefp} {
+		rr := create(ctx, t, ns, fp)
+		complete(ctx, t, rr)
+		gone(ctx, t, rr, 30*time.Second)
+		if mark, err := store.Get(ctx, ns, fp); err != nil || mark != 1 {
+			t.Fatalf("mark of %s after deleting -1: %d, %v", fp[:8], mark, err)
+		}
+	}
+	live := create(ctx, t, ns, livefp)
+	if live.Name != rules.Name(livefp, 2) {
+		t.Fatalf("second RR of the live fingerprint: %s", live.Name)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		mark, err := store.Get(ctx, ns, gonefp)
+		return err == nil && mark == 0, nil
+	}); err != nil {
+		t.Fatal("the mark past the horizon was never collected:", err)
+	}
+	if mark, err := store.Get(ctx, ns, livefp); err != nil || mark != 1 {
+		t.Fatalf("the mark of a fingerprint with an RR left was collected: %d, %v", mark, err)
+	}
+	if rr := create(ctx, t, ns, gonefp); rr.Name != rules.Name(gonefp, 1) {
+		t.Fatalf("after the horizon: %s", rr.Name)
+	}
+}
+
+// What names for life costs in writes, counted at rrguard's own client: none while creating
+// (the finalizer rides in the naming patch), and per RR lifetime one mark write and one finalizer
+// release when it is deleted.
+func TestWritesPerLifetime(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "writes", 3*time.Minute)
+	var n testenv.Requests
+	stop, err := env.ServeRRGuardWith(ctx, testenv.Counting(env.Config, &n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stop() })
+	const rrs = 50
+	var all []*v1alpha1.RemediationRequest
+	before := n.Writes.Load()
+	for i := range rrs {
+		rr := create(ctx, t, ns, testenv.Fingerprint(fmt.Sprintf("%s/%d", ns, i)))
+		all = append(all, rr)
+	}
+	if w := n.Writes.Load() - before; w != 0 {
+		t.Fatalf("%d writes by rrguard while %d RRs were created: the create path must write nothing", w, rrs)
+	}
+	for _, rr := range all {
+		complete(ctx, t, rr)
+	}
+	before = n.Writes.Load()
+	for _, rr := range all {
+		gone(ctx, t, rr, 30*time.Second)
+	}
+	w := n.Writes.Load() - before
+	t.Logf("rrguard writes: 0 for %d creates; %d for %d deletions (%.2f per RR lifetime)", rrs, w, rrs, float64(w)/rrs)
+	if w > 2*rrs {
+		t.Fatalf("%d writes for %d deletions: more than a mark write and a release each", w, rrs)
+	}
 }

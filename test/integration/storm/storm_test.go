@@ -254,11 +254,13 @@ func stormDuration(t *testing.T) time.Duration {
 	return 10 * time.Second
 }
 
-// Numbering above 1 under concurrency: 64 creators fire at 4 fingerprints while another goroutine
-// completes every RR in flight as soon as it sees it, so each fingerprint runs through many
-// occurrences. A watch replays every committed change: at no instant are two RRs of one
-// fingerprint in flight; every name is issued once, in order; every signal is counted once.
-func TestNumberingUnderCompletions(t *testing.T) {
+// Numbering above 1, under concurrency, across deletions: 64 creators fire at 50 fingerprints
+// while another goroutine completes every RR in flight as soon as it sees it and deletes every
+// finished one, as Kubernaut's orchestrator and retention do (retention waits 24 h). A watch
+// replays every committed change: at no instant are two RRs of one fingerprint in flight, no name
+// is ever issued to two RRs, the numbers of each fingerprint are 1..k each once, and every signal
+// is counted once over all the RRs that ever held it, deleted ones included.
+func TestStormWithCompletionsAndDeletions(t *testing.T) {
 	d := stormDuration(t)
 	ctx, ns := env.TestNamespace(t, "storm", d+5*time.Minute)
 	stop, err := env.ServeRRGuard(ctx)
@@ -276,11 +278,12 @@ func TestNumberingUnderCompletions(t *testing.T) {
 	}
 
 	completerCtx, stopCompleter := context.WithCancel(ctx)
-	var completed atomic.Int64
+	var completed, deleted atomic.Int64
 	completerDone := make(chan struct{})
 	go func() {
 		defer close(completerDone)
-		// Paced, not synchronised: a sweep every 20 ms completes whatever is in flight.
+		// Paced, not synchronised: a sweep every 20 ms completes whatever is in flight and deletes
+		// whatever has finished.
 		_ = wait.PollUntilContextCancel(completerCtx, 20*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 			var list v1alpha1.RemediationRequestList
 			if err := env.Client.List(ctx, &list, client.InNamespace(ns)); err != nil {
@@ -288,18 +291,23 @@ func TestNumberingUnderCompletions(t *testing.T) {
 			}
 			for i := range list.Items {
 				rr := &list.Items[i]
-				if !rules.InFlight(rr, time.Now()) {
-					continue
-				}
-				patch := client.RawPatch(types.MergePatchType, []byte(`{"status":{"overallPhase":"Completed"}}`))
-				if err := env.Client.Status().Patch(ctx, rr, patch); err == nil {
-					completed.Add(1)
+				switch {
+				case rr.DeletionTimestamp != nil:
+				case rules.InFlight(rr, time.Now()):
+					patch := client.RawPatch(types.MergePatchType, []byte(`{"status":{"overallPhase":"Completed"}}`))
+					if err := env.Client.Status().Patch(ctx, rr, patch); err == nil {
+						completed.Add(1)
+					}
+				default:
+					if err := env.Client.Delete(ctx, rr); err == nil {
+						deleted.Add(1)
+					}
 				}
 			}
 			return false, nil
 		})
 	}()
-	s := storm.Run(ctx, env.Client, storm.Options{Namespace: ns, Fingerprints: fingerprints(ns, 4), Duration: d, Workers: 64,
+	s := storm.Run(ctx, env.Client, storm.Options{Namespace: ns, Fingerprints: fingerprints(ns, 50), Duration: d, Workers: 64,
 		Creator: creator.Options{MaxAttempts: 30}})
 	stopCompleter()
 	<-completerDone
@@ -308,29 +316,27 @@ func TestNumberingUnderCompletions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("watch replayed %d changes; completer finished %d RRs; most RRs of one fingerprint in flight at once: %d", events, completed.Load(), most)
+	life := iw.Lifetimes()
+	t.Logf("watch replayed %d changes (resumed %d times): %d RRs, %d names; completed %d, deleted %d; most RRs of one fingerprint in flight at once: %d",
+		events, iw.Resumed(), life.RRs, life.Names, completed.Load(), deleted.Load(), most)
 	if most > 1 {
 		t.Fatalf("two RRs of one fingerprint in flight together %s", worst)
+	}
+	if len(life.Reissued) > 0 {
+		t.Fatalf("names issued to two RRs: %v", life.Reissued)
 	}
 	if s.Lost() != 0 || len(s.Errors) != 0 {
 		t.Fatalf("%d signals lost: %v %v", s.Lost(), s.Errors, s.FirstError)
 	}
-
-	var list v1alpha1.RemediationRequestList
-	if err := env.Client.List(ctx, &list, client.InNamespace(ns)); err != nil {
-		t.Fatal(err)
+	if deleted.Load() == 0 {
+		t.Fatal("no RR was deleted: the storm did not exercise deletions")
 	}
-	counted := map[string]int{}
 	numbers := map[string][]int64{}
-	for _, rr := range list.Items {
-		fp := rr.Spec.SignalFingerprint
-		n, ok := rules.Occurrence(fp, rr.Name)
-		if !ok {
-			t.Fatalf("RR %s is not named by the scheme", rr.Name)
-		}
-		numbers[fp] = append(numbers[fp], n)
-		if d := rr.Status.Deduplication; d != nil {
-			counted[fp] += int(d.OccurrenceCount)
+	for _, name := range iw.Names() {
+		for _, fp := range fingerprints(ns, 50) {
+			if n, ok := rules.Occurrence(fp, name); ok {
+				numbers[fp] = append(numbers[fp], n)
+			}
 		}
 	}
 	over, highest := 0, int64(0)
@@ -343,16 +349,17 @@ func TestNumberingUnderCompletions(t *testing.T) {
 			}
 		}
 		highest = max(highest, int64(len(ns)))
-		if counted[fp] < sent {
-			t.Fatalf("fingerprint %s: %d counted over its RRs, %d signals sent", fp[:8], counted[fp], sent)
+		if got := life.Counted[fp]; got < sent {
+			t.Fatalf("fingerprint %s: %d counted over its RRs, %d signals sent", fp[:8], got, sent)
+		} else {
+			over += got - sent
 		}
-		over += counted[fp] - sent
 	}
 	if over > s.Ambiguous {
 		t.Fatalf("over-counted by %d with %d ambiguous writes", over, s.Ambiguous)
 	}
-	if highest < 10 {
+	if highest < 3 {
 		t.Fatalf("the highest occurrence number reached only %d: the storm did not exercise numbering", highest)
 	}
-	t.Logf("%d RRs over %d fingerprints, highest occurrence number %d", len(list.Items), len(s.PerFP), highest)
+	t.Logf("%d fingerprints, highest occurrence number %d", len(s.PerFP), highest)
 }

@@ -94,6 +94,12 @@ func TestCachedListerFallbacks(t *testing.T) {
 	if err := env.Client.Delete(ctx, first); err != nil {
 		t.Fatal(err)
 	}
+	// rrguard releases it once its mark covers it.
+	if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		return apierrors.IsNotFound(env.Client.Get(ctx, client.ObjectKeyFromObject(first), &v1alpha1.RemediationRequest{})), nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	t.Run("newest deleted", func(t *testing.T) { check(t, lister(true, view), "newest-deleted", nil) })
 	view.Release()
 }

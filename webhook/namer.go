@@ -28,7 +28,7 @@ type Namer struct {
 	// AfterRead, when set, runs between a decision's reads and its answer: tests hold a decision
 	// there to force interleavings.
 	AfterRead func(ctx context.Context, rr *v1alpha1.RemediationRequest)
-	Now   func() time.Time // time.Now when nil
+	Now       func() time.Time // time.Now when nil
 }
 
 // MarkReader returns a fingerprint's high-water mark, read as of now.

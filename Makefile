@@ -70,6 +70,10 @@ demo: testbin ## `make run`, then the GW-DEDUP-002 storm (5, then 100 simultaneo
 bench: testbin ## Benchmarks on a real control plane; writes bin/bench/results.json and docs/benchmarks.md.
 	go run ./test/bench $(BENCH_FLAGS)
 
+.PHONY: bench-marks
+bench-marks: testbin ## Names for life at scale: creates with 100k high-water marks against none, interleaved; marks' bytes and objects.
+	go run ./test/bench/marks $(BENCH_MARKS_FLAGS)
+
 .PHONY: build
 build: ## Build bin/rrguard.
 	CGO_ENABLED=0 go build -trimpath -o bin/rrguard ./cmd/rrguard

@@ -9,8 +9,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -193,7 +196,7 @@ func TestSeededFromExistingRRs(t *testing.T) {
 	}
 }
 
-// `rrguard release` (marks.ReleaseAll), the uninstall step: no RR stays held once rrguard is gone,
+// `rrguard release` (marks.ReleaseAll), the uninstall step `make undeploy` runs first: no RR stays held once rrguard is gone,
 // and each RR's mark is raised first.
 func TestReleaseAllForUninstall(t *testing.T) {
 	ctx, ns := env.TestNamespace(t, "release", 3*time.Minute)
@@ -207,11 +210,19 @@ func TestReleaseAllForUninstall(t *testing.T) {
 	if err := env.Client.Delete(ctx, other); err != nil {
 		t.Fatal(err)
 	}
-	store := marks.Store{Namespace: testenv.MarksNamespace, Reader: env.Client, Writer: env.Client}
-	n, err := marks.ReleaseAll(ctx, env.Client, store)
-	if err != nil || n < 2 {
-		t.Fatalf("released %d, %v", n, err)
+	// Exactly what `make undeploy` runs first.
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := env.WriteKubeconfig(kubeconfig); err != nil {
+		t.Fatal(err)
 	}
+	cmd := exec.CommandContext(ctx, "go", "run", "./cmd/rrguard", "release", "--marks-namespace", testenv.MarksNamespace)
+	cmd.Dir = env.Root
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "OK: released") {
+		t.Fatalf("rrguard release: %v\n%s", err, out)
+	}
+	store := marks.Store{Namespace: testenv.MarksNamespace, Reader: env.Client, Writer: env.Client}
 	gone(ctx, t, other, 10*time.Second)
 	var cur v1alpha1.RemediationRequest
 	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(rr), &cur); err != nil || slices.Contains(cur.Finalizers, marks.Finalizer) {

@@ -52,7 +52,7 @@ func TestCachedListerFallbacks(t *testing.T) {
 	check := func(t *testing.T, l webhook.CachedLister, reason string, want []string) {
 		t.Helper()
 		before := map[string]float64{}
-		for _, r := range []string{"cache-not-synced", "cache-error", "cache-behind", "newest-deleted"} {
+		for _, r := range []string{"cache-not-synced", "cache-error", "candidate-taken", "newest-deleted"} {
 			before[r] = fallbacks(t, r)
 		}
 		got, err := l.ListByFingerprint(ctx, ns, fp)
@@ -82,11 +82,20 @@ func TestCachedListerFallbacks(t *testing.T) {
 	if err := env.Client.Create(ctx, testenv.NewRR(ns, empty)); err != nil {
 		t.Fatal(err)
 	}
-	t.Run("cache behind", func(t *testing.T) {
-		before := fallbacks(t, "cache-behind")
-		got, err := lister(true, view).ListByFingerprint(ctx, ns, empty)
-		if err != nil || len(got) != 1 || got[0].Name != rules.Name(empty, 1) || fallbacks(t, "cache-behind") != before+1 {
-			t.Fatalf("got %v, %v; fallbacks %v -> %v", names(got), err, before, fallbacks(t, "cache-behind"))
+	t.Run("cache behind: the decided name is taken", func(t *testing.T) {
+		l := lister(true, view)
+		got, err := l.ListByFingerprint(ctx, ns, empty)
+		if err != nil || len(got) != 0 {
+			t.Fatalf("the held view shows %v, %v", names(got), err)
+		}
+		// The Namer decides -1 from that and confirms it free: it is not.
+		if taken, err := l.Taken(ctx, ns, rules.Name(empty, 1)); err != nil || !taken {
+			t.Fatalf("Taken(-1) = %v, %v", taken, err)
+		}
+		before := fallbacks(t, "candidate-taken")
+		got, err = l.Consistent(ctx, ns, empty, "candidate-taken")
+		if err != nil || len(got) != 1 || got[0].Name != rules.Name(empty, 1) || fallbacks(t, "candidate-taken") != before+1 {
+			t.Fatalf("got %v, %v; fallbacks %v -> %v", names(got), err, before, fallbacks(t, "candidate-taken"))
 		}
 	})
 
@@ -104,9 +113,9 @@ func TestCachedListerFallbacks(t *testing.T) {
 	view.Release()
 }
 
-// A cache held back on purpose (every event after an instant delayed) stores no duplicate: where
-// it shows an old newest RR, the create is named after it and collides with the RR it missed, so
-// the API server itself refuses it with 409 naming that RR.
+// A cache held back on purpose (every event after an instant delayed) stores no duplicate and
+// issues no name twice: where it shows an old newest RR, the name decided from it is found taken
+// by the RR it missed, and a consistent List decides.
 func TestHeldBackCacheStoresNoDuplicate(t *testing.T) {
 	replaced(t)
 	ctx, ns := env.TestNamespace(t, "held", 2*time.Minute)
@@ -141,9 +150,9 @@ func TestHeldBackCacheStoresNoDuplicate(t *testing.T) {
 	if err := env.Client.Create(ctx, second); err != nil || second.Name != rules.Name(fp, 2) {
 		t.Fatalf("create after -1 completed: %q, %v", second.Name, err)
 	}
-	// The held view never shows -2: twenty concurrent creates are all named -2 and refused by the
-	// API server's name check, each 409 naming -2.
-	behind := fallbacks(t, "cache-behind") + fallbacks(t, "newest-deleted")
+	// The held view never shows -2: twenty concurrent creates are each named -2 from it, find the
+	// name taken, fall back to a consistent List, and are refused naming -2.
+	taken := fallbacks(t, "candidate-taken")
 	var wg sync.WaitGroup
 	errs := make([]error, 20)
 	for i := range errs {
@@ -159,25 +168,22 @@ func TestHeldBackCacheStoresNoDuplicate(t *testing.T) {
 			t.Fatalf("create while -2 is in flight and unseen: %v (details %q)", err, detailsName(err))
 		}
 	}
-	if now := fallbacks(t, "cache-behind") + fallbacks(t, "newest-deleted"); now != behind {
-		t.Fatalf("%v fallbacks: the refusals did not come from the held view", now-behind)
+	if now := fallbacks(t, "candidate-taken"); now-taken != 20 {
+		t.Fatalf("%v candidate-taken fallbacks for 20 creates decided from the held view", now-taken)
 	}
-	// -2 finished, still unseen: the create is refused naming -2 (a finished RR): a refusal the
-	// creator retries, never a second RR.
+	// -2 finished, still unseen: the name decided (-2) is taken again, and the consistent List
+	// names the next occurrence: a stale view costs a read, never a wrong name.
 	setStatus(ctx, t, second, v1alpha1.RemediationRequestStatus{OverallPhase: v1alpha1.PhaseCompleted})
-	if err := env.Client.Create(ctx, testenv.NewRR(ns, fp)); !apierrors.IsAlreadyExists(err) || detailsName(err) != second.Name {
-		t.Fatalf("create after unseen -2 completed: %v", err)
+	third := testenv.NewRR(ns, fp)
+	if err := env.Client.Create(ctx, third); err != nil || third.Name != rules.Name(fp, 3) {
+		t.Fatalf("create after unseen -2 completed: %q, %v", third.Name, err)
 	}
-	if items := list(ctx, t, ns); len(items) != 2 {
+	if items := list(ctx, t, ns); len(items) != 3 {
 		t.Fatalf("stored %v while the cache was held", names(items))
 	}
-	// Released, the cache catches up and the next occurrence is admitted.
+	// Released, the cache catches up: -3 in flight refuses the next create.
 	view.Release()
-	var third *v1alpha1.RemediationRequest
-	if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		third = testenv.NewRR(ns, fp)
-		return env.Client.Create(ctx, third) == nil, nil
-	}); err != nil || third.Name != rules.Name(fp, 3) {
-		t.Fatalf("after release: %q, %v", third.Name, err)
+	if err := env.Client.Create(ctx, testenv.NewRR(ns, fp)); !apierrors.IsAlreadyExists(err) || detailsName(err) != third.Name {
+		t.Fatalf("after release: %v", err)
 	}
 }

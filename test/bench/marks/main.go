@@ -1,0 +1,323 @@
+// Command marks is `make bench-marks`: what names for life costs at scale. It raises the
+// high-water marks of N fingerprints (default 100,000) into one marks namespace and leaves another
+// empty, then runs rows of creates through an rrguard replica pointed at each, interleaved round
+// by round, and reports creates per second, CPU milliseconds per create of kube-apiserver, etcd
+// and this process (rrguard and the creators), rrguard's start-up time and heap, and the marks'
+// object count and bytes.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/marks"
+	"github.com/rrguard/rrguard/test/testenv"
+	"github.com/rrguard/rrguard/webhook/serve"
+)
+
+func main() {
+	fps := flag.Int("fingerprints", 100000, "fingerprints whose marks are raised")
+	creates := flag.Int("creates", 3000, "creates per row")
+	rounds := flag.Int("rounds", 3, "interleaved rounds")
+	workers := flag.Int("workers", 32, "concurrent creators")
+	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.ErrorLevel)))
+	if err := run(*fps, *creates, *rounds, *workers); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-marks:", err)
+		os.Exit(1)
+	}
+}
+
+type row struct {
+	perSec                float64
+	apiMS, etcdMS, selfMS float64 // CPU ms per create
+	startup               time.Duration
+	heapMB                float64
+}
+
+func run(nfp, creates, rounds, workers int) error {
+	ctx := context.Background()
+	env, err := testenv.Start(testenv.Options{Webhooks: true})
+	if err != nil {
+		return err
+	}
+	defer env.Stop()
+	c := env.Client
+	for _, ns := range []string{"marks-empty", "marks-full", "bench"} {
+		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			return err
+		}
+	}
+	// Raise the marks of nfp fingerprints of namespace "bench", one write per shard.
+	start := time.Now()
+	store := marks.Store{Namespace: "marks-full", Reader: c, Writer: c}
+	shards := map[string]map[string]int64{}
+	for i := range nfp {
+		fp := testenv.Fingerprint("mark/" + strconv.Itoa(i))
+		s := marks.ShardName(fp)
+		if shards[s] == nil {
+			shards[s] = map[string]int64{}
+		}
+		shards[s][fp] = int64(1 + i%50)
+	}
+	for s, want := range shards {
+		if err := store.Raise(ctx, "bench", s, want); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("raised %d marks in %d shards in %s\n", nfp, len(shards), time.Since(start).Round(time.Millisecond))
+	var list corev1.ConfigMapList
+	if err := c.List(ctx, &list, client.InNamespace("marks-full")); err != nil {
+		return err
+	}
+	var protoBytes, entries, maxShard int
+	for i := range list.Items {
+		protoBytes += list.Items[i].Size()
+		entries += len(list.Items[i].Data)
+		maxShard = max(maxShard, list.Items[i].Size())
+	}
+	fmt.Printf("marks: %d ConfigMaps, %d entries, %d bytes as stored (protobuf), %d bytes per entry, largest shard %d bytes\n",
+		len(list.Items), entries, protoBytes, protoBytes/max(entries, 1), maxShard)
+
+	pids, err := controlPlane()
+	if err != nil {
+		return err
+	}
+	results := map[string][]row{}
+	seq := 0
+	for r := range rounds {
+		for _, variant := range []string{"marks-empty", "marks-full"} {
+			t0 := time.Now()
+			stop, err := env.ServeRRGuard(ctx, func(o *serve.Options) { o.MarksNamespace = variant })
+			if err != nil {
+				return err
+			}
+			startup := time.Since(t0)
+			runtime.GC()
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			cpu0 := cpuTimes(pids)
+			w0 := time.Now()
+			if err := createRow(ctx, c, creates, workers, &seq); err != nil {
+				_ = stop()
+				return err
+			}
+			wall := time.Since(w0)
+			cpu1 := cpuTimes(pids)
+			_ = stop()
+			per := func(k string) float64 { return float64(cpu1[k]-cpu0[k]) / float64(creates) }
+			rw := row{perSec: float64(creates) / wall.Seconds(), apiMS: per("kube-apiserver"), etcdMS: per("etcd"), selfMS: per("self"),
+				startup: startup, heapMB: float64(ms.HeapInuse) / (1 << 20)}
+			results[variant] = append(results[variant], rw)
+			fmt.Printf("round %d %-11s %7.0f creates/s  CPU ms/create: apiserver %.2f etcd %.2f rrguard+creators %.2f  start-up %s  heap %.0f MiB\n",
+				r+1, variant, rw.perSec, rw.apiMS, rw.etcdMS, rw.selfMS, startup.Round(time.Millisecond), rw.heapMB)
+		}
+	}
+	var ratios []float64
+	for i := range results["marks-full"] {
+		ratios = append(ratios, results["marks-full"][i].perSec/results["marks-empty"][i].perSec)
+	}
+	fmt.Printf("\n| marks | creates/s median (range) | apiserver CPU ms/create | etcd | rrguard+creators | start-up | heap MiB |\n|---|---|---|---|---|---|---|\n")
+	for _, v := range []string{"marks-empty", "marks-full"} {
+		rs := results[v]
+		f := func(get func(row) float64) string {
+			xs := make([]float64, len(rs))
+			for i, r := range rs {
+				xs[i] = get(r)
+			}
+			slices.Sort(xs)
+			return fmt.Sprintf("%.2f (%.2f-%.2f)", xs[len(xs)/2], xs[0], xs[len(xs)-1])
+		}
+		label := "none"
+		if v == "marks-full" {
+			label = fmt.Sprintf("%d", nfp)
+		}
+		fmt.Printf("| %s | %s | %s | %s | %s | %s s | %s |\n", label, f(func(r row) float64 { return r.perSec }),
+			f(func(r row) float64 { return r.apiMS }), f(func(r row) float64 { return r.etcdMS }), f(func(r row) float64 { return r.selfMS }),
+			f(func(r row) float64 { return r.startup.Seconds() }), f(func(r row) float64 { return r.heapMB }))
+	}
+	slices.Sort(ratios)
+	fmt.Printf("\ncreates/s with %d marks / without, paired per round: median %.2f (range %.2f-%.2f)\n", nfp, ratios[len(ratios)/2], ratios[0], ratios[len(ratios)-1])
+	return deletionLatency(ctx, env, 1000, 16)
+}
+
+// deletionLatency completes n RRs and deletes them from workers goroutines, as retention does, with
+// rrguard up, and reports the time from each DELETE sent to the API server's Deleted event.
+func deletionLatency(ctx context.Context, env *testenv.Env, n, workers int) error {
+	stop, err := env.ServeRRGuard(ctx, func(o *serve.Options) { o.MarksNamespace = "marks-full" })
+	if err != nil {
+		return err
+	}
+	defer stop()
+	c := env.Client
+	var list v1alpha1.RemediationRequestList
+	if err := c.List(ctx, &list, client.InNamespace("bench"), client.Limit(int64(n))); err != nil {
+		return err
+	}
+	for i := range list.Items {
+		patch := client.RawPatch(types.MergePatchType, []byte(`{"status":{"overallPhase":"Completed"}}`))
+		if err := c.Status().Patch(ctx, &list.Items[i], patch); err != nil {
+			return err
+		}
+	}
+	wc, err := client.NewWithWatch(env.Config, client.Options{Scheme: c.Scheme()})
+	if err != nil {
+		return err
+	}
+	w, err := wc.Watch(ctx, &v1alpha1.RemediationRequestList{}, client.InNamespace("bench"))
+	if err != nil {
+		return err
+	}
+	defer w.Stop()
+	var mu sync.Mutex
+	asked := map[string]time.Time{}
+	var lat []time.Duration
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ev := range w.ResultChan() {
+			rr, ok := ev.Object.(*v1alpha1.RemediationRequest)
+			if !ok || ev.Type != watch.Deleted {
+				continue
+			}
+			mu.Lock()
+			if t, ok := asked[rr.Name]; ok {
+				lat = append(lat, time.Since(t))
+			}
+			finished := len(lat) == len(list.Items)
+			mu.Unlock()
+			if finished {
+				return
+			}
+		}
+	}()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(list.Items) {
+					return
+				}
+				rr := &list.Items[i]
+				mu.Lock()
+				asked[rr.Name] = time.Now()
+				mu.Unlock()
+				_ = c.Delete(ctx, rr)
+			}
+		}()
+	}
+	wg.Wait()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Minute):
+		return fmt.Errorf("only %d of %d deletions completed", len(lat), len(list.Items))
+	}
+	slices.Sort(lat)
+	q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
+	fmt.Printf("\nretention-like deletions with rrguard up (%d RRs, %d deleters): from DELETE sent to gone: p50 %s, p99 %s, max %s\n",
+		len(lat), workers, q(0.5).Round(time.Millisecond), q(0.99).Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond))
+	return nil
+}
+
+// createRow sends n creates of fresh fingerprints from workers goroutines.
+func createRow(ctx context.Context, c client.Client, n, workers int, seq *int) error {
+	base := *seq
+	*seq += n
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var firstErr error
+	var mu sync.Mutex
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				if err := c.Create(ctx, testenv.NewRR("bench", testenv.Fingerprint("create/"+strconv.Itoa(base+i)))); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return firstErr
+}
+
+// controlPlane finds this process's kube-apiserver and etcd children.
+func controlPlane() (map[string]int, error) {
+	out := map[string]int{"self": os.Getpid()}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+		if len(fields) < 2 || fields[1] != strconv.Itoa(os.Getpid()) {
+			continue
+		}
+		cmd, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		name := filepath.Base(strings.SplitN(string(cmd), "\x00", 2)[0])
+		if name == "kube-apiserver" || name == "etcd" {
+			out[name] = pid
+		}
+	}
+	if out["kube-apiserver"] == 0 || out["etcd"] == 0 {
+		return nil, fmt.Errorf("control plane processes not found: %v", out)
+	}
+	return out, nil
+}
+
+// cpuTimes reads utime+stime of each process, in milliseconds.
+func cpuTimes(pids map[string]int) map[string]int64 {
+	out := map[string]int64{}
+	for name, pid := range pids {
+		stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+		utime, _ := strconv.ParseInt(f[11], 10, 64)
+		stime, _ := strconv.ParseInt(f[12], 10, 64)
+		out[name] = (utime + stime) * 10 // clock ticks of 10 ms (USER_HZ 100)
+	}
+	return out
+}

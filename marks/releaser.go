@@ -77,7 +77,7 @@ func (r *Releaser) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).For(&v1alpha1.RemediationRequest{}).
 		Named("high-water-mark").
 		// Several replicas run in one process in tests; names are for logs and metrics only.
-		WithOptions(controller.Options{MaxConcurrentReconciles: 4, SkipNameValidation: ptr(true)}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: 16, SkipNameValidation: ptr(true)}).
 		Complete(r)
 }
 

@@ -130,7 +130,15 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	if o.MarksNamespace == "" {
 		return nil, errors.New("serve: MarksNamespace is required (rrguard's own namespace)")
 	}
-	store := marks.Store{Namespace: o.MarksNamespace, Reader: mgr.GetAPIReader(), Writer: mgr.GetClient()}
+	// Each create reads one mark shard: protobuf, which ConfigMaps speak, costs the API server
+	// less than JSON. Uncached: a mark read from a lagging cache could be too low.
+	protoCfg := rest.CopyConfig(cfg)
+	protoCfg.ContentType = "application/vnd.kubernetes.protobuf"
+	marksReader, err := client.New(protoCfg, client.Options{Scheme: mgr.GetScheme()})
+	if err != nil {
+		return nil, err
+	}
+	store := marks.Store{Namespace: o.MarksNamespace, Reader: marksReader, Writer: mgr.GetClient()}
 	seeder := &marks.Seeder{Client: mgr.GetClient(), Store: store, Every: o.SeedEvery, Horizon: o.MarkHorizon, GCEvery: o.MarkGCEvery}
 	if err := mgr.Add(seeder); err != nil {
 		return nil, err

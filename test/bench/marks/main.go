@@ -37,12 +37,13 @@ import (
 
 func main() {
 	fps := flag.Int("fingerprints", 100000, "fingerprints whose marks are raised")
+	few := flag.Int("baseline-fingerprints", 0, "fingerprints whose marks are raised in the baseline's marks namespace (0: none; 4096 puts one in every shard)")
 	creates := flag.Int("creates", 3000, "creates per row")
 	rounds := flag.Int("rounds", 3, "interleaved rounds")
 	workers := flag.Int("workers", 32, "concurrent creators")
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.ErrorLevel)))
-	if err := run(*fps, *creates, *rounds, *workers); err != nil {
+	if err := run(*fps, *few, *creates, *rounds, *workers); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-marks:", err)
 		os.Exit(1)
 	}
@@ -55,7 +56,7 @@ type row struct {
 	heapMB                float64
 }
 
-func run(nfp, creates, rounds, workers int) error {
+func run(nfp, nfew, creates, rounds, workers int) error {
 	ctx := context.Background()
 	env, err := testenv.Start(testenv.Options{Webhooks: true})
 	if err != nil {
@@ -70,20 +71,15 @@ func run(nfp, creates, rounds, workers int) error {
 	}
 	// Raise the marks of nfp fingerprints of namespace "bench", one write per shard.
 	start := time.Now()
-	store := marks.Store{Namespace: "marks-full", Reader: c, Writer: c}
-	shards := map[string]map[string]int64{}
-	for i := range nfp {
-		fp := testenv.Fingerprint("mark/" + strconv.Itoa(i))
-		s := marks.ShardName(fp)
-		if shards[s] == nil {
-			shards[s] = map[string]int64{}
-		}
-		shards[s][fp] = int64(1 + i%50)
+	if err := raise(ctx, marks.Store{Namespace: "marks-full", Reader: c, Writer: c}, nfp, "mark/"); err != nil {
+		return err
 	}
-	for s, want := range shards {
-		if err := store.Raise(ctx, "bench", s, want); err != nil {
-			return err
-		}
+	shards := map[string]bool{}
+	for i := range nfp {
+		shards[marks.ShardName(testenv.Fingerprint("mark/"+strconv.Itoa(i)))] = true
+	}
+	if err := raise(ctx, marks.Store{Namespace: "marks-empty", Reader: c, Writer: c}, nfew, "few/"); err != nil {
+		return err
 	}
 	fmt.Printf("raised %d marks in %d shards in %s\n", nfp, len(shards), time.Since(start).Round(time.Millisecond))
 	var list corev1.ConfigMapList
@@ -148,7 +144,7 @@ func run(nfp, creates, rounds, workers int) error {
 			slices.Sort(xs)
 			return fmt.Sprintf("%.2f (%.2f-%.2f)", xs[len(xs)/2], xs[0], xs[len(xs)-1])
 		}
-		label := "none"
+		label := fmt.Sprint(nfew)
 		if v == "marks-full" {
 			label = fmt.Sprintf("%d", nfp)
 		}
@@ -157,7 +153,7 @@ func run(nfp, creates, rounds, workers int) error {
 			f(func(r row) float64 { return r.startup.Seconds() }), f(func(r row) float64 { return r.heapMB }))
 	}
 	slices.Sort(ratios)
-	fmt.Printf("\ncreates/s with %d marks / without, paired per round: median %.2f (range %.2f-%.2f)\n", nfp, ratios[len(ratios)/2], ratios[0], ratios[len(ratios)-1])
+	fmt.Printf("\ncreates/s with %d marks / with %d, paired per round: median %.2f (range %.2f-%.2f)\n", nfp, nfew, ratios[len(ratios)/2], ratios[0], ratios[len(ratios)-1])
 	return deletionLatency(ctx, env, 1000, 16)
 }
 
@@ -184,7 +180,13 @@ func deletionLatency(ctx context.Context, env *testenv.Env, n, workers int) erro
 	if err != nil {
 		return err
 	}
-	w, err := wc.Watch(ctx, &v1alpha1.RemediationRequestList{}, client.InNamespace("bench"))
+	var since v1alpha1.RemediationRequestList
+	if err := c.List(ctx, &since, client.InNamespace("bench"), client.Limit(1)); err != nil {
+		return err
+	}
+	// From now on only: no initial events for the RRs already there.
+	w, err := wc.Watch(ctx, &v1alpha1.RemediationRequestList{}, client.InNamespace("bench"),
+		&client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: since.ResourceVersion}})
 	if err != nil {
 		return err
 	}
@@ -236,10 +238,33 @@ func deletionLatency(ctx context.Context, env *testenv.Env, n, workers int) erro
 	case <-time.After(2 * time.Minute):
 		return fmt.Errorf("only %d of %d deletions completed", len(lat), len(list.Items))
 	}
+	if len(lat) < len(list.Items) {
+		return fmt.Errorf("the watch ended after %d of %d deletions", len(lat), len(list.Items))
+	}
 	slices.Sort(lat)
 	q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
 	fmt.Printf("\nretention-like deletions with rrguard up (%d RRs, %d deleters): from DELETE sent to gone: p50 %s, p99 %s, max %s\n",
 		len(lat), workers, q(0.5).Round(time.Millisecond), q(0.99).Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond))
+	return nil
+}
+
+// raise raises the marks of n fingerprints (derived from prefix) of namespace "bench", one write
+// per shard.
+func raise(ctx context.Context, store marks.Store, n int, prefix string) error {
+	shards := map[string]map[string]int64{}
+	for i := range n {
+		fp := testenv.Fingerprint(prefix + strconv.Itoa(i))
+		s := marks.ShardName(fp)
+		if shards[s] == nil {
+			shards[s] = map[string]int64{}
+		}
+		shards[s][fp] = int64(1 + i%50)
+	}
+	for s, want := range shards {
+		if err := store.Raise(ctx, "bench", s, want); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

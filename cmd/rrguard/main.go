@@ -79,12 +79,7 @@ func release(args []string) int {
 	marksNS := fs.String("marks-namespace", "rrguard-system", "namespace of the high-water mark ConfigMaps")
 	timeout := fs.Duration("timeout", 5*time.Minute, "how long to try")
 	_ = fs.Parse(args)
-	cfg, err := ctrl.GetConfig()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "FAIL: no Kubernetes configuration:", err)
-		return 1
-	}
-	c, err := client.New(cfg, client.Options{Scheme: serve.Scheme()})
+	c, err := apiClient()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		return 1
@@ -107,13 +102,7 @@ func check(args []string) int {
 	ns := fs.String("namespace", "kubernaut-system", "namespace where RemediationRequests are created")
 	timeout := fs.Duration("timeout", 15*time.Second, "how long to wait for the answer")
 	_ = fs.Parse(args)
-
-	cfg, err := ctrl.GetConfig()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "FAIL: no Kubernetes configuration:", err)
-		return 1
-	}
-	c, err := client.New(cfg, client.Options{Scheme: serve.Scheme()})
+	c, err := apiClient()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		return 1
@@ -127,4 +116,13 @@ func check(args []string) int {
 	}
 	fmt.Printf("OK: rrguard answered through the API server; a new RR in %s would be named %s (dry run, nothing stored)\n", *ns, name)
 	return 0
+}
+
+// apiClient is an uncached client of the current kubeconfig (or in-cluster configuration).
+func apiClient() (client.Client, error) {
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		return nil, fmt.Errorf("no Kubernetes configuration: %w", err)
+	}
+	return client.New(cfg, client.Options{Scheme: serve.Scheme()})
 }

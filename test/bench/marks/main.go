@@ -99,6 +99,24 @@ func run(nfp, nfew, creates, rounds, workers int) error {
 	if err != nil {
 		return err
 	}
+	// Start-up and heap of a fresh replica with and without the marks, before any RR exists.
+	for _, variant := range []string{"marks-empty", "marks-full", "marks-empty", "marks-full"} {
+		runtime.GC()
+		var m0 runtime.MemStats
+		runtime.ReadMemStats(&m0)
+		t0 := time.Now()
+		stop, err := env.ServeRRGuard(ctx, func(o *serve.Options) { o.MarksNamespace = variant })
+		if err != nil {
+			return err
+		}
+		startup := time.Since(t0)
+		runtime.GC()
+		var m1 runtime.MemStats
+		runtime.ReadMemStats(&m1)
+		_ = stop()
+		fmt.Printf("fresh replica, no RRs, %-11s: ready in %s, heap in use %.1f MiB (process: %.1f MiB before it started)\n",
+			variant, startup.Round(time.Millisecond), float64(m1.HeapInuse)/(1<<20), float64(m0.HeapInuse)/(1<<20))
+	}
 	results := map[string][]row{}
 	seq := 0
 	for r := range rounds {
@@ -213,26 +231,13 @@ func deletionLatency(ctx context.Context, env *testenv.Env, n, workers int) erro
 			}
 		}
 	}()
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(list.Items) {
-					return
-				}
-				rr := &list.Items[i]
-				mu.Lock()
-				asked[rr.Name] = time.Now()
-				mu.Unlock()
-				_ = c.Delete(ctx, rr)
-			}
-		}()
-	}
-	wg.Wait()
+	parallel(len(list.Items), workers, func(i int) {
+		rr := &list.Items[i]
+		mu.Lock()
+		asked[rr.Name] = time.Now()
+		mu.Unlock()
+		_ = c.Delete(ctx, rr)
+	})
 	select {
 	case <-done:
 	case <-time.After(2 * time.Minute):
@@ -272,31 +277,34 @@ func raise(ctx context.Context, store marks.Store, n int, prefix string) error {
 func createRow(ctx context.Context, c client.Client, n, workers int, seq *int) error {
 	base := *seq
 	*seq += n
-	var next atomic.Int64
-	var wg sync.WaitGroup
 	var firstErr error
 	var mu sync.Mutex
+	parallel(n, workers, func(i int) {
+		if err := c.Create(ctx, testenv.NewRR("bench", testenv.Fingerprint("create/"+strconv.Itoa(base+i)))); err != nil {
+			mu.Lock()
+			if firstErr == nil {
+				firstErr = err
+			}
+			mu.Unlock()
+		}
+	})
+	return firstErr
+}
+
+// parallel runs f(0..n-1) on workers goroutines and waits for all.
+func parallel(n, workers int, f func(i int)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				if err := c.Create(ctx, testenv.NewRR("bench", testenv.Fingerprint("create/"+strconv.Itoa(base+i)))); err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
-				}
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				f(i)
 			}
 		}()
 	}
 	wg.Wait()
-	return firstErr
 }
 
 // controlPlane finds this process's kube-apiserver and etcd children.

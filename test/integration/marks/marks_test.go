@@ -18,7 +18,9 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -373,5 +375,51 @@ func TestWritesPerLifetime(t *testing.T) {
 	t.Logf("rrguard writes: 0 for %d creates; %d for %d deletions (%.2f per RR lifetime)", rrs, w, rrs, float64(w)/rrs)
 	if w > 2*rrs {
 		t.Fatalf("%d writes for %d deletions: more than a mark write and a release each", w, rrs)
+	}
+}
+
+// A mark entry rrguard cannot read is never guessed around: creates of that fingerprint get a
+// clear 503 (rrguard cannot decide; worth a retry once fixed), nothing is stored, and other
+// fingerprints are not affected.
+func TestCorruptMarkRefusesClearly(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "corrupt", 3*time.Minute)
+	serving(ctx, t)
+	fp := testenv.Fingerprint(ns + "/corrupt")
+	var cm corev1.ConfigMap
+	key := client.ObjectKey{Namespace: testenv.MarksNamespace, Name: marks.ShardName(fp)}
+	err := env.Client.Get(ctx, key, &cm)
+	switch {
+	case apierrors.IsNotFound(err):
+		cm = corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name, Labels: map[string]string{marks.Label: "true"}}}
+		cm.Data = map[string]string{ns + "." + fp[:32]: "seven"}
+		err = env.Client.Create(ctx, &cm)
+	case err == nil:
+		if cm.Data == nil {
+			cm.Data = map[string]string{}
+		}
+		cm.Data[ns+"."+fp[:32]] = "seven"
+		err = env.Client.Update(ctx, &cm)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		var cur corev1.ConfigMap
+		if env.Client.Get(context.Background(), key, &cur) == nil {
+			delete(cur.Data, ns+"."+fp[:32])
+			_ = env.Client.Update(context.Background(), &cur)
+		}
+	})
+	rr := testenv.NewRR(ns, fp)
+	err = env.Client.Create(ctx, rr)
+	if !apierrors.IsServiceUnavailable(err) || !strings.Contains(err.Error(), "high-water mark") {
+		t.Fatalf("create with a corrupt mark: %v", err)
+	}
+	var list v1alpha1.RemediationRequestList
+	if err := env.Client.List(ctx, &list, client.InNamespace(ns)); err != nil || len(list.Items) != 0 {
+		t.Fatalf("stored %d RRs, %v", len(list.Items), err)
+	}
+	if other := create(ctx, t, ns, testenv.Fingerprint(ns+"/other")); other.Name == "" {
+		t.Fatal("another fingerprint could not be created")
 	}
 }

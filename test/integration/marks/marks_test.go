@@ -190,6 +190,10 @@ func TestSeededFromExistingRRs(t *testing.T) {
 		}
 	}
 	serving(ctx, t) // returns once seeded
+	// The API server learns the re-installed webhook configurations through its own informer.
+	if err := env.WaitJudged(ctx, ns, true); err != nil {
+		t.Fatal(err)
+	}
 	for _, rr := range legacy {
 		gone(ctx, t, rr, 30*time.Second)
 	}
@@ -246,9 +250,11 @@ func TestDeletionEdgeForced(t *testing.T) {
 	setNamerTimeout(ctx, t, 30)
 
 	var armed atomic.Bool
+	var answeredByA atomic.Int64
 	held, release := make(chan struct{}), make(chan struct{})
 	serving(ctx, t, func(o *serve.Options) {
 		o.AfterRead = func(_ context.Context, rr *v1alpha1.RemediationRequest) {
+			answeredByA.Add(1)
 			if rr.Namespace == ns && armed.CompareAndSwap(true, false) {
 				close(held)
 				<-release
@@ -264,7 +270,13 @@ func TestDeletionEdgeForced(t *testing.T) {
 		o.AfterRead = func(context.Context, *v1alpha1.RemediationRequest) { answeredByB.Add(1) }
 	})
 	defaultAddr := net.JoinHostPort(env.ServeOptions().Host, strconv.Itoa(env.ServeOptions().Port))
-	t.Cleanup(func() { _ = env.PointNamer(context.Background(), defaultAddr, ns, nil) })
+	// Cleanups run last-registered first: both replicas still serve while the webhook is pointed
+	// back, and the next test starts only once the API server calls the default address again.
+	t.Cleanup(func() {
+		if err := env.PointNamer(context.Background(), defaultAddr, ns, func() int { return int(answeredByA.Load()) }); err != nil {
+			t.Errorf("pointing the webhook back: %v", err)
+		}
+	})
 
 	first := create(ctx, t, ns, fp)
 	complete(ctx, t, first)

@@ -133,7 +133,7 @@ func (s *signal) land(ctx context.Context, tmpl *v1alpha1.RemediationRequest) er
 		switch {
 		case err == nil:
 			s.res.Name, s.res.New = attempt.Name, true
-			return s.record(ctx, attempt, countFirst)
+			return s.recordFirst(ctx, attempt)
 		case apierrors.IsAlreadyExists(err):
 			name := detailsName(err)
 			if name == "" {
@@ -151,7 +151,7 @@ func (s *signal) land(ctx context.Context, tmpl *v1alpha1.RemediationRequest) er
 			case held.Annotations[SignalIDAnnotation] == s.id:
 				// An earlier try was stored and its answer lost: this signal created it.
 				s.res.Name, s.res.New = name, true
-				return s.record(ctx, held, countFirst)
+				return s.recordFirst(ctx, held)
 			case !rules.InFlight(held, time.Now()):
 				if err := s.budget.spend(ctx, fmt.Errorf("the RR %s named by the 409 is no longer in flight (phase %s)", name, held.Status.OverallPhase)); err != nil {
 					return err
@@ -195,9 +195,9 @@ func countRepeat(d *v1alpha1.DeduplicationStatus, now metav1.Time) bool {
 	return true
 }
 
-// record writes change on the RR this signal created (cur is its latest known state).
-func (s *signal) record(ctx context.Context, cur *v1alpha1.RemediationRequest, change func(*v1alpha1.DeduplicationStatus, metav1.Time) bool) error {
-	_, err := s.write(ctx, cur, change, false)
+// recordFirst counts the signal on the RR it created (cur is its latest known state).
+func (s *signal) recordFirst(ctx context.Context, cur *v1alpha1.RemediationRequest) error {
+	_, err := s.write(ctx, cur, countFirst, false)
 	return err
 }
 

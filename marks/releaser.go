@@ -2,6 +2,7 @@ package marks
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync/atomic"
@@ -97,28 +98,45 @@ func (r *Releaser) Reconcile(ctx context.Context, req reconcile.Request) (reconc
 	if wait := minAge - time.Since(rr.CreationTimestamp.Time); wait > 0 {
 		return reconcile.Result{RequeueAfter: wait}, nil
 	}
-	if n, ok := rules.Occurrence(rr.Spec.SignalFingerprint, rr.Name); ok {
-		err := r.Store.Raise(ctx, rr.Namespace, ShardName(rr.Spec.SignalFingerprint), map[string]int64{rr.Spec.SignalFingerprint: n})
-		if err != nil {
-			// A conflict or a concurrent shard create: the next try reads afresh.
-			return reconcile.Result{}, fmt.Errorf("raising the mark of %s/%s to %d: %w", rr.Namespace, rr.Name, n, err)
-		}
-	}
-	patch := client.MergeFromWithOptions(rr.DeepCopy(), client.MergeFromWithOptimisticLock{})
-	rr.Finalizers = slices.DeleteFunc(rr.Finalizers, func(f string) bool { return f == Finalizer })
-	if err := r.Client.Patch(ctx, &rr, patch); err != nil {
-		if apierrors.IsNotFound(err) {
-			return reconcile.Result{}, nil
-		}
+	if err := r.Store.cover(ctx, &rr); err != nil {
+		// A conflict or a concurrent shard create: the next try reads afresh.
 		return reconcile.Result{}, err
 	}
-	released.Inc()
-	return reconcile.Result{}, nil
+	return reconcile.Result{}, dropFinalizer(ctx, r.Client, &rr)
 }
+
+// cover raises the mark of rr's fingerprint to rr's number (rrguard's names only: Kubernaut's own
+// never collide with the scheme's).
+func (s Store) cover(ctx context.Context, rr *v1alpha1.RemediationRequest) error {
+	fp := rr.Spec.SignalFingerprint
+	n, ok := rules.Occurrence(fp, rr.Name)
+	if !ok {
+		return nil
+	}
+	if err := s.Raise(ctx, rr.Namespace, ShardName(fp), map[string]int64{fp: n}); err != nil {
+		return fmt.Errorf("raising the mark of %s/%s to %d: %w", rr.Namespace, rr.Name, n, err)
+	}
+	return nil
+}
+
+// dropFinalizer removes Finalizer from rr with a patch guarded by rr's resourceVersion; an RR
+// already gone needs nothing.
+func dropFinalizer(ctx context.Context, c client.Client, rr *v1alpha1.RemediationRequest) error {
+	patch := client.MergeFromWithOptions(rr.DeepCopy(), client.MergeFromWithOptimisticLock{})
+	rr.Finalizers = slices.DeleteFunc(rr.Finalizers, func(f string) bool { return f == Finalizer })
+	if err := c.Patch(ctx, rr, patch); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	released.Inc()
+	return nil
+}
+
+// contended is a write that lost to another writer of the same object: worth a fresh read.
+func contended(err error) bool { return apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) }
 
 // Seeder raises the marks of the RRs that carry no finalizer (created before rrguard had one, or
 // by an older replica during an upgrade) to their numbers, so that deleting them cannot free their
-// names. A replica answers admission only once its first pass is done (Seeded).
+// names. A replica answers admission only once its first pass is done (Ready).
 type Seeder struct {
 	Client client.Client // cached
 	Store  Store
@@ -136,8 +154,14 @@ type Seeder struct {
 // name's old correlation data is gone, unless a legal hold keeps it longer.
 const DefaultHorizon = 2555 * 24 * time.Hour
 
-// Seeded reports whether the first pass has completed.
-func (s *Seeder) Seeded() bool { return s.seeded.Load() }
+// Ready fails until the first pass has completed: a replica decides only once its marks are
+// seeded.
+func (s *Seeder) Ready() error {
+	if !s.seeded.Load() {
+		return errors.New("high-water marks not seeded yet")
+	}
+	return nil
+}
 
 // Start implements manager.Runnable: a pass at once (after the cache syncs), then periodically.
 func (s *Seeder) Start(ctx context.Context) error {
@@ -215,14 +239,8 @@ func (s *Seeder) pass(ctx context.Context) error {
 	}
 	for ns, shards := range want {
 		for shard, fps := range shards {
-			for try := 0; ; try++ {
-				err := s.Store.Raise(ctx, ns, shard, fps)
-				if err == nil {
-					break
-				}
-				if try == 5 || !(apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err)) {
-					return err
-				}
+			if err := retry.OnError(retry.DefaultBackoff, contended, func() error { return s.Store.Raise(ctx, ns, shard, fps) }); err != nil {
+				return err
 			}
 		}
 	}
@@ -245,23 +263,16 @@ func ReleaseAll(ctx context.Context, c client.Client, store Store) (int, error) 
 		if !slices.Contains(rr.Finalizers, Finalizer) {
 			continue
 		}
-		if err := retry.OnError(retry.DefaultBackoff, func(err error) bool {
-			return apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err)
-		}, func() error {
-			if n, ok := rules.Occurrence(rr.Spec.SignalFingerprint, rr.Name); ok {
-				// With rrguard's namespace already gone, the marks are gone too: release anyway.
-				err := store.Raise(ctx, rr.Namespace, ShardName(rr.Spec.SignalFingerprint), map[string]int64{rr.Spec.SignalFingerprint: n})
-				if err != nil && !apierrors.IsNotFound(err) {
-					return err
-				}
+		if err := retry.OnError(retry.DefaultBackoff, contended, func() error {
+			// With rrguard's namespace already gone, the marks are gone too: release anyway.
+			if err := store.cover(ctx, rr); err != nil && !apierrors.IsNotFound(err) {
+				return err
 			}
 			var cur v1alpha1.RemediationRequest
 			if err := c.Get(ctx, client.ObjectKeyFromObject(rr), &cur); err != nil {
 				return client.IgnoreNotFound(err)
 			}
-			patch := client.MergeFromWithOptions(cur.DeepCopy(), client.MergeFromWithOptimisticLock{})
-			cur.Finalizers = slices.DeleteFunc(cur.Finalizers, func(f string) bool { return f == Finalizer })
-			return client.IgnoreNotFound(c.Patch(ctx, &cur, patch))
+			return dropFinalizer(ctx, c, &cur)
 		}); err != nil {
 			return released, fmt.Errorf("releasing %s/%s: %w", rr.Namespace, rr.Name, err)
 		}

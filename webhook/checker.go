@@ -30,9 +30,10 @@ func (Checker) Handle(_ context.Context, req admission.Request) admission.Respon
 		err = ValidateFingerprint(rr)
 	}
 	if err == nil {
-		if key := storedUnder(req, rr); rr.Name != key {
-			err = renamedApply(rr, key)
-		} else if _, ok := rules.Occurrence(rr.Spec.SignalFingerprint, rr.Name); !ok {
+		err = checkStoredUnder(req, rr, appliedCreate(req, rr))
+	}
+	if err == nil {
+		if _, ok := rules.Occurrence(rr.Spec.SignalFingerprint, rr.Name); !ok {
 			err = apierrors.NewInvalid(groupKind, rr.Name, field.ErrorList{field.Invalid(
 				namePath, rr.Name,
 				"must be rr-<first 32 characters of spec.signalFingerprint>-<n>, as rrguard's mutating webhook sets it; another mutating webhook may have changed it")})

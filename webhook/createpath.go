@@ -43,12 +43,14 @@ func appliedCreate(req admission.Request, rr *v1alpha1.RemediationRequest) bool 
 	return false
 }
 
-// storedUnder is the name the API server will store a create under.
-func storedUnder(req admission.Request, rr *v1alpha1.RemediationRequest) string {
-	if appliedCreate(req, rr) {
-		return req.Name
+// checkStoredUnder refuses a create whose name is not the one the API server will store it under
+// (whichever mutation renamed it): a POST is stored under its final name, an apply under its URL
+// name. applied is appliedCreate(req, rr).
+func checkStoredUnder(req admission.Request, rr *v1alpha1.RemediationRequest, applied bool) error {
+	if applied && rr.Name != req.Name {
+		return renamedApply(rr, req.Name)
 	}
-	return rr.Name
+	return nil
 }
 
 var namePath = field.NewPath("metadata", "name")

@@ -210,3 +210,30 @@ func TestCheckerServerSideApply(t *testing.T) {
 		t.Fatalf("renamed POST denied: %+v", resp.Result)
 	}
 }
+
+// The finalizer rides in the naming patch, whatever the object's metadata holds.
+func TestNamerPatchAddsFinalizer(t *testing.T) {
+	h := &Namer{Lister: staticLister(), Finalizer: "example.com/f"}
+	for _, tc := range []struct{ raw, want string }{
+		{`{"spec":{"signalFingerprint":"` + fp + `"}}`,
+			`[{"op":"add","path":"/metadata","value":{"finalizers":["example.com/f"],"name":"` + rules.Name(fp, 1) + `"}}]`},
+		{`{"metadata":{"generateName":"rr-"},"spec":{"signalFingerprint":"` + fp + `"}}`,
+			`[{"op":"add","path":"/metadata/name","value":"` + rules.Name(fp, 1) + `"},{"op":"remove","path":"/metadata/generateName"},{"op":"add","path":"/metadata/finalizers","value":["example.com/f"]}]`},
+		{`{"metadata":{"name":"x","finalizers":["other"]},"spec":{"signalFingerprint":"` + fp + `"}}`,
+			`[{"op":"add","path":"/metadata/name","value":"` + rules.Name(fp, 1) + `"},{"op":"add","path":"/metadata/finalizers/-","value":"example.com/f"}]`},
+		{`{"metadata":{"name":"x","finalizers":["example.com/f"]},"spec":{"signalFingerprint":"` + fp + `"}}`,
+			`[{"op":"add","path":"/metadata/name","value":"` + rules.Name(fp, 1) + `"}]`},
+	} {
+		resp := h.Handle(context.Background(), createReq(tc.raw))
+		got, _ := json.Marshal(resp.Patches)
+		if !resp.Allowed || string(got) != tc.want {
+			t.Errorf("%s:\n patch %s\n want  %s", tc.raw, got, tc.want)
+		}
+	}
+	// An apply keeps its name and gets the finalizer only.
+	resp := h.Handle(context.Background(), appliedReq(rules.Name(fp, 1), rules.Name(fp, 1), "gitops"))
+	got, _ := json.Marshal(resp.Patches)
+	if want := `[{"op":"add","path":"/metadata/finalizers","value":["example.com/f"]}]`; !resp.Allowed || string(got) != want {
+		t.Fatalf("apply: patch %s, want %s", got, want)
+	}
+}

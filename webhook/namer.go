@@ -66,9 +66,9 @@ func (h *Namer) handle(ctx context.Context, req admission.Request) (admission.Re
 		err = ValidateFingerprint(rr)
 	}
 	applied := err == nil && appliedCreate(req, rr)
-	if applied && rr.Name != req.Name {
+	if err == nil {
 		// Reinvoked after another mutating webhook renamed an apply.
-		err = renamedApply(rr, req.Name)
+		err = checkStoredUnder(req, rr, applied)
 	}
 	if err != nil {
 		return deny(err), decisionOf(err)
@@ -100,17 +100,9 @@ func (h *Namer) handle(ctx context.Context, req admission.Request) (admission.Re
 	}
 	if applied {
 		// Already the scheme's name, and the key it will be stored under: as unique as a POST.
-		return admission.Patched("applied under the scheme's name "+name, h.finalizerPatch(req.Object.Raw, rr)...), DecisionCreated
+		return admission.Patched("applied under the scheme's name "+name, h.patch(req.Object.Raw, rr, name, false)...), DecisionCreated
 	}
-	ops := renamePatch(req.Object.Raw, name, rr.GenerateName != "")
-	if len(ops) == 1 && ops[0].Path == "/metadata" {
-		if h.Finalizer != "" {
-			ops[0].Value.(map[string]any)["finalizers"] = []string{h.Finalizer}
-		}
-	} else {
-		ops = append(ops, h.finalizerPatch(req.Object.Raw, rr)...)
-	}
-	return admission.Patched("named "+name, ops...), DecisionCreated
+	return admission.Patched("named "+name, h.patch(req.Object.Raw, rr, name, true)...), DecisionCreated
 }
 
 // readError is an API read that failed: rrguard cannot decide.
@@ -164,34 +156,37 @@ func (h *Namer) mark(ctx context.Context, ns, fp string) (int64, error) {
 	return mark, nil
 }
 
-// finalizerPatch adds Finalizer to the RR's finalizers.
-func (h *Namer) finalizerPatch(raw []byte, rr *v1alpha1.RemediationRequest) []jsonpatch.JsonPatchOperation {
-	if h.Finalizer == "" || slices.Contains(rr.Finalizers, h.Finalizer) {
-		return nil
-	}
+// patch is what an admitted RR gets: the scheme's name and no generateName (rename false for an
+// apply, which already carries it), and Finalizer. "add" replaces a member that exists, so it
+// serves whether or not the client sent a name.
+func (h *Namer) patch(raw []byte, rr *v1alpha1.RemediationRequest, name string, rename bool) []jsonpatch.JsonPatchOperation {
 	var probe struct {
-		Metadata struct {
+		Metadata *struct {
 			Finalizers json.RawMessage `json:"finalizers"`
 		} `json:"metadata"`
 	}
-	if json.Unmarshal(raw, &probe) == nil && len(probe.Metadata.Finalizers) > 0 && string(probe.Metadata.Finalizers) != "null" {
-		return []jsonpatch.JsonPatchOperation{{Operation: "add", Path: "/metadata/finalizers/-", Value: h.Finalizer}}
+	_ = json.Unmarshal(raw, &probe) // decodeCreate already decoded raw
+	finalize := h.Finalizer != "" && !slices.Contains(rr.Finalizers, h.Finalizer)
+	if probe.Metadata == nil {
+		meta := map[string]any{"name": name}
+		if finalize {
+			meta["finalizers"] = []string{h.Finalizer}
+		}
+		return []jsonpatch.JsonPatchOperation{{Operation: "add", Path: "/metadata", Value: meta}}
 	}
-	return []jsonpatch.JsonPatchOperation{{Operation: "add", Path: "/metadata/finalizers", Value: []string{h.Finalizer}}}
-}
-
-// renamePatch sets metadata.name and drops metadata.generateName. "add" replaces a member that
-// exists, so it serves whether or not the client sent a name.
-func renamePatch(raw []byte, name string, hasGenerateName bool) []jsonpatch.JsonPatchOperation {
-	var probe struct {
-		Metadata json.RawMessage `json:"metadata"`
+	var ops []jsonpatch.JsonPatchOperation
+	if rename {
+		ops = append(ops, jsonpatch.JsonPatchOperation{Operation: "add", Path: "/metadata/name", Value: name})
+		if rr.GenerateName != "" {
+			ops = append(ops, jsonpatch.JsonPatchOperation{Operation: "remove", Path: "/metadata/generateName"})
+		}
 	}
-	if json.Unmarshal(raw, &probe) == nil && len(probe.Metadata) == 0 {
-		return []jsonpatch.JsonPatchOperation{{Operation: "add", Path: "/metadata", Value: map[string]any{"name": name}}}
-	}
-	ops := []jsonpatch.JsonPatchOperation{{Operation: "add", Path: "/metadata/name", Value: name}}
-	if hasGenerateName {
-		ops = append(ops, jsonpatch.JsonPatchOperation{Operation: "remove", Path: "/metadata/generateName"})
+	switch {
+	case !finalize:
+	case len(probe.Metadata.Finalizers) > 0 && string(probe.Metadata.Finalizers) != "null":
+		ops = append(ops, jsonpatch.JsonPatchOperation{Operation: "add", Path: "/metadata/finalizers/-", Value: h.Finalizer})
+	default:
+		ops = append(ops, jsonpatch.JsonPatchOperation{Operation: "add", Path: "/metadata/finalizers", Value: []string{h.Finalizer}})
 	}
 	return ops
 }

@@ -73,7 +73,7 @@ func Scheme() *runtime.Scheme {
 // Replica is one rrguard webhook server.
 type Replica struct {
 	mgr      manager.Manager
-	seeded   func() error
+	seeder   *marks.Seeder
 	stopping atomic.Bool
 	delay    time.Duration
 }
@@ -146,15 +146,9 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	if err := (&marks.Releaser{Client: mgr.GetClient(), Store: store, MinAge: o.ReleaseMinAge}).SetupWithManager(mgr); err != nil {
 		return nil, err
 	}
-	seeded := func() error {
-		if !seeder.Seeded() {
-			return errors.New("high-water marks not seeded yet")
-		}
-		return nil
-	}
-	r.seeded = seeded
+	r.seeder = seeder
 	server.Register(webhook.NamePath, &crwebhook.Admission{Handler: &webhook.Namer{
-		Lister: lister, Marks: store, Finalizer: marks.Finalizer, Ready: seeded, AfterRead: o.AfterRead,
+		Lister: lister, Marks: store, Finalizer: marks.Finalizer, Ready: seeder.Ready, AfterRead: o.AfterRead,
 	}})
 	server.Register(webhook.CheckPath, &crwebhook.Admission{Handler: webhook.Checker{}})
 
@@ -167,7 +161,7 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	if err := mgr.AddReadyzCheck("serving-cert", cert.Loaded); err != nil {
 		return nil, err
 	}
-	if err := mgr.AddReadyzCheck("marks-seeded", func(*http.Request) error { return seeded() }); err != nil {
+	if err := mgr.AddReadyzCheck("marks-seeded", func(*http.Request) error { return seeder.Ready() }); err != nil {
 		return nil, err
 	}
 	if err := mgr.AddReadyzCheck("webhook-tls", server.StartedChecker()); err != nil {
@@ -185,7 +179,7 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 }
 
 // Seeded reports whether the replica has seeded its marks and decides.
-func (r *Replica) Seeded() error { return r.seeded() }
+func (r *Replica) Seeded() error { return r.seeder.Ready() }
 
 // Manager exposes the controller-runtime manager, for tests that look inside.
 func (r *Replica) Manager() manager.Manager { return r.mgr }

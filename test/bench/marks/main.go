@@ -101,35 +101,23 @@ func run(nfp, nfew, creates, rounds, workers int) error {
 	}
 	// Start-up and heap of a fresh replica with and without the marks, before any RR exists.
 	for _, variant := range []string{"marks-empty", "marks-full", "marks-empty", "marks-full"} {
-		runtime.GC()
-		var m0 runtime.MemStats
-		runtime.ReadMemStats(&m0)
-		t0 := time.Now()
-		stop, err := env.ServeRRGuard(ctx, func(o *serve.Options) { o.MarksNamespace = variant })
+		heapBefore := heapMiB()
+		stop, startup, heap, err := replica(ctx, env, variant)
 		if err != nil {
 			return err
 		}
-		startup := time.Since(t0)
-		runtime.GC()
-		var m1 runtime.MemStats
-		runtime.ReadMemStats(&m1)
 		_ = stop()
 		fmt.Printf("fresh replica, no RRs, %-11s: ready in %s, heap in use %.1f MiB (process: %.1f MiB before it started)\n",
-			variant, startup.Round(time.Millisecond), float64(m1.HeapInuse)/(1<<20), float64(m0.HeapInuse)/(1<<20))
+			variant, startup.Round(time.Millisecond), heap, heapBefore)
 	}
 	results := map[string][]row{}
 	seq := 0
 	for r := range rounds {
 		for _, variant := range []string{"marks-empty", "marks-full"} {
-			t0 := time.Now()
-			stop, err := env.ServeRRGuard(ctx, func(o *serve.Options) { o.MarksNamespace = variant })
+			stop, startup, heap, err := replica(ctx, env, variant)
 			if err != nil {
 				return err
 			}
-			startup := time.Since(t0)
-			runtime.GC()
-			var ms runtime.MemStats
-			runtime.ReadMemStats(&ms)
 			cpu0 := cpuTimes(pids)
 			w0 := time.Now()
 			if err := createRow(ctx, c, creates, workers, &seq); err != nil {
@@ -141,7 +129,7 @@ func run(nfp, nfew, creates, rounds, workers int) error {
 			_ = stop()
 			per := func(k string) float64 { return float64(cpu1[k]-cpu0[k]) / float64(creates) }
 			rw := row{perSec: float64(creates) / wall.Seconds(), apiMS: per("kube-apiserver"), etcdMS: per("etcd"), selfMS: per("self"),
-				startup: startup, heapMB: float64(ms.HeapInuse) / (1 << 20)}
+				startup: startup, heapMB: heap}
 			results[variant] = append(results[variant], rw)
 			fmt.Printf("round %d %-11s %7.0f creates/s  CPU ms/create: apiserver %.2f etcd %.2f rrguard+creators %.2f  start-up %s  heap %.0f MiB\n",
 				r+1, variant, rw.perSec, rw.apiMS, rw.etcdMS, rw.selfMS, startup.Round(time.Millisecond), rw.heapMB)
@@ -251,6 +239,24 @@ func deletionLatency(ctx context.Context, env *testenv.Env, n, workers int) erro
 	fmt.Printf("\nretention-like deletions with rrguard up (%d RRs, %d deleters): from DELETE sent to gone: p50 %s, p99 %s, max %s\n",
 		len(lat), workers, q(0.5).Round(time.Millisecond), q(0.99).Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond))
 	return nil
+}
+
+// replica starts an rrguard replica reading the marks of marksNS, and reports how long it took to
+// be ready and the process's heap in use after it (MiB, after a GC).
+func replica(ctx context.Context, env *testenv.Env, marksNS string) (stop func() error, startup time.Duration, heap float64, err error) {
+	t0 := time.Now()
+	stop, err = env.ServeRRGuard(ctx, func(o *serve.Options) { o.MarksNamespace = marksNS })
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	return stop, time.Since(t0), heapMiB(), nil
+}
+
+func heapMiB() float64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return float64(ms.HeapInuse) / (1 << 20)
 }
 
 // raise raises the marks of n fingerprints (derived from prefix) of namespace "bench", one write

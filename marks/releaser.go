@@ -11,14 +11,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/rrfacts"
 	"github.com/rrguard/rrguard/rules"
 )
 
@@ -29,11 +34,12 @@ const Finalizer = "rrguard.kubernaut.ai/high-water-mark"
 
 // DefaultMinAge is how long a new RR is held before its finalizer is released, even when it is
 // deleted at once. A create decided before this RR was stored may still be in flight, carrying
-// this RR's name (its cache had not seen it); that create must meet this RR in etcd and be
+// this RR's name (rrguard's index had not seen it); that create must meet this RR in etcd and be
 // refused, not find the name free. The API server cuts every request after --request-timeout
-// (60 s by default), so two minutes covers it. Kubernaut deletes RRs 24 h after they complete,
-// so in practice nothing waits.
-const DefaultMinAge = 2 * time.Minute
+// (60 s by default); the index-backed decision needs the hold to exceed two of those plus the
+// index's maximum lag (10 s), see docs/design.md ("Reads"): three minutes. Kubernaut deletes RRs
+// 24 h after they complete, so in practice nothing waits.
+const DefaultMinAge = 3 * time.Minute
 
 var (
 	raises = prometheus.NewCounter(prometheus.CounterOpts{
@@ -67,25 +73,38 @@ func init() { metrics.Registry.MustRegister(raises, released, held, heldOldest, 
 // idempotent and monotonic, and a finalizer is removed once): no leader election, no leader
 // change to reason about.
 type Releaser struct {
-	Client client.Client // cached reads of RRs, writes
+	// Client writes; Reader reads the RR afresh (uncached: rrguard keeps no copy of RRs, only
+	// their facts in package rrfacts, which tells the releaser of each deletion by Enqueue).
+	Client client.Client
+	Reader client.Reader
 	Store  Store
 	// MinAge is DefaultMinAge when zero.
 	MinAge time.Duration
+	events chan event.GenericEvent
 }
 
-// SetupWithManager registers the controller.
+// SetupWithManager registers the controller; Enqueue feeds it.
 func (r *Releaser) SetupWithManager(mgr ctrl.Manager) error {
-	return ctrl.NewControllerManagedBy(mgr).For(&v1alpha1.RemediationRequest{}).
+	r.events = make(chan event.GenericEvent, 1024)
+	return ctrl.NewControllerManagedBy(mgr).
 		Named("high-water-mark").
+		WatchesRawSource(source.Channel(r.events, &handler.EnqueueRequestForObject{})).
 		// Several replicas run in one process in tests; names are for logs and metrics only.
 		WithOptions(controller.Options{MaxConcurrentReconciles: 16, SkipNameValidation: ptr(true)}).
 		Complete(r)
 }
 
+// Enqueue asks the releaser to look at an RR being deleted that carries Finalizer.
+func (r *Releaser) Enqueue(namespace, name string) {
+	o := &metav1.PartialObjectMetadata{}
+	o.Namespace, o.Name = namespace, name
+	r.events <- event.GenericEvent{Object: o}
+}
+
 // Reconcile implements reconcile.Reconciler.
 func (r *Releaser) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	var rr v1alpha1.RemediationRequest
-	if err := r.Client.Get(ctx, req.NamespacedName, &rr); err != nil {
+	if err := r.Reader.Get(ctx, req.NamespacedName, &rr); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
 	if rr.DeletionTimestamp == nil || !slices.Contains(rr.Finalizers, Finalizer) {
@@ -138,7 +157,11 @@ func contended(err error) bool { return apierrors.IsConflict(err) || apierrors.I
 // by an older replica during an upgrade) to their numbers, so that deleting them cannot free their
 // names. A replica answers admission only once its first pass is done (Ready).
 type Seeder struct {
-	Client client.Client // cached
+	// Index is rrguard's watch of RRs: the pass reads it, not the API server.
+	Index interface {
+		Synced() bool
+		Each(func(rrfacts.RR))
+	}
 	Store  Store
 	seeded atomic.Bool
 	// Every is how often a pass repeats after the first (to cover RRs an older replica admits
@@ -174,13 +197,15 @@ func (s *Seeder) Start(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			ctrl.Log.WithName("marks").Error(err, "seeding high-water marks")
+			if !errors.Is(err, errIndexNotSynced) {
+				ctrl.Log.WithName("marks").Error(err, "seeding high-water marks")
+			}
 		} else {
 			s.seeded.Store(true)
 		}
 		wait := every
 		if !s.seeded.Load() {
-			wait = time.Second
+			wait = 100 * time.Millisecond
 		}
 		select {
 		case <-ctx.Done():
@@ -193,38 +218,38 @@ func (s *Seeder) Start(ctx context.Context) error {
 // NeedLeaderElection implements manager.LeaderElectionRunnable: every replica seeds.
 func (s *Seeder) NeedLeaderElection() bool { return false }
 
+var errIndexNotSynced = errors.New("the RR index has not synced yet")
+
 func (s *Seeder) pass(ctx context.Context) error {
-	var list v1alpha1.RemediationRequestList
-	if err := s.Client.List(ctx, &list); err != nil {
-		return err
+	if !s.Index.Synced() {
+		return errIndexNotSynced
 	}
 	// namespace -> shard -> fingerprint -> highest number
 	want := map[string]map[string]map[string]int64{}
+	live := map[string]bool{}
 	var heldNow int
 	var oldest time.Duration
-	for i := range list.Items {
-		rr := &list.Items[i]
-		if slices.Contains(rr.Finalizers, Finalizer) {
-			if rr.DeletionTimestamp != nil {
+	s.Index.Each(func(rr rrfacts.RR) {
+		live[entryKey(rr.Namespace, rr.Fingerprint)] = true
+		if rr.Finalized {
+			if !rr.DeletedAt.IsZero() {
 				heldNow++
-				oldest = max(oldest, time.Since(rr.DeletionTimestamp.Time))
+				oldest = max(oldest, time.Since(rr.DeletedAt))
 			}
-			continue
+			return
 		}
-		fp := rr.Spec.SignalFingerprint
-		n, ok := rules.Occurrence(fp, rr.Name)
-		if !ok {
-			continue // Kubernaut's own names never collide with the scheme's
+		if rr.N == 0 {
+			return // Kubernaut's own names never collide with the scheme's
 		}
-		shard := ShardName(fp)
+		shard := ShardName(rr.Fingerprint)
 		if want[rr.Namespace] == nil {
 			want[rr.Namespace] = map[string]map[string]int64{}
 		}
 		if want[rr.Namespace][shard] == nil {
 			want[rr.Namespace][shard] = map[string]int64{}
 		}
-		want[rr.Namespace][shard][fp] = max(want[rr.Namespace][shard][fp], n)
-	}
+		want[rr.Namespace][shard][rr.Fingerprint] = max(want[rr.Namespace][shard][rr.Fingerprint], rr.N)
+	})
 	held.Set(float64(heldNow))
 	heldOldest.Set(oldest.Seconds())
 	gcEvery := s.GCEvery
@@ -232,7 +257,7 @@ func (s *Seeder) pass(ctx context.Context) error {
 		gcEvery = time.Hour
 	}
 	if time.Since(s.lastGC) >= gcEvery {
-		if err := s.collect(ctx, list.Items); err != nil {
+		if err := s.collect(ctx, live); err != nil {
 			return err
 		}
 		s.lastGC = time.Now()
@@ -281,19 +306,14 @@ func ReleaseAll(ctx context.Context, c client.Client, store Store) (int, error) 
 	return released, nil
 }
 
-// collect removes the marks older than the horizon whose fingerprint has no RR left in the cache.
-// A cache that lags can only keep a mark longer (it may still show a deleted RR), and an RR it
-// missed carries a number of its own, above the mark, that numbering follows anyway.
-func (s *Seeder) collect(ctx context.Context, rrs []v1alpha1.RemediationRequest) error {
+// collect removes the marks older than the horizon whose fingerprint has no RR left in the index
+// (live: entry keys of the fingerprints that have). An index that lags can only keep a mark
+// longer (it may still show a deleted RR), and an RR it missed carries a number of its own, above
+// the mark, that numbering follows anyway.
+func (s *Seeder) collect(ctx context.Context, live map[string]bool) error {
 	horizon := s.Horizon
 	if horizon == 0 {
 		horizon = DefaultHorizon
-	}
-	live := map[string]bool{}
-	for i := range rrs {
-		if fp := rrs[i].Spec.SignalFingerprint; len(fp) >= rules.KeyLen {
-			live[entryKey(rrs[i].Namespace, fp)] = true
-		}
 	}
 	var shards corev1.ConfigMapList
 	if err := s.Store.Reader.List(ctx, &shards, client.InNamespace(s.Store.Namespace), client.MatchingLabels{Label: "true"}); err != nil {

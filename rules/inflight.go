@@ -17,21 +17,43 @@ var terminal = map[v1alpha1.Phase]bool{
 	v1alpha1.PhaseCancelled: true,
 }
 
-// InFlight is the in-flight rule: whether rr blocks a new RR of its fingerprint at time now.
-func InFlight(rr *v1alpha1.RemediationRequest, now time.Time) bool {
-	if rr.DeletionTimestamp != nil {
+// Status is all the in-flight rule reads of an RR, so that a store of decision facts (package
+// rrfacts) can apply the rule without keeping the RR.
+type Status struct {
+	Phase        v1alpha1.Phase
+	ManualReview bool      // completionStatus.outcome is ManualReviewRequired
+	NextAllowed  time.Time // routingStatus.nextAllowedExecution; zero when unset
+	Deleting     bool      // deletionTimestamp set
+}
+
+// StatusOf reads the in-flight rule's inputs from rr.
+func StatusOf(rr *v1alpha1.RemediationRequest) Status {
+	s := Status{Phase: rr.Status.OverallPhase, Deleting: rr.DeletionTimestamp != nil}
+	if cs := rr.Status.CompletionStatus; cs != nil {
+		s.ManualReview = cs.Outcome == v1alpha1.OutcomeManualReviewRequired
+	}
+	if rs := rr.Status.RoutingStatus; rs != nil && rs.NextAllowedExecution != nil {
+		s.NextAllowed = rs.NextAllowedExecution.Time
+	}
+	return s
+}
+
+// InFlight is the in-flight rule: whether an RR in this state blocks a new RR of its fingerprint
+// at time now.
+func (s Status) InFlight(now time.Time) bool {
+	switch {
+	case s.Deleting:
 		return false
-	}
-	st := rr.Status
-	if !terminal[st.OverallPhase] {
+	case !terminal[s.Phase]:
 		return true
-	}
-	if st.CompletionStatus != nil && st.CompletionStatus.Outcome == v1alpha1.OutcomeManualReviewRequired {
+	case s.ManualReview:
 		return true
+	default:
+		return !s.NextAllowed.IsZero() && s.NextAllowed.After(now)
 	}
-	if st.RoutingStatus != nil && st.RoutingStatus.NextAllowedExecution != nil &&
-		st.RoutingStatus.NextAllowedExecution.After(now) {
-		return true
-	}
-	return false
+}
+
+// InFlight applies the in-flight rule to rr.
+func InFlight(rr *v1alpha1.RemediationRequest, now time.Time) bool {
+	return StatusOf(rr).InFlight(now)
 }

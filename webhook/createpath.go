@@ -71,3 +71,10 @@ func renamedApply(rr *v1alpha1.RemediationRequest, key string) *apierrors.Status
 		"this create is a server-side apply, stored under the name in its URL (%s), but a mutating webhook renamed it: "+
 			"the object would carry a name other than its key. Create it instead (kubectl create), or apply it under the name it is to carry", key))})
 }
+
+// notJudged is the answer to a create in a namespace outside --rr-namespaces.
+func notJudged(namespace string) *apierrors.StatusError {
+	return apierrors.NewForbidden(groupResource, "", fmt.Errorf(
+		"rrguard judges RemediationRequests only in the namespaces of its --rr-namespaces flag, and %q is not one of them: "+
+			"create RRs in Kubernaut's controller namespace, or add this namespace to rrguard's --rr-namespaces", namespace))
+}

@@ -44,3 +44,17 @@ var (
 func init() {
 	metrics.Registry.MustRegister(decisions, duration, readDuration)
 }
+
+var (
+	decisionReads = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "rrguard_decision_api_reads",
+		Help:    "API reads one naming decision made: 0 for a repeat while in flight, 1 (the mark) for a new fingerprint, 2 otherwise.",
+		Buckets: []float64{0, 1, 2, 3},
+	})
+	fallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rrguard_consistent_list_fallbacks_total",
+		Help: "Decisions taken from consistent reads because the RR index could not vouch for itself, by reason.",
+	}, []string{"reason"})
+)
+
+func init() { metrics.Registry.MustRegister(decisionReads, fallbacks) }

@@ -8,21 +8,30 @@ import (
 	"slices"
 	"time"
 
-	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"gomodules.xyz/jsonpatch/v2"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/rrfacts"
 )
 
 // Namer is the mutating webhook: it gives each new RR the scheme's name, or refuses it as a
 // duplicate of the RR in flight.
 type Namer struct {
+	// Lister reads a fingerprint's RRs consistently (APILister).
 	Lister Lister
+	// Index, when set, answers from rrguard's watch of RRs where a lagging answer is safe (see
+	// decide); nil decides every create from consistent reads.
+	Index Index
 	// Marks reads high-water marks as of now; nil reads none (handler tests).
 	Marks MarkReader
 	// Finalizer, when set, is added to every RR admitted, in the same patch: the controller
 	// that releases it raises the mark first (package marks).
 	Finalizer string
+	// Judged, when set, says whether rrguard judges RRs in a namespace; creates elsewhere are
+	// refused (rrguard could neither decide them from its index nor release its finalizer).
+	Judged func(namespace string) bool
 	// Ready, when set and failing, answers 503: a replica decides only once its marks are seeded.
 	Ready func() error
 	// AfterRead, when set, runs between a decision's reads and its answer: tests hold a decision
@@ -31,16 +40,15 @@ type Namer struct {
 	Now       func() time.Time // time.Now when nil
 }
 
+// Index is rrguard's watch of RRs (package rrfacts): the facts of a fingerprint's RRs, or an
+// *rrfacts.Untrusted error when it cannot vouch for them.
+type Index interface {
+	Lookup(namespace, fingerprint string, now time.Time) ([]rrfacts.Fact, error)
+}
+
 // MarkReader returns a fingerprint's high-water mark, read as of now.
 type MarkReader interface {
 	Get(ctx context.Context, namespace, fingerprint string) (int64, error)
-}
-
-// candidateChecker is a Lister whose candidates may lag (a cache): the name decided from them is
-// confirmed free, or the decision is taken again from consistent reads.
-type candidateChecker interface {
-	Taken(ctx context.Context, namespace, name string) (bool, error)
-	Consistent(ctx context.Context, namespace, fingerprint, reason string) ([]v1alpha1.RemediationRequest, error)
 }
 
 var _ admission.Handler = (*Namer)(nil)
@@ -74,6 +82,9 @@ func (h *Namer) handle(ctx context.Context, req admission.Request) (admission.Re
 		return deny(err), decisionOf(err)
 	}
 
+	if h.Judged != nil && !h.Judged(rr.Namespace) {
+		return deny(notJudged(rr.Namespace)), DecisionInvalid
+	}
 	if h.Ready != nil {
 		if err := h.Ready(); err != nil {
 			return deny(apierrors.NewServiceUnavailable("rrguard is not ready to decide: " + err.Error())), DecisionError
@@ -108,41 +119,85 @@ func (h *Namer) handle(ctx context.Context, req admission.Request) (admission.Re
 // readError is an API read that failed: rrguard cannot decide.
 type readError struct{ error }
 
-// decide reads the fingerprint's RRs, then its mark (in that order: an RR that is gone had its
-// number covered by the mark before it went), and names the RR or refuses it.
+// decide names the RR or refuses it, reading from the API server only where the index's answer
+// could be wrong in a way that matters (argued in docs/design.md, "Reads"):
+//
+//   - the index shows an RR of the fingerprint in flight: refuse, no read. A stale "in flight"
+//     only refuses a create, which stores nothing; the creator finds the RR finished and retries.
+//   - the index shows no RR of the fingerprint: read the mark, name 1 + mark. An RR the index has
+//     not seen yet is recent, holds the name chosen (the API server refuses the collision), and
+//     cannot be released before this create commits.
+//   - the index shows RRs, none in flight: a consistent List and the mark, as without an index
+//     (an RR the index shows finished may have been reopened).
+//   - the index cannot vouch for itself (not synced, not fresh): a consistent List and the mark.
+//
+// The mark is read after the RRs: an RR that is gone had its number covered by the mark before
+// it went.
 func (h *Namer) decide(ctx context.Context, rr *v1alpha1.RemediationRequest, now func() time.Time) (string, error) {
 	ns, fp := rr.Namespace, rr.Spec.SignalFingerprint
+	reads := 0
 	readStart := time.Now()
-	defer func() { readDuration.Observe(time.Since(readStart).Seconds()) }()
+	defer func() {
+		decisionReads.Observe(float64(reads))
+		if reads > 0 {
+			readDuration.Observe(time.Since(readStart).Seconds())
+		}
+	}()
+	if h.Index != nil {
+		facts, err := h.Index.Lookup(ns, fp, now())
+		var untrusted *rrfacts.Untrusted
+		switch {
+		case errors.As(err, &untrusted):
+			fallbacks.WithLabelValues(untrusted.Reason).Inc()
+		case err != nil:
+			return "", readError{err}
+		default:
+			t := now()
+			var blocking []rrfacts.Fact
+			for _, f := range facts {
+				if f.Status.InFlight(t) {
+					blocking = append(blocking, f)
+				}
+			}
+			if len(blocking) > 0 {
+				return "", Duplicate(ns, newestFact(blocking))
+			}
+			if len(facts) == 0 {
+				reads++
+				mark, err := h.mark(ctx, ns, fp)
+				if err != nil {
+					return "", err
+				}
+				return Decide(rr, nil, mark, now())
+			}
+		}
+	}
+	reads++
 	existing, err := h.Lister.ListByFingerprint(ctx, ns, fp)
 	if err != nil {
 		return "", readError{fmt.Errorf("rrguard could not read the RemediationRequests of this fingerprint: %w", err)}
+	}
+	if h.Marks != nil {
+		reads++
 	}
 	mark, err := h.mark(ctx, ns, fp)
 	if err != nil {
 		return "", err
 	}
-	name, err := Decide(rr, existing, mark, now())
-	c, lagging := h.Lister.(candidateChecker)
-	if err != nil || !lagging {
-		return name, err
-	}
-	// The candidates came from a cache that may have missed the RR now holding this name (the
-	// newest RR may even be gone since, its mark raised after our read): the name must be free.
-	taken, err := c.Taken(ctx, ns, name)
-	if err != nil {
-		return "", readError{fmt.Errorf("rrguard could not confirm the name %s: %w", name, err)}
-	}
-	if !taken {
-		return name, nil
-	}
-	if existing, err = c.Consistent(ctx, ns, fp, "candidate-taken"); err != nil {
-		return "", readError{fmt.Errorf("rrguard could not read the RemediationRequests of this fingerprint: %w", err)}
-	}
-	if mark, err = h.mark(ctx, ns, fp); err != nil {
-		return "", err
-	}
 	return Decide(rr, existing, mark, now())
+}
+
+// newestFact is newestOf for facts from the index, as an RR Duplicate can name.
+func newestFact(facts []rrfacts.Fact) *v1alpha1.RemediationRequest {
+	best := facts[0]
+	for _, f := range facts[1:] {
+		if f.N > best.N || (f.N == best.N && f.Name > best.Name) {
+			best = f
+		}
+	}
+	rr := &v1alpha1.RemediationRequest{}
+	rr.Name, rr.Status.OverallPhase = best.Name, best.Status.Phase
+	return rr
 }
 
 func (h *Namer) mark(ctx context.Context, ns, fp string) (int64, error) {

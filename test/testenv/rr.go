@@ -1,11 +1,17 @@
 package testenv
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 )
@@ -34,4 +40,23 @@ func NewRR(ns, fp string) *v1alpha1.RemediationRequest {
 			ReceivedTime:      now,
 		},
 	}
+}
+
+// WaitFinishedJudged waits until rrguard no longer refuses a new RR of rr's fingerprint as a
+// duplicate of rr, asked with dry-run creates (nothing stored): a replica deciding from its RR
+// index refuses until the index has seen rr finish, as the contract allows.
+func WaitFinishedJudged(ctx context.Context, c client.Client, rr *v1alpha1.RemediationRequest) error {
+	var last error
+	err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		last = c.Create(ctx, NewRR(rr.Namespace, rr.Spec.SignalFingerprint), client.DryRunAll)
+		var st apierrors.APIStatus
+		if apierrors.IsAlreadyExists(last) && errors.As(last, &st) && st.Status().Details != nil && st.Status().Details.Name == rr.Name {
+			return false, nil
+		}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("rrguard still refuses creates as duplicates of %s: %w (last: %v)", rr.Name, err, last)
+	}
+	return nil
 }

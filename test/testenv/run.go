@@ -47,6 +47,14 @@ func Main(m *testing.M, o Options, env **Env) int {
 	return code
 }
 
+// IndexTrusted sets the timings under which a replica decides from its RR index (see
+// serve.Options.IndexMaxLag): a 1 s request bound, a 4 s lag (creation timestamps have whole
+// seconds) and a 7 s release hold. The test API server's own request timeout is longer; no test
+// holds a create that long.
+func IndexTrusted(o *serve.Options) {
+	o.RequestTimeout, o.IndexMaxLag, o.ReleaseMinAge = time.Second, 4*time.Second, 7*time.Second
+}
+
 // ServeRRGuard runs an rrguard replica in-process at the address the installed webhook
 // configurations name, and returns once it answers TLS. stop ends it and waits until it has.
 func (e *Env) ServeRRGuard(ctx context.Context, adjust ...func(*serve.Options)) (stop func() error, err error) {
@@ -56,13 +64,20 @@ func (e *Env) ServeRRGuard(ctx context.Context, adjust ...func(*serve.Options)) 
 // ServeRRGuardWith is ServeRRGuard with rrguard's own client configuration (to count its
 // requests, say).
 func (e *Env) ServeRRGuardWith(ctx context.Context, cfg *rest.Config, adjust ...func(*serve.Options)) (stop func() error, err error) {
+	_, stop, err = e.ServeReplica(ctx, cfg, adjust...)
+	return stop, err
+}
+
+// ServeReplica is ServeRRGuardWith that also returns the replica, for tests that look inside
+// (its RR index, say).
+func (e *Env) ServeReplica(ctx context.Context, cfg *rest.Config, adjust ...func(*serve.Options)) (r *serve.Replica, stop func() error, err error) {
 	o := e.ServeOptions()
 	for _, f := range adjust {
 		f(&o)
 	}
-	r, err := serve.New(cfg, o)
+	r, err = serve.New(cfg, o)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -93,24 +108,15 @@ func (e *Env) ServeRRGuardWith(ctx context.Context, cfg *rest.Config, adjust ...
 	})
 	if err != nil {
 		_ = stop()
-		return nil, fmt.Errorf("rrguard did not serve TLS on %s: %w (last dial: %v)", addr, err, last)
+		return nil, nil, fmt.Errorf("rrguard did not serve TLS on %s: %w (last dial: %v)", addr, err, last)
 	}
-	// A test begins once the cache has synced: until then every decision is a consistent List,
-	// and a test of the cache path would test the fallback instead.
-	if !o.ConsistentListOnly {
-		syncCtx, cancelSync := context.WithTimeout(ctx, 30*time.Second)
-		defer cancelSync()
-		if !r.Manager().GetCache().WaitForCacheSync(syncCtx) {
-			_ = stop()
-			return nil, fmt.Errorf("rrguard's cache did not sync within 30s")
-		}
-	}
-	// Nor does it decide before its marks are seeded.
+	// A test begins once the index has synced and the marks are seeded: until then the replica
+	// answers 503, or decides from consistent reads.
 	if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
-		return r.Seeded() == nil, nil
+		return r.Index().Synced() && r.Seeded() == nil, nil
 	}); err != nil {
 		_ = stop()
-		return nil, fmt.Errorf("rrguard did not seed its marks: %w", err)
+		return nil, nil, fmt.Errorf("rrguard did not seed its marks: %w", err)
 	}
-	return stop, nil
+	return r, stop, nil
 }

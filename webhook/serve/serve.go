@@ -14,7 +14,6 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/marks"
+	"github.com/rrguard/rrguard/rrfacts"
 	"github.com/rrguard/rrguard/webhook"
 )
 
@@ -33,13 +33,21 @@ type Options struct {
 	CertDir     string // holds tls.crt and tls.key; reloaded when they change
 	MetricsAddr string // "0" disables the metrics server
 	ProbeAddr   string // "0" disables /healthz and /readyz
-	// ConsistentListOnly decides every create from a consistent List of the fingerprint's RRs,
-	// with no cache: cost grows with the RRs in the namespace. Off, an informer cache finds the
-	// candidates and one consistent GET confirms them.
+	// ConsistentListOnly decides every create from a consistent List of the fingerprint's RRs and
+	// the mark: 2 reads per create. Off, the RR index (package rrfacts) decides where a lagging
+	// answer is safe (see webhook.Namer.decide).
 	ConsistentListOnly bool
-	// CacheView, when set, wraps the cache reader the decision takes its candidates from. Tests
-	// hold it back on purpose, to show that a lagging cache stores no duplicate.
-	CacheView func(client.Reader) client.Reader
+	// RRNamespaces are the namespaces rrguard judges and watches; empty: every namespace.
+	// Creates elsewhere are refused.
+	RRNamespaces []string
+	// RequestTimeout is the API server's --request-timeout (60 s when zero): no create commits
+	// later than this after it began.
+	RequestTimeout time.Duration
+	// IndexMaxLag is how old the RR index's last proof of completeness may be for a decision to
+	// use it (10 s when zero). The index decides only while ReleaseMinAge > 2 x RequestTimeout +
+	// IndexMaxLag, the condition the argument in docs/design.md ("Reads") needs; otherwise every
+	// decision is taken from consistent reads.
+	IndexMaxLag time.Duration
 	// MarksNamespace holds the high-water mark ConfigMaps (package marks): rrguard's own
 	// namespace.
 	MarksNamespace string
@@ -74,6 +82,7 @@ func Scheme() *runtime.Scheme {
 type Replica struct {
 	mgr      manager.Manager
 	seeder   *marks.Seeder
+	index    *rrfacts.Index
 	stopping atomic.Bool
 	delay    time.Duration
 }
@@ -91,10 +100,7 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		Host: o.Host, Port: o.Port, CertDir: o.CertDir, TLSOpts: tlsOpts,
 	})
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme: Scheme(),
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&v1alpha1.RemediationRequest{}: {Transform: webhook.SlimForCache},
-		}},
+		Scheme:                 Scheme(),
 		WebhookServer:          server,
 		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
 		HealthProbeBindAddress: o.ProbeAddr,
@@ -109,24 +115,6 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	// The manager runs its webhook server only once it has been asked for it.
 	server = mgr.GetWebhookServer()
 
-	var lister webhook.Lister = webhook.APILister{Reader: mgr.GetAPIReader()}
-	if !o.ConsistentListOnly {
-		ctx := context.Background()
-		if err := mgr.GetFieldIndexer().IndexField(ctx, &v1alpha1.RemediationRequest{}, webhook.FingerprintField, webhook.IndexFingerprint); err != nil {
-			return nil, err
-		}
-		// Registered now, started with the manager; until it has synced, decisions use
-		// consistent Lists.
-		inf, err := mgr.GetCache().GetInformer(ctx, &v1alpha1.RemediationRequest{}, cache.BlockUntilSynced(false))
-		if err != nil {
-			return nil, err
-		}
-		var view client.Reader = mgr.GetClient()
-		if o.CacheView != nil {
-			view = o.CacheView(view)
-		}
-		lister = webhook.CachedLister{Cache: view, API: mgr.GetAPIReader(), Synced: inf.HasSynced}
-	}
 	if o.MarksNamespace == "" {
 		return nil, errors.New("serve: MarksNamespace is required (rrguard's own namespace)")
 	}
@@ -139,17 +127,37 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		return nil, err
 	}
 	store := marks.Store{Namespace: o.MarksNamespace, Reader: marksReader, Writer: mgr.GetClient()}
-	seeder := &marks.Seeder{Client: mgr.GetClient(), Store: store, Every: o.SeedEvery, Horizon: o.MarkHorizon, GCEvery: o.MarkGCEvery}
+	releaser := &marks.Releaser{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Store: store, MinAge: o.ReleaseMinAge}
+	if err := releaser.SetupWithManager(mgr); err != nil {
+		return nil, err
+	}
+	index, err := rrfacts.New(cfg, rrfacts.Options{
+		Namespaces: o.RRNamespaces, Finalizer: marks.Finalizer,
+		MaxLag: o.indexMaxLag(), OnDeleting: releaser.Enqueue,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := mgr.Add(index); err != nil {
+		return nil, err
+	}
+	r.index = index
+	seeder := &marks.Seeder{Index: index, Store: store, Every: o.SeedEvery, Horizon: o.MarkHorizon, GCEvery: o.MarkGCEvery}
 	if err := mgr.Add(seeder); err != nil {
 		return nil, err
 	}
-	if err := (&marks.Releaser{Client: mgr.GetClient(), Store: store, MinAge: o.ReleaseMinAge}).SetupWithManager(mgr); err != nil {
-		return nil, err
-	}
 	r.seeder = seeder
-	server.Register(webhook.NamePath, &crwebhook.Admission{Handler: &webhook.Namer{
-		Lister: lister, Marks: store, Finalizer: marks.Finalizer, Ready: seeder.Ready, AfterRead: o.AfterRead,
-	}})
+	namer := &webhook.Namer{
+		Lister: webhook.APILister{Reader: mgr.GetAPIReader()}, Marks: store, Finalizer: marks.Finalizer,
+		Ready: seeder.Ready, AfterRead: o.AfterRead,
+	}
+	if !o.ConsistentListOnly {
+		namer.Index = index
+	}
+	if len(o.RRNamespaces) > 0 {
+		namer.Judged = index.Watches
+	}
+	server.Register(webhook.NamePath, &crwebhook.Admission{Handler: namer})
 	server.Register(webhook.CheckPath, &crwebhook.Admission{Handler: webhook.Checker{}})
 
 	if err := mgr.Add(cert); err != nil {
@@ -159,6 +167,14 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		return nil, err
 	}
 	if err := mgr.AddReadyzCheck("serving-cert", cert.Loaded); err != nil {
+		return nil, err
+	}
+	if err := mgr.AddReadyzCheck("rr-index", func(*http.Request) error {
+		if !index.Synced() {
+			return errors.New("the RR index has not synced")
+		}
+		return nil
+	}); err != nil {
 		return nil, err
 	}
 	if err := mgr.AddReadyzCheck("marks-seeded", func(*http.Request) error { return seeder.Ready() }); err != nil {
@@ -177,6 +193,28 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	}
 	return r, nil
 }
+
+// indexMaxLag is the index's MaxLag: zero (never trusted) unless the release hold covers two
+// request timeouts and the lag (docs/design.md, "Reads").
+func (o Options) indexMaxLag() time.Duration {
+	t, l, h := o.RequestTimeout, o.IndexMaxLag, o.ReleaseMinAge
+	if t == 0 {
+		t = 60 * time.Second
+	}
+	if l == 0 {
+		l = 10 * time.Second
+	}
+	if h == 0 {
+		h = marks.DefaultMinAge
+	}
+	if h <= 2*t+l {
+		return 0
+	}
+	return l
+}
+
+// Index is the replica's RR index (tests hold it back on purpose).
+func (r *Replica) Index() *rrfacts.Index { return r.index }
 
 // Seeded reports whether the replica has seeded its marks and decides.
 func (r *Replica) Seeded() error { return r.seeder.Ready() }

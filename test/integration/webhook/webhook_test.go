@@ -36,8 +36,8 @@ func TestMain(m *testing.M) {
 }
 
 // suite is every test of rrguard's behaviour through the API server; TestWebhook runs it once
-// with each way of reading candidates (informer cache confirmed by GETs, the default; consistent
-// List only), since the guarantee must hold with either.
+// with each way of deciding (from the RR index where that is safe, the default; consistent reads
+// only), since the guarantee must hold with either.
 var suite = []struct {
 	name string
 	fn   func(*testing.T)
@@ -63,7 +63,7 @@ func TestWebhook(t *testing.T) {
 	for _, mode := range []struct {
 		name               string
 		consistentListOnly bool
-	}{{"cache", false}, {"consistent-list", true}} {
+	}{{"index", false}, {"consistent-list", true}} {
 		t.Run(mode.name, func(t *testing.T) {
 			useMode(t, mode.consistentListOnly)
 			for _, tc := range suite {
@@ -91,7 +91,10 @@ func serving(t *testing.T) {
 	if stopRRG != nil {
 		return
 	}
-	stop, err := env.ServeRRGuard(context.Background(), func(o *serve.Options) { o.ConsistentListOnly = consistentListOnly })
+	stop, err := env.ServeRRGuard(context.Background(), func(o *serve.Options) {
+		testenv.IndexTrusted(o)
+		o.ConsistentListOnly = consistentListOnly
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,6 +220,11 @@ func setStatus(ctx context.Context, t *testing.T, rr *v1alpha1.RemediationReques
 	rr.Status = st
 	if err := env.Client.Status().Update(ctx, rr); err != nil {
 		t.Fatalf("status update: %v", err)
+	}
+	if !rules.InFlight(rr, time.Now()) {
+		if err := testenv.WaitFinishedJudged(ctx, env.Client, rr); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

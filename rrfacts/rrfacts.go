@@ -1,0 +1,517 @@
+// Package rrfacts keeps what rrguard knows of the RemediationRequests it judges: for each RR,
+// the facts a naming decision reads (its occurrence number, the in-flight rule's inputs, whether
+// it carries rrguard's finalizer) and nothing else, indexed by fingerprint. It is rrguard's only
+// watch of RRs: the decision, the controller that releases deleted RRs and the seeding pass all
+// read it.
+//
+// The index only lags, never invents: every fact came from the API server's watch, applied in
+// the order the API server sent it. How far it may lag is bounded (see Lookup): a decision uses
+// it only while that bound holds.
+package rrfacts
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/rules"
+)
+
+// Fact is what the index knows of one RR.
+type Fact struct {
+	Name   string
+	N      int64 // occurrence number under the naming rule; 0 for any other name
+	Status rules.Status
+	// Finalized: the RR carries the finalizer the index was told to look for (rrguard's).
+	Finalized bool
+	// DeletedAt is when deletion was asked for; zero while the RR is not being deleted.
+	DeletedAt time.Time
+}
+
+// RR is a Fact with where it lives, for a pass over the whole index.
+type RR struct {
+	Namespace, Fingerprint string
+	Fact
+}
+
+// Untrusted is the answer of Lookup when the index cannot be used for a decision.
+type Untrusted struct{ Reason string }
+
+func (u *Untrusted) Error() string { return "the RR index cannot decide: " + u.Reason }
+
+// Reasons Lookup gives.
+const (
+	ReasonNotWatched = "namespace-not-watched"
+	ReasonNotSynced  = "index-not-synced"
+	ReasonNotFresh   = "index-not-fresh"
+)
+
+// Options configure an Index.
+type Options struct {
+	// Namespaces to watch; empty watches all.
+	Namespaces []string
+	// Finalizer is recorded as Fact.Finalized.
+	Finalizer string
+	// MaxLag is how old the index's last proof of completeness may be for Lookup to answer
+	// (see Lookup); zero makes every Lookup untrusted.
+	MaxLag time.Duration
+	// OnDeleting is called, outside the index's lock, for each RR seen being deleted while it
+	// carries Finalizer.
+	OnDeleting func(namespace, name string)
+}
+
+// Index is the fact store. Start runs its watches.
+type Index struct {
+	o     Options
+	rc    rest.Interface
+	feeds []*feed
+
+	mu  sync.RWMutex
+	nss map[string]*nsFacts
+
+	hold    bool
+	delayed []func()
+}
+
+type nsFacts struct {
+	byName map[string]*entry
+	byFP   map[string]*group
+}
+
+// group holds one fingerprint's entries; the fingerprint string is stored once, here.
+type group struct {
+	fp      string
+	entries []*entry
+}
+
+// entry is a Fact as stored: a scheme name is not kept (it is rules.Name(fp, n)), which saves its
+// bytes for nearly every RR.
+type entry struct {
+	name      string // only for names outside the scheme
+	n         int64
+	status    rules.Status
+	finalized bool
+	deletedAt int64 // unix seconds; 0 when not being deleted
+	g         *group
+}
+
+func (e *entry) fact() Fact {
+	f := Fact{Name: e.name, N: e.n, Status: e.status, Finalized: e.finalized}
+	if f.Name == "" {
+		f.Name = rules.Name(e.g.fp, e.n)
+	}
+	if e.deletedAt != 0 {
+		f.DeletedAt = time.Unix(e.deletedAt, 0)
+	}
+	return f
+}
+
+// feed is one watch (one namespace, or all), with its own proof of completeness.
+type feed struct {
+	ix        *Index
+	namespace string // "" for all
+
+	mu sync.Mutex
+	// callStart is when the newest List or Watch call began; a list it returns is complete for
+	// every RR stored before that instant.
+	callStart time.Time
+	synced    bool
+	// completeAsOf: every RR created before completeAsOf minus the create bound has been seen.
+	completeAsOf time.Time
+}
+
+// New builds an index that reads through cfg. Start runs it.
+func New(cfg *rest.Config, o Options) (*Index, error) {
+	rc, err := restClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ix := &Index{o: o, rc: rc, nss: map[string]*nsFacts{}}
+	nss := o.Namespaces
+	if len(nss) == 0 {
+		nss = []string{metav1.NamespaceAll}
+	}
+	for _, ns := range nss {
+		ix.feeds = append(ix.feeds, &feed{ix: ix, namespace: ns})
+	}
+	return ix, nil
+}
+
+// Start runs one reflector per watched namespace until ctx is done (manager.Runnable).
+func (ix *Index) Start(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, f := range ix.feeds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := cache.NewReflectorWithOptions(f.listWatch(), &object{}, f, cache.ReflectorOptions{
+				Name: "rrfacts/" + f.namespace,
+			})
+			r.RunWithContext(ctx)
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+// NeedLeaderElection implements manager.LeaderElectionRunnable: every replica decides.
+func (ix *Index) NeedLeaderElection() bool { return false }
+
+// Synced reports whether every watch has delivered its first complete list.
+func (ix *Index) Synced() bool {
+	for _, f := range ix.feeds {
+		f.mu.Lock()
+		s := f.synced
+		f.mu.Unlock()
+		if !s {
+			return false
+		}
+	}
+	return true
+}
+
+// Watches reports whether namespace is in the index's scope.
+func (ix *Index) Watches(namespace string) bool { return ix.feedFor(namespace) != nil }
+
+func (ix *Index) feedFor(namespace string) *feed {
+	for _, f := range ix.feeds {
+		if f.namespace == metav1.NamespaceAll || f.namespace == namespace {
+			return f
+		}
+	}
+	return nil
+}
+
+// Lookup returns the facts of the RRs of fingerprint fp in namespace, or *Untrusted.
+//
+// It answers only while the index is known complete up to a recent instant: a watch delivers
+// events in the order the API server committed them, so when the index receives the creation of
+// an RR stamped at c (or a list that began at c), it has already received every RR committed
+// before then, which includes every RR created before c minus the API server's bound on a
+// create (its request timeout). Lookup requires that c be within MaxLag of now. What a caller
+// may conclude from the answer, and why that is enough, is argued in docs/design.md ("Reads").
+func (ix *Index) Lookup(namespace, fp string, now time.Time) ([]Fact, error) {
+	f := ix.feedFor(namespace)
+	if f == nil {
+		return nil, &Untrusted{Reason: ReasonNotWatched}
+	}
+	f.mu.Lock()
+	synced, asOf := f.synced, f.completeAsOf
+	f.mu.Unlock()
+	switch {
+	case !synced:
+		return nil, &Untrusted{Reason: ReasonNotSynced}
+	case ix.o.MaxLag <= 0 || now.Sub(asOf) > ix.o.MaxLag:
+		return nil, &Untrusted{Reason: ReasonNotFresh}
+	}
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	nsf := ix.nss[namespace]
+	if nsf == nil {
+		return nil, nil
+	}
+	g := nsf.byFP[fp]
+	if g == nil {
+		return nil, nil
+	}
+	out := make([]Fact, len(g.entries))
+	for i, e := range g.entries {
+		out[i] = e.fact()
+	}
+	return out, nil
+}
+
+// Each calls fn for every RR in the index, under its read lock: fn must not block.
+func (ix *Index) Each(fn func(RR)) {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	for ns, nsf := range ix.nss {
+		for _, g := range nsf.byFP {
+			for _, e := range g.entries {
+				fn(RR{Namespace: ns, Fingerprint: g.fp, Fact: e.fact()})
+			}
+		}
+	}
+}
+
+// Len is the number of RRs in the index.
+func (ix *Index) Len() int {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	n := 0
+	for _, nsf := range ix.nss {
+		n += len(nsf.byName)
+	}
+	return n
+}
+
+// HoldBack makes the index lag on purpose, for tests of what a lagging index may decide: from
+// now on, what the watch delivers is kept aside instead of applied, while the index still counts
+// as complete (as an index whose events are late, but not later than MaxLag, would). Release
+// applies what was kept, in order.
+func (ix *Index) HoldBack() {
+	ix.mu.Lock()
+	ix.hold = true
+	ix.mu.Unlock()
+}
+
+// Release ends HoldBack.
+func (ix *Index) Release() {
+	ix.mu.Lock()
+	delayed := ix.delayed
+	ix.hold, ix.delayed = false, nil
+	for _, apply := range delayed {
+		apply()
+	}
+	ix.mu.Unlock()
+	// What was kept aside notified nobody: tell the releaser about every deletion now.
+	if ix.o.OnDeleting != nil {
+		ix.Each(func(rr RR) {
+			if rr.Finalized && !rr.DeletedAt.IsZero() {
+				go ix.o.OnDeleting(rr.Namespace, rr.Name)
+			}
+		})
+	}
+}
+
+// apply runs change under the lock, or keeps it for Release while held back.
+func (ix *Index) apply(change func()) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	if ix.hold {
+		ix.delayed = append(ix.delayed, change)
+		return
+	}
+	change()
+}
+
+var phases = map[string]v1alpha1.Phase{}
+
+func init() {
+	for _, p := range []v1alpha1.Phase{
+		v1alpha1.PhasePending, v1alpha1.PhaseProcessing, v1alpha1.PhaseAnalyzing, v1alpha1.PhaseAwaitingApproval,
+		v1alpha1.PhaseExecuting, v1alpha1.PhaseVerifying, v1alpha1.PhaseBlocked, v1alpha1.PhaseCompleted,
+		v1alpha1.PhaseFailed, v1alpha1.PhaseTimedOut, v1alpha1.PhaseSkipped, v1alpha1.PhaseCancelled,
+	} {
+		phases[string(p)] = p
+	}
+}
+
+// statusOf reads the in-flight rule's inputs, sharing the known phase strings rather than
+// keeping a copy per RR.
+func statusOf(o *object) rules.Status {
+	s := rules.Status{Phase: v1alpha1.Phase(o.Status.OverallPhase), Deleting: o.Meta.DeletionTimestamp != nil}
+	if p, ok := phases[o.Status.OverallPhase]; ok {
+		s.Phase = p
+	}
+	if cs := o.Status.CompletionStatus; cs != nil {
+		s.ManualReview = cs.Outcome == string(v1alpha1.OutcomeManualReviewRequired)
+	}
+	if rs := o.Status.RoutingStatus; rs != nil && rs.NextAllowedExecution != nil {
+		s.NextAllowed = rs.NextAllowedExecution.Time
+	}
+	return s
+}
+
+// put stores o's facts; the caller holds the lock. It reports whether o is being deleted while
+// it carries the finalizer.
+func (ix *Index) put(o *object) bool {
+	ns, name, fp := o.Meta.Namespace, o.Meta.Name, o.Spec.SignalFingerprint
+	nsf := ix.nss[ns]
+	if nsf == nil {
+		nsf = &nsFacts{byName: map[string]*entry{}, byFP: map[string]*group{}}
+		ix.nss[ns] = nsf
+	}
+	e := nsf.byName[name]
+	if e == nil || e.g.fp != fp {
+		if e != nil {
+			nsf.remove(name, e)
+		}
+		g := nsf.byFP[fp]
+		if g == nil {
+			g = &group{fp: fp}
+			nsf.byFP[fp] = g
+		}
+		e = &entry{g: g}
+		if n, ok := rules.Occurrence(fp, name); ok {
+			e.n = n
+		} else {
+			e.name = name
+		}
+		g.entries = append(g.entries, e)
+		nsf.byName[name] = e
+	}
+	e.status = statusOf(o)
+	e.finalized = false
+	for _, f := range o.Meta.Finalizers {
+		if f == ix.o.Finalizer && f != "" {
+			e.finalized = true
+		}
+	}
+	e.deletedAt = 0
+	if o.Meta.DeletionTimestamp != nil {
+		e.deletedAt = o.Meta.DeletionTimestamp.Unix()
+	}
+	return e.finalized && e.deletedAt != 0
+}
+
+func (nsf *nsFacts) remove(name string, e *entry) {
+	delete(nsf.byName, name)
+	g := e.g
+	for i, x := range g.entries {
+		if x == e {
+			g.entries = append(g.entries[:i], g.entries[i+1:]...)
+			break
+		}
+	}
+	if len(g.entries) == 0 {
+		delete(nsf.byFP, g.fp)
+	}
+}
+
+func (ix *Index) drop(ns, name string) {
+	if nsf := ix.nss[ns]; nsf != nil {
+		if e := nsf.byName[name]; e != nil {
+			nsf.remove(name, e)
+		}
+	}
+}
+
+// listWatch reads RRs with the slim types, noting when each call begins.
+func (f *feed) listWatch() *cache.ListWatch {
+	rc := f.ix.rc
+	return &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
+			f.noteCall()
+			out := &objectList{}
+			err := rc.Get().Namespace(f.namespace).Resource("remediationrequests").
+				VersionedParams(&opts, metav1.ParameterCodec).Do(ctx).Into(out)
+			return out, err
+		},
+		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+			f.noteCall()
+			opts.Watch = true
+			return rc.Get().Namespace(f.namespace).Resource("remediationrequests").
+				VersionedParams(&opts, metav1.ParameterCodec).Watch(ctx)
+		},
+	}
+}
+
+func (f *feed) noteCall() {
+	f.mu.Lock()
+	f.callStart = time.Now()
+	f.mu.Unlock()
+}
+
+// seen advances the feed's proof of completeness to t.
+func (f *feed) seen(t time.Time) {
+	f.mu.Lock()
+	if t.After(f.completeAsOf) {
+		f.completeAsOf = t
+	}
+	f.mu.Unlock()
+}
+
+func (f *feed) notify(deleting []*object) {
+	if f.ix.o.OnDeleting == nil {
+		return
+	}
+	for _, o := range deleting {
+		f.ix.o.OnDeleting(o.Meta.Namespace, o.Meta.Name)
+	}
+}
+
+func asObject(obj any) (*object, error) {
+	o, ok := obj.(*object)
+	if !ok {
+		return nil, fmt.Errorf("rrfacts: unexpected %T from the watch", obj)
+	}
+	return o, nil
+}
+
+// Add implements cache.ReflectorStore: a create. Its creation timestamp proves the feed complete
+// up to it.
+func (f *feed) Add(obj any) error {
+	o, err := asObject(obj)
+	if err != nil {
+		return err
+	}
+	var deleting bool
+	f.ix.apply(func() { deleting = f.ix.put(o) })
+	f.seen(o.Meta.CreationTimestamp.Time)
+	if deleting {
+		f.notify([]*object{o})
+	}
+	return nil
+}
+
+// Update implements cache.ReflectorStore.
+func (f *feed) Update(obj any) error {
+	o, err := asObject(obj)
+	if err != nil {
+		return err
+	}
+	var deleting bool
+	f.ix.apply(func() { deleting = f.ix.put(o) })
+	if deleting {
+		f.notify([]*object{o})
+	}
+	return nil
+}
+
+// Delete implements cache.ReflectorStore.
+func (f *feed) Delete(obj any) error {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	o, err := asObject(obj)
+	if err != nil {
+		return err
+	}
+	f.ix.apply(func() { f.ix.drop(o.Meta.Namespace, o.Meta.Name) })
+	return nil
+}
+
+// Replace implements cache.ReflectorStore: a complete list, as of the call that fetched it.
+func (f *feed) Replace(items []any, _ string) error {
+	objs := make([]*object, 0, len(items))
+	for _, it := range items {
+		o, err := asObject(it)
+		if err != nil {
+			return err
+		}
+		objs = append(objs, o)
+	}
+	var deleting []*object
+	f.ix.apply(func() {
+		deleting = deleting[:0]
+		for ns := range f.ix.nss {
+			if f.namespace == metav1.NamespaceAll || ns == f.namespace {
+				delete(f.ix.nss, ns)
+			}
+		}
+		for _, o := range objs {
+			if f.ix.put(o) {
+				deleting = append(deleting, o)
+			}
+		}
+	})
+	f.mu.Lock()
+	start := f.callStart
+	f.synced = true
+	f.mu.Unlock()
+	f.seen(start)
+	f.notify(deleting)
+	return nil
+}
+
+// Resync implements cache.ReflectorStore; there is nothing to resync.
+func (f *feed) Resync() error { return nil }

@@ -1,0 +1,265 @@
+package rrfacts
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/rules"
+)
+
+const finalizer = "rrguard.kubernaut.ai/high-water-mark"
+
+func fingerprint(i int) string {
+	sum := sha256.Sum256([]byte(fmt.Sprint(i)))
+	return hex.EncodeToString(sum[:])
+}
+
+// kubernautRR is an RR as Kubernaut stores it: a 2 KB payload, labels, annotations, managed
+// fields and a status with many fields rrguard's types do not model (Kubernaut's CRD has 100+).
+func kubernautRR(ns string, i int, phase string) map[string]any {
+	fp := fingerprint(i)
+	status := map[string]any{
+		"overallPhase": phase,
+		"message":      strings.Repeat("m", 200),
+		"deduplication": map[string]any{
+			"firstSeenAt": "2026-11-30T07:00:00Z", "lastSeenAt": "2026-11-30T07:00:00Z", "occurrenceCount": 7,
+		},
+		"completionStatus": map[string]any{"outcome": "Remediated", "failureReason": strings.Repeat("f", 100)},
+		"routingStatus":    map[string]any{"blockReason": "none", "duplicateOf": "rr-x", "duplicateCount": 3},
+		"conditions": []any{map[string]any{
+			"type": "Ready", "status": "True", "reason": "Done", "message": strings.Repeat("c", 200),
+			"lastTransitionTime": "2026-11-30T07:00:00Z",
+		}},
+	}
+	for k := range 100 {
+		status[fmt.Sprintf("kubernautField%03d", k)] = strings.Repeat("s", 24)
+	}
+	return map[string]any{
+		"apiVersion": "kubernaut.ai/v1alpha1", "kind": "RemediationRequest",
+		"metadata": map[string]any{
+			"name": rules.Name(fp, 1), "namespace": ns, "resourceVersion": fmt.Sprint(1000 + i),
+			"uid": fmt.Sprintf("00000000-0000-0000-0000-%012d", i), "creationTimestamp": "2026-11-30T07:00:00Z",
+			"finalizers":  []any{finalizer},
+			"labels":      map[string]any{"kubernaut.ai/signal": "KubePodCrashLooping", "app": "checkout"},
+			"annotations": map[string]any{"kubernaut.ai/source": strings.Repeat("a", 100)},
+			"managedFields": []any{map[string]any{
+				"manager": "gateway", "operation": "Update", "apiVersion": "kubernaut.ai/v1alpha1",
+				"fieldsType": "FieldsV1", "fieldsV1": map[string]any{"f:spec": map[string]any{"f:x": strings.Repeat("z", 300)}},
+			}},
+		},
+		"spec": map[string]any{
+			"signalFingerprint": fp, "signalName": "KubePodCrashLooping", "severity": "critical",
+			"signalType": "alert", "targetType": "kubernetes",
+			"targetResource": map[string]any{"kind": "Deployment", "name": "checkout", "namespace": "shop"},
+			"firingTime":     "2026-11-30T07:00:00Z", "receivedTime": "2026-11-30T07:00:00Z",
+			"originalPayload": strings.Repeat("p", 2048), "providerData": strings.Repeat("d", 256),
+			"signalLabels": map[string]any{"alertname": "KubePodCrashLooping", "namespace": "shop"},
+		},
+		"status": status,
+	}
+}
+
+func decode(t testing.TB, v any) *object {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var o object
+	if err := json.Unmarshal(b, &o); err != nil {
+		t.Fatal(err)
+	}
+	return &o
+}
+
+// testIndex is an index whose one feed is fed by hand, as its reflector would.
+func testIndex(maxLag time.Duration) (*Index, *feed) {
+	ix := &Index{o: Options{Finalizer: finalizer, MaxLag: maxLag}, nss: map[string]*nsFacts{}}
+	f := &feed{ix: ix}
+	ix.feeds = []*feed{f}
+	return ix, f
+}
+
+// The decode keeps exactly what the decision reads from a full Kubernaut RR.
+func TestDecodeKeepsDecisionFields(t *testing.T) {
+	raw := kubernautRR("kubernaut-system", 7, "Completed")
+	raw["metadata"].(map[string]any)["deletionTimestamp"] = "2026-11-30T08:00:00Z"
+	raw["metadata"].(map[string]any)["annotations"].(map[string]any)[metav1.InitialEventsAnnotationKey] = "true"
+	st := raw["status"].(map[string]any)
+	st["completionStatus"].(map[string]any)["outcome"] = "ManualReviewRequired"
+	st["routingStatus"].(map[string]any)["nextAllowedExecution"] = "2026-11-30T09:00:00Z"
+	o := decode(t, raw)
+	m := o.GetObjectMeta()
+	if m.GetName() != rules.Name(fingerprint(7), 1) || m.GetNamespace() != "kubernaut-system" || m.GetResourceVersion() != "1007" {
+		t.Fatalf("metadata: %+v", m)
+	}
+	if m.GetAnnotations()[metav1.InitialEventsAnnotationKey] != "true" {
+		t.Fatal("the watch-list bookmark annotation was dropped: the reflector would never sync")
+	}
+	s := statusOf(o)
+	want := rules.Status{Phase: v1alpha1.PhaseCompleted, ManualReview: true, Deleting: true,
+		NextAllowed: time.Date(2026, 11, 30, 9, 0, 0, 0, time.UTC)}
+	if !s.NextAllowed.Equal(want.NextAllowed) || s.Phase != want.Phase || s.ManualReview != want.ManualReview || s.Deleting != want.Deleting {
+		t.Fatalf("status %+v, want %+v", s, want)
+	}
+	ix, f := testIndex(time.Minute)
+	f.noteCall()
+	if err := f.Replace([]any{o}, "1"); err != nil {
+		t.Fatal(err)
+	}
+	facts, err := ix.Lookup("kubernaut-system", fingerprint(7), time.Now())
+	if err != nil || len(facts) != 1 || facts[0].N != 1 || !facts[0].Finalized || facts[0].DeletedAt.IsZero() {
+		t.Fatalf("facts %+v, %v", facts, err)
+	}
+}
+
+// The index applies the in-flight rule exactly as rules.InFlight does on the typed RR, for random
+// statuses decoded from the same JSON.
+func TestInFlightAgreesWithTheRule(t *testing.T) {
+	phases := []string{"", "Pending", "Blocked", "Completed", "Failed", "TimedOut", "Skipped", "Cancelled", "SomethingNew"}
+	outcomes := []string{"", "Remediated", "ManualReviewRequired", "Inconclusive"}
+	now := time.Now()
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for i := range 2000 {
+		raw := kubernautRR("ns", i, phases[rnd.IntN(len(phases))])
+		st := raw["status"].(map[string]any)
+		st["completionStatus"].(map[string]any)["outcome"] = outcomes[rnd.IntN(len(outcomes))]
+		switch rnd.IntN(3) {
+		case 0:
+			st["routingStatus"].(map[string]any)["nextAllowedExecution"] = now.Add(time.Hour).UTC().Format(time.RFC3339)
+		case 1:
+			st["routingStatus"].(map[string]any)["nextAllowedExecution"] = now.Add(-time.Hour).UTC().Format(time.RFC3339)
+		}
+		if rnd.IntN(4) == 0 {
+			raw["metadata"].(map[string]any)["deletionTimestamp"] = now.UTC().Format(time.RFC3339)
+		}
+		b, _ := json.Marshal(raw)
+		var typed v1alpha1.RemediationRequest
+		if err := json.Unmarshal(b, &typed); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := statusOf(decode(t, raw)).InFlight(now), rules.InFlight(&typed, now); got != want {
+			t.Fatalf("status %s: index says in flight %v, the rule %v", b, got, want)
+		}
+	}
+}
+
+func TestLookupOnlyWhileFresh(t *testing.T) {
+	ix, f := testIndex(2 * time.Second)
+	var u *Untrusted
+	if _, err := ix.Lookup("ns", fingerprint(1), time.Now()); !errors.As(err, &u) || u.Reason != ReasonNotSynced {
+		t.Fatalf("before the first list: %v", err)
+	}
+	f.noteCall()
+	if err := f.Replace(nil, "1"); err != nil {
+		t.Fatal(err)
+	}
+	if facts, err := ix.Lookup("ns", fingerprint(1), time.Now()); err != nil || len(facts) != 0 {
+		t.Fatalf("fresh after the list: %v, %v", facts, err)
+	}
+	if _, err := ix.Lookup("ns", fingerprint(1), time.Now().Add(3*time.Second)); !errors.As(err, &u) || u.Reason != ReasonNotFresh {
+		t.Fatalf("3 s after the list, with a 2 s lag allowed: %v", err)
+	}
+	// A create stamped later proves the index complete up to it.
+	raw := kubernautRR("ns", 1, "")
+	raw["metadata"].(map[string]any)["creationTimestamp"] = time.Now().Add(3 * time.Second).UTC().Format(time.RFC3339)
+	if err := f.Add(decode(t, raw)); err != nil {
+		t.Fatal(err)
+	}
+	facts, err := ix.Lookup("ns", fingerprint(1), time.Now().Add(3*time.Second))
+	if err != nil || len(facts) != 1 || !facts[0].Status.InFlight(time.Now()) {
+		t.Fatalf("after a create: %+v, %v", facts, err)
+	}
+	// A zero lag never vouches.
+	ix.o.MaxLag = 0
+	if _, err := ix.Lookup("ns", fingerprint(1), time.Now()); !errors.As(err, &u) || u.Reason != ReasonNotFresh {
+		t.Fatalf("with no lag allowed: %v", err)
+	}
+}
+
+func TestUpdatesDeletesAndHoldBack(t *testing.T) {
+	ix, f := testIndex(time.Hour)
+	f.noteCall()
+	_ = f.Replace(nil, "1")
+	var notified []string
+	ix.o.OnDeleting = func(ns, name string) { notified = append(notified, ns+"/"+name) }
+	legacy := kubernautRR("ns", 1, "Pending")
+	legacy["metadata"].(map[string]any)["name"] = "rr-legacy-abcdef"
+	scheme := kubernautRR("ns", 1, "Completed")
+	scheme["metadata"].(map[string]any)["name"] = rules.Name(fingerprint(1), 4)
+	for _, o := range []map[string]any{legacy, scheme} {
+		if err := f.Add(decode(t, o)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	facts, _ := ix.Lookup("ns", fingerprint(1), time.Now())
+	if len(facts) != 2 || ix.Len() != 2 {
+		t.Fatalf("facts %+v", facts)
+	}
+	// Deletion asked for: the releaser is told.
+	scheme["metadata"].(map[string]any)["deletionTimestamp"] = time.Now().UTC().Format(time.RFC3339)
+	_ = f.Update(decode(t, scheme))
+	if len(notified) != 1 || notified[0] != "ns/"+rules.Name(fingerprint(1), 4) {
+		t.Fatalf("notified %v", notified)
+	}
+	// Held back, a delete is kept aside; released, it applies.
+	ix.HoldBack()
+	_ = f.Delete(decode(t, legacy))
+	if ix.Len() != 2 {
+		t.Fatal("a delete applied while held back")
+	}
+	ix.Release()
+	facts, _ = ix.Lookup("ns", fingerprint(1), time.Now())
+	if len(facts) != 1 || facts[0].N != 4 || facts[0].Name != rules.Name(fingerprint(1), 4) {
+		t.Fatalf("after release: %+v", facts)
+	}
+	_ = f.Delete(decode(t, scheme))
+	if facts, _ := ix.Lookup("ns", fingerprint(1), time.Now()); len(facts) != 0 || ix.Len() != 0 {
+		t.Fatalf("after the last delete: %+v", facts)
+	}
+}
+
+// The index costs what the decision reads, not what an RR carries: 20,000 RRs of Kubernaut's full
+// shape (2 KB payload, 100 more status fields, managed fields) must stay under 400 bytes each of
+// live heap. A cache that kept the RRs would cost several KB each.
+func TestMemoryPerRR(t *testing.T) {
+	const n = 20000
+	ix, f := testIndex(time.Hour)
+	f.noteCall()
+	_ = f.Replace(nil, "1")
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	template, _ := json.Marshal(kubernautRR("kubernaut-system", 0, "Completed"))
+	for i := range n {
+		raw := strings.ReplaceAll(string(template), fingerprint(0), fingerprint(i))
+		raw = strings.ReplaceAll(raw, fingerprint(0)[:rules.KeyLen], fingerprint(i)[:rules.KeyLen])
+		var o object
+		if err := json.Unmarshal([]byte(raw), &o); err != nil {
+			t.Fatal(err)
+		}
+		_ = f.Add(&o)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := float64(after.HeapAlloc-before.HeapAlloc) / n
+	t.Logf("%.0f bytes of live heap per RR (%d RRs)", per, ix.Len())
+	if ix.Len() != n {
+		t.Fatalf("%d RRs indexed, want %d", ix.Len(), n)
+	}
+	if per > 400 {
+		t.Fatalf("%.0f bytes per RR: the index holds more than the decision reads", per)
+	}
+	runtime.KeepAlive(ix)
+}

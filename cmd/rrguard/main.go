@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -38,7 +39,10 @@ func run(args []string) int {
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080", `Prometheus metrics address ("0" disables)`)
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081", `/healthz and /readyz address ("0" disables)`)
 	fs.DurationVar(&o.ShutdownDelay, "shutdown-delay", 10*time.Second, "time to keep serving, unready, after SIGTERM, so the API server stops sending first")
-	fs.BoolVar(&o.ConsistentListOnly, "consistent-list-only", false, "decide every create from a consistent List, with no cache (cost grows with the RRs in the namespace)")
+	fs.BoolVar(&o.ConsistentListOnly, "consistent-list-only", false, "decide every create from a consistent List and the mark (2 reads), never from the RR index")
+	rrNamespaces := fs.String("rr-namespaces", os.Getenv("RR_NAMESPACES"), "comma-separated namespaces whose RRs rrguard judges and watches; creates elsewhere are refused (default $RR_NAMESPACES; empty: all)")
+	fs.DurationVar(&o.RequestTimeout, "request-timeout", 60*time.Second, "the API server's --request-timeout: no create commits later than this after it began")
+	fs.DurationVar(&o.IndexMaxLag, "index-max-lag", 10*time.Second, "how stale the RR index may be for a decision to use it; it is used only while --release-min-age > 2 x --request-timeout + this")
 	fs.StringVar(&o.MarksNamespace, "marks-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the high-water mark ConfigMaps: rrguard's own (default $POD_NAMESPACE)")
 	fs.DurationVar(&o.ReleaseMinAge, "release-min-age", marks.DefaultMinAge, "hold a deleted RR at least this long after its creation (longer than the API server's --request-timeout)")
 	fs.DurationVar(&o.MarkHorizon, "mark-horizon", marks.DefaultHorizon, "remove the high-water mark of a fingerprint with no RR left once it is older than this (Kubernaut keeps audit data 2,555 days)")
@@ -49,6 +53,11 @@ func run(args []string) int {
 	_ = fs.Parse(args)
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zo)))
 	log := ctrl.Log.WithName("rrguard")
+	for _, ns := range strings.Split(*rrNamespaces, ",") {
+		if ns = strings.TrimSpace(ns); ns != "" {
+			o.RRNamespaces = append(o.RRNamespaces, ns)
+		}
+	}
 
 	cfg, err := ctrl.GetConfig()
 	if err != nil {

@@ -22,6 +22,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -108,6 +110,10 @@ func TestDefaultAppliesServerSide(t *testing.T) {
 	if err := env.WriteKubeconfig(kubeconfig); err != nil {
 		t.Fatal(err)
 	}
+	// Kubernaut's namespace exists before rrguard is installed: rrguard's RR Role lives there.
+	if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kubernaut-system"}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
 	rendered := render(t, "config/default")
 	cmd := exec.CommandContext(ctx, "kubectl", "--kubeconfig", kubeconfig, "apply", "--server-side", "--field-manager=rrguard-install", "-f", "-")
 	cmd.Stdin = bytes.NewReader(rendered)
@@ -127,7 +133,7 @@ func TestDefaultAppliesServerSide(t *testing.T) {
 		}
 		kinds[o.GetKind()] = true
 	}
-	for _, k := range []string{"Deployment", "PodDisruptionBudget", "Service", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
+	for _, k := range []string{"Deployment", "PodDisruptionBudget", "Service", "ServiceAccount", "Role", "RoleBinding",
 		"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "Issuer", "Certificate", "ServiceMonitor",
 		"PrometheusRule", "NetworkPolicy"} {
 		if !kinds[k] {
@@ -237,8 +243,21 @@ func TestDefaultProductionSettings(t *testing.T) {
 		t.Errorf("PDB minAvailable = %v, want 2", pdb.Spec.MinAvailable)
 	}
 
-	var role rbacv1.ClusterRole
-	decodeAs(t, objs, "ClusterRole", "manager-role", &role)
+	// RRs: a Role in the namespace rrguard judges, bound to rrguard's ServiceAccount; nothing
+	// cluster-wide.
+	var role rbacv1.Role
+	decodeAs(t, objs, "Role", "rr-role", &role)
+	var binding rbacv1.RoleBinding
+	decodeAs(t, objs, "RoleBinding", "rr-rolebinding", &binding)
+	if role.Namespace != "kubernaut-system" || binding.Namespace != role.Namespace || binding.RoleRef.Name != role.Name ||
+		len(binding.Subjects) != 1 || binding.Subjects[0].Name != "rrguard-controller-manager" || binding.Subjects[0].Namespace != "rrguard-system" {
+		t.Errorf("RR Role %s/%s bound by %s/%s to %+v", role.Namespace, role.Name, binding.Namespace, binding.Name, binding.Subjects)
+	}
+	for _, o := range objs {
+		if k := o.GetKind(); k == "ClusterRole" || k == "ClusterRoleBinding" {
+			t.Errorf("cluster-wide RBAC: %s %s", k, o.GetName())
+		}
+	}
 	for _, r := range role.Rules {
 		for _, res := range r.Resources {
 			if res == "secrets" || res == "*" {
@@ -267,5 +286,14 @@ func TestDefaultProductionSettings(t *testing.T) {
 	}
 	if env.ValueFrom == nil || env.ValueFrom.FieldRef == nil || env.ValueFrom.FieldRef.FieldPath != "metadata.namespace" {
 		t.Errorf("POD_NAMESPACE (the marks' namespace) not set from the downward API: %+v", env)
+	}
+	var rrNamespaces string
+	for _, e := range c.Env {
+		if e.Name == "RR_NAMESPACES" {
+			rrNamespaces = e.Value
+		}
+	}
+	if rrNamespaces != role.Namespace {
+		t.Errorf("RR_NAMESPACES %q, but the RR Role is in %q", rrNamespaces, role.Namespace)
 	}
 }

@@ -31,6 +31,11 @@ func Occurrence(fingerprint, name string) (int64, bool) {
 	if !ok || rest == "" || rest[0] == '0' || len(rest) > 19 {
 		return 0, false
 	}
+	for i := 0; i < len(rest); i++ {
+		if rest[i] < '0' || rest[i] > '9' {
+			return 0, false // ParseInt would take a sign
+		}
+	}
 	n, err := strconv.ParseInt(rest, 10, 64)
 	if err != nil || n < 1 {
 		return 0, false

@@ -162,7 +162,7 @@ func TestNameFitsAndParses(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"", "rr-", "rr-" + fp[:32] + "-", "rr-" + fp[:32] + "-0", "rr-" + fp[:32] + "--1",
-		"rr-" + fp[:32] + "-01", "rr-" + fp[:32] + "-1x", "rr-" + fp[:32] + "-99999999999999999999", "xx-" + fp[:32] + "-1"} {
+		"rr-" + fp[:32] + "-01", "rr-" + fp[:32] + "-1x", "rr-" + fp[:32] + "-99999999999999999999", "xx-" + fp[:32] + "-1", "rr-" + fp[:32] + "-+1"} {
 		if n, ok := rules.Occurrence(fp, bad); ok {
 			t.Errorf("rules.Occurrence(%q) = %d, want not a scheme name", bad, n)
 		}

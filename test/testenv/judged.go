@@ -8,6 +8,7 @@ import (
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -28,14 +29,31 @@ func (e *Env) JudgeOnly(ctx context.Context, sel *metav1.LabelSelector) error {
 	if err := e.Client.Update(ctx, &m); err != nil {
 		return err
 	}
+	// The check: rrguard's validating webhook, or the policy's binding, whichever is installed.
 	var v admissionregistrationv1.ValidatingWebhookConfiguration
-	if err := e.Client.Get(ctx, client.ObjectKey{Name: "rrguard-validating-webhook-configuration"}, &v); err != nil {
+	switch err := e.Client.Get(ctx, client.ObjectKey{Name: "rrguard-validating-webhook-configuration"}, &v); {
+	case err == nil:
+		for i := range v.Webhooks {
+			v.Webhooks[i].NamespaceSelector = sel
+		}
+		if err := e.Client.Update(ctx, &v); err != nil {
+			return err
+		}
+	case !apierrors.IsNotFound(err):
 		return err
 	}
-	for i := range v.Webhooks {
-		v.Webhooks[i].NamespaceSelector = sel
+	var b admissionregistrationv1.ValidatingAdmissionPolicyBinding
+	switch err := e.Client.Get(ctx, client.ObjectKey{Name: e.bindingName()}, &b); {
+	case apierrors.IsNotFound(err):
+		return nil
+	case err != nil:
+		return err
 	}
-	return e.Client.Update(ctx, &v)
+	if b.Spec.MatchResources == nil {
+		b.Spec.MatchResources = &admissionregistrationv1.MatchResources{}
+	}
+	b.Spec.MatchResources.NamespaceSelector = sel
+	return e.Client.Update(ctx, &b)
 }
 
 // WaitJudged waits until a dry-run create in ns is named by rrguard (judged) or left alone (not
@@ -96,17 +114,40 @@ func (e *Env) SetNamerTimeout(ctx context.Context, seconds int32) error {
 	return e.Client.Update(ctx, &m)
 }
 
-// WithoutWebhooks runs fn with rrguard's webhook configurations removed, as before an install.
+// WithoutWebhooks runs fn with rrguard's webhook configurations and policy removed, as before an
+// install.
 func (e *Env) WithoutWebhooks(ctx context.Context, t testing.TB, fn func()) {
 	t.Helper()
+	p, _, err := Policy(e.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var installed admissionregistrationv1.ValidatingAdmissionPolicy
+	switch err := e.Client.Get(ctx, client.ObjectKeyFromObject(p), &installed); {
+	case err == nil:
+		if err := e.RemovePolicy(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if err := e.InstallPolicy(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}()
+	case !apierrors.IsNotFound(err):
+		t.Fatal(err)
+	}
 	w := e.Environment().WebhookInstallOptions
 	for _, m := range w.MutatingWebhooks {
 		if err := e.Client.Delete(ctx, m.DeepCopy()); err != nil {
 			t.Fatal(err)
 		}
 	}
+	var removed []*admissionregistrationv1.ValidatingWebhookConfiguration
 	for _, v := range w.ValidatingWebhooks {
-		if err := e.Client.Delete(ctx, v.DeepCopy()); err != nil {
+		switch err := e.Client.Delete(ctx, v.DeepCopy()); {
+		case err == nil:
+			removed = append(removed, v)
+		case !apierrors.IsNotFound(err):
 			t.Fatal(err)
 		}
 	}
@@ -118,7 +159,7 @@ func (e *Env) WithoutWebhooks(ctx context.Context, t testing.TB, fn func()) {
 				t.Fatal(err)
 			}
 		}
-		for _, v := range w.ValidatingWebhooks {
+		for _, v := range removed {
 			c := v.DeepCopy()
 			c.ResourceVersion = ""
 			if err := e.Client.Create(ctx, c); err != nil {
@@ -127,4 +168,34 @@ func (e *Env) WithoutWebhooks(ctx context.Context, t testing.TB, fn func()) {
 		}
 	}()
 	fn()
+}
+
+// UseCheck makes the check after every mutation rrguard's validating webhook (webhook true) or
+// the policy (false). The Env must have been started with CheckWebhook, so that it knows the
+// validating webhook's configuration.
+func (e *Env) UseCheck(ctx context.Context, webhook bool) error {
+	w := e.Environment().WebhookInstallOptions
+	if len(w.ValidatingWebhooks) == 0 {
+		return fmt.Errorf("testenv: UseCheck needs Options.CheckWebhook")
+	}
+	for _, v := range w.ValidatingWebhooks {
+		c := v.DeepCopy()
+		c.ResourceVersion = ""
+		var err error
+		if webhook {
+			err = e.Client.Create(ctx, c)
+			if apierrors.IsAlreadyExists(err) {
+				err = nil
+			}
+		} else {
+			err = client.IgnoreNotFound(e.Client.Delete(ctx, c))
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if webhook {
+		return e.RemovePolicy(ctx)
+	}
+	return e.InstallPolicy(ctx)
 }

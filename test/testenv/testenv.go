@@ -36,8 +36,12 @@ var ErrNoBinaries = errors.New("kube-apiserver and etcd not found: run `make tes
 
 // Options choose what to install beside the CRD.
 type Options struct {
-	// Webhooks installs config/webhook, pointed at a local address that ServeRRGuard serves.
+	// Webhooks installs config/webhook, pointed at a local address that ServeRRGuard serves, and
+	// the check after every mutation: config/policy (the API server's CEL) by default.
 	Webhooks bool
+	// CheckWebhook installs rrguard's validating webhook (config/components/validating-webhook)
+	// as the check instead of the policy.
+	CheckWebhook bool
 	// ExtraCRDs are more CRD files or folders to install (cert-manager's, say).
 	ExtraCRDs []string
 	// Serving, when set, is the TLS material the webhooks are served with and trusted by; by
@@ -115,8 +119,12 @@ func Start(o Options) (*Env, error) {
 		ErrorIfCRDPathMissing: true,
 	}
 	if o.Webhooks {
+		paths := []string{filepath.Join(root, "config", "webhook")}
+		if o.CheckWebhook {
+			paths = append(paths, filepath.Join(root, "config", "components", "validating-webhook"))
+		}
 		env.WebhookInstallOptions = envtest.WebhookInstallOptions{
-			Paths:            []string{filepath.Join(root, "config", "webhook")},
+			Paths:            paths,
 			LocalServingHost: "127.0.0.1",
 			LocalServingPort: o.WebhookPort,
 		}
@@ -164,6 +172,12 @@ func Start(o Options) (*Env, error) {
 	if err := c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: MarksNamespace}}); err != nil {
 		_ = e.Stop()
 		return nil, err
+	}
+	if o.Webhooks && !o.CheckWebhook {
+		if err := e.InstallPolicy(context.Background()); err != nil {
+			_ = e.Stop()
+			return nil, err
+		}
 	}
 	if o.Webhooks && o.Serving != nil {
 		if err := e.useServing(context.Background(), o.Serving); err != nil {

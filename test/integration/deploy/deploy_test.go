@@ -78,6 +78,33 @@ func monitoringCRDs() (string, error) {
 	return dir, nil
 }
 
+// renderWithCheckWebhook renders config/default with the validating-webhook component uncommented,
+// as the comment in config/default says to do.
+func renderWithCheckWebhook(t *testing.T) []byte {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command("cp", "-r", filepath.Join(env.Root, "config"), dir).CombinedOutput(); err != nil {
+		t.Fatalf("copying config: %v\n%s", err, out)
+	}
+	k := filepath.Join(dir, "config", "default", "kustomization.yaml")
+	b, err := os.ReadFile(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	on := strings.Replace(string(b), "# components:\n#   - ../components/validating-webhook", "components:\n  - ../components/validating-webhook", 1)
+	if on == string(b) {
+		t.Fatal("config/default no longer has the commented validating-webhook component")
+	}
+	if err := os.WriteFile(k, []byte(on), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("kubectl", "kustomize", filepath.Join(dir, "config", "default")).Output()
+	if err != nil {
+		t.Fatalf("kubectl kustomize with the validating-webhook component: %v", err)
+	}
+	return out
+}
+
 func render(t *testing.T, dir string) []byte {
 	t.Helper()
 	out, err := exec.Command("kubectl", "kustomize", filepath.Join(env.Root, dir)).Output()
@@ -114,12 +141,16 @@ func TestDefaultAppliesServerSide(t *testing.T) {
 	if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kubernaut-system"}}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
 	}
-	rendered := render(t, "config/default")
-	cmd := exec.CommandContext(ctx, "kubectl", "--kubeconfig", kubeconfig, "apply", "--server-side", "--field-manager=rrguard-install", "-f", "-")
-	cmd.Stdin = bytes.NewReader(rendered)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("server-side apply of config/default: %v\n%s", err, out)
+	// Both installs: with the validating webhook (applied first, then replaced by the default's
+	// objects, which the checks below look up).
+	for _, rendered := range [][]byte{renderWithCheckWebhook(t), render(t, "config/default")} {
+		cmd := exec.CommandContext(ctx, "kubectl", "--kubeconfig", kubeconfig, "apply", "--server-side", "--field-manager=rrguard-install", "-f", "-")
+		cmd.Stdin = bytes.NewReader(rendered)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("server-side apply: %v\n%s", err, out)
+		}
 	}
+	rendered := render(t, "config/default")
 	objs := objects(t, rendered)
 	if len(objs) < 15 {
 		t.Fatalf("config/default rendered only %d objects", len(objs))
@@ -134,7 +165,7 @@ func TestDefaultAppliesServerSide(t *testing.T) {
 		kinds[o.GetKind()] = true
 	}
 	for _, k := range []string{"Deployment", "PodDisruptionBudget", "Service", "ServiceAccount", "Role", "RoleBinding",
-		"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "Issuer", "Certificate", "ServiceMonitor",
+		"MutatingWebhookConfiguration", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "Issuer", "Certificate", "ServiceMonitor",
 		"PrometheusRule", "NetworkPolicy"} {
 		if !kinds[k] {
 			t.Errorf("config/default has no %s", k)
@@ -167,7 +198,28 @@ func TestDefaultProductionSettings(t *testing.T) {
 	var mut admissionregistrationv1.MutatingWebhookConfiguration
 	var val admissionregistrationv1.ValidatingWebhookConfiguration
 	decodeAs(t, objs, "MutatingWebhookConfiguration", "mutating-webhook-configuration", &mut)
-	decodeAs(t, objs, "ValidatingWebhookConfiguration", "validating-webhook-configuration", &val)
+	// The check: the CEL policy by default, bound with Deny, failing closed; the validating
+	// webhook only with the component, which then replaces the policy.
+	var policy admissionregistrationv1.ValidatingAdmissionPolicy
+	var policyBinding admissionregistrationv1.ValidatingAdmissionPolicyBinding
+	decodeAs(t, objs, "ValidatingAdmissionPolicy", "name-check", &policy)
+	decodeAs(t, objs, "ValidatingAdmissionPolicyBinding", "name-check", &policyBinding)
+	if policyBinding.Spec.PolicyName != policy.Name || !slices.Equal(policyBinding.Spec.ValidationActions, []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny}) ||
+		policy.Spec.FailurePolicy == nil || *policy.Spec.FailurePolicy != admissionregistrationv1.Fail {
+		t.Errorf("policy %s (failurePolicy %v) bound by %+v", policy.Name, policy.Spec.FailurePolicy, policyBinding.Spec)
+	}
+	for _, o := range objs {
+		if o.GetKind() == "ValidatingWebhookConfiguration" {
+			t.Errorf("config/default has a ValidatingWebhookConfiguration %s beside the policy", o.GetName())
+		}
+	}
+	withWebhook := objects(t, renderWithCheckWebhook(t))
+	decodeAs(t, withWebhook, "ValidatingWebhookConfiguration", "validating-webhook-configuration", &val)
+	for _, o := range withWebhook {
+		if k := o.GetKind(); k == "ValidatingAdmissionPolicy" || k == "ValidatingAdmissionPolicyBinding" {
+			t.Errorf("with the validating-webhook component, %s %s is still there", k, o.GetName())
+		}
+	}
 	var svc corev1.Service
 	decodeAs(t, objs, "Service", "webhook-service", &svc)
 	check := func(name string, annotations map[string]string, failure *admissionregistrationv1.FailurePolicyType,

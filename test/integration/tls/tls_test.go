@@ -50,7 +50,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	os.Exit(testenv.Main(m, testenv.Options{
-		Webhooks: true, ExtraCRDs: []string{crds}, AddToScheme: []func(*runtime.Scheme) error{cmapi.AddToScheme},
+		// With rrguard's validating webhook: cert-manager injects its CA into both configurations.
+		Webhooks: true, CheckWebhook: true, ExtraCRDs: []string{crds}, AddToScheme: []func(*runtime.Scheme) error{cmapi.AddToScheme},
 	}, &env))
 }
 

@@ -32,7 +32,8 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(testenv.Main(m, testenv.Options{Webhooks: true}, &env))
+	// Started with rrguard's validating webhook known, so that the suite can run with either check.
+	os.Exit(testenv.Main(m, testenv.Options{Webhooks: true, CheckWebhook: true}, &env))
 }
 
 // suite is every test of rrguard's behaviour through the API server; TestWebhook runs it once
@@ -63,9 +64,18 @@ func TestWebhook(t *testing.T) {
 	for _, mode := range []struct {
 		name               string
 		consistentListOnly bool
-	}{{"index", false}, {"consistent-list", true}} {
+		checkWebhook       bool
+	}{{"index", false, false}, {"consistent-list", true, false}, {"index-check-webhook", false, true}} {
 		t.Run(mode.name, func(t *testing.T) {
 			useMode(t, mode.consistentListOnly)
+			if err := env.UseCheck(context.Background(), mode.checkWebhook); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if err := env.UseCheck(context.Background(), false); err != nil {
+					t.Error(err)
+				}
+			})
 			for _, tc := range suite {
 				t.Run(tc.name, tc.fn)
 			}

@@ -132,8 +132,9 @@ func (s *signal) land(ctx context.Context, tmpl *v1alpha1.RemediationRequest) er
 		err := s.c.Create(ctx, attempt)
 		switch {
 		case err == nil:
+			// The new RR holds its first signal with no write (see Signals).
 			s.res.Name, s.res.New = attempt.Name, true
-			return s.recordFirst(ctx, attempt)
+			return nil
 		case apierrors.IsAlreadyExists(err):
 			name := detailsName(err)
 			if name == "" {
@@ -149,9 +150,10 @@ func (s *signal) land(ctx context.Context, tmpl *v1alpha1.RemediationRequest) er
 			case err != nil:
 				return err
 			case held.Annotations[SignalIDAnnotation] == s.id:
-				// An earlier try was stored and its answer lost: this signal created it.
+				// An earlier try was stored and its answer lost: this signal created it, and the
+				// RR holds it already.
 				s.res.Name, s.res.New = name, true
-				return s.recordFirst(ctx, held)
+				return nil
 			case !rules.InFlight(held, time.Now()):
 				if err := s.budget.spend(ctx, fmt.Errorf("the RR %s named by the 409 is no longer in flight (phase %s)", name, held.Status.OverallPhase)); err != nil {
 					return err
@@ -174,46 +176,40 @@ func (s *signal) land(ctx context.Context, tmpl *v1alpha1.RemediationRequest) er
 	}
 }
 
-// countFirst sets firstSeenAt and occurrenceCount 1 on a new RR, unless a repeat got there first
-// (a repeat counts the first signal too, see countRepeat), so counts add up in any order.
-func countFirst(d *v1alpha1.DeduplicationStatus, now metav1.Time) bool {
-	if d.OccurrenceCount > 0 {
-		return false
+// Signals is how many signals an RR holds: its status.deduplication.occurrenceCount, or 1 while it
+// has none. A new RR holds the signal that created it without a status write (Kubernaut's
+// Gateway writes none either), so a new remediation costs one request; the first repeat writes
+// the count 2.
+func Signals(rr *v1alpha1.RemediationRequest) int32 {
+	if d := rr.Status.Deduplication; d != nil && d.OccurrenceCount > 0 {
+		return d.OccurrenceCount
 	}
-	d.FirstSeenAt, d.LastSeenAt, d.OccurrenceCount = &now, &now, 1
-	return true
+	return 1
 }
 
-// countRepeat adds one occurrence. A count still 0 means the creator's own first write has not
-// landed yet: the first signal counts as 1 here, and countFirst then leaves the count alone.
-func countRepeat(d *v1alpha1.DeduplicationStatus, now metav1.Time) bool {
+// countRepeat adds one occurrence to the count Signals reads: a count still 0 is the creating
+// signal's 1, seen since the RR was created.
+func countRepeat(d *v1alpha1.DeduplicationStatus, created, now metav1.Time) {
 	if d.OccurrenceCount == 0 {
-		d.FirstSeenAt, d.OccurrenceCount = &now, 1
+		d.FirstSeenAt, d.OccurrenceCount = &created, 1
 	}
 	d.OccurrenceCount++
 	d.LastSeenAt = &now
-	return true
-}
-
-// recordFirst counts the signal on the RR it created (cur is its latest known state).
-func (s *signal) recordFirst(ctx context.Context, cur *v1alpha1.RemediationRequest) error {
-	_, err := s.write(ctx, cur, countFirst, false)
-	return err
 }
 
 // recordRepeat writes a repeat on the RR in flight. recorded is false when the RR finished or
 // went away before a write that surely did not apply: the signal then belongs to a new RR.
 func (s *signal) recordRepeat(ctx context.Context, cur *v1alpha1.RemediationRequest) (recorded bool, err error) {
-	return s.write(ctx, cur, countRepeat, true)
+	return s.write(ctx, cur)
 }
 
-// write applies change to status.deduplication with a merge patch guarded by resourceVersion:
+// write counts a repeat in status.deduplication with a merge patch guarded by resourceVersion:
 // status fields it does not model survive, and concurrent writers conflict instead of
-// overwriting each other. A conflict re-reads and tries again, within the budget. A transient
+// overwriting each other. A conflict re-reads and tries again, within the budget; if the RR has
+// finished or gone meanwhile (and no write may have applied), recorded is false. A transient
 // failure of the write itself may have applied, so it marks the result ambiguous, and from then
 // on the signal stays on this RR (moving it would count it twice).
-func (s *signal) write(ctx context.Context, cur *v1alpha1.RemediationRequest, change func(*v1alpha1.DeduplicationStatus, metav1.Time) bool,
-	mustBeInFlight bool) (bool, error) {
+func (s *signal) write(ctx context.Context, cur *v1alpha1.RemediationRequest) (bool, error) {
 	mayHaveApplied := false
 	for {
 		next := cur.DeepCopy()
@@ -222,9 +218,7 @@ func (s *signal) write(ctx context.Context, cur *v1alpha1.RemediationRequest, ch
 		if d == nil {
 			d = &v1alpha1.DeduplicationStatus{}
 		}
-		if !change(d, metav1.Now()) {
-			return true, nil
-		}
+		countRepeat(d, cur.CreationTimestamp, metav1.Now())
 		next.Status.Deduplication = d
 		s.res.Requests++
 		err := s.c.Status().Patch(ctx, next, patch)
@@ -242,11 +236,11 @@ func (s *signal) write(ctx context.Context, cur *v1alpha1.RemediationRequest, ch
 		}
 		cur, err = s.get(ctx, cur.Name)
 		switch {
-		case apierrors.IsNotFound(err) && mustBeInFlight && !mayHaveApplied:
+		case apierrors.IsNotFound(err) && !mayHaveApplied:
 			return false, nil
 		case err != nil:
 			return false, fmt.Errorf("recording on %s: %w", next.Name, err)
-		case mustBeInFlight && !mayHaveApplied && !rules.InFlight(cur, time.Now()):
+		case !mayHaveApplied && !rules.InFlight(cur, time.Now()):
 			return false, nil
 		}
 	}

@@ -65,10 +65,7 @@ func get(ctx context.Context, t *testing.T, ns, name string) *v1alpha1.Remediati
 
 func count(ctx context.Context, t *testing.T, ns, name string) int32 {
 	t.Helper()
-	if d := get(ctx, t, ns, name).Status.Deduplication; d != nil {
-		return d.OccurrenceCount
-	}
-	return 0
+	return creator.Signals(get(ctx, t, ns, name))
 }
 
 func complete(ctx context.Context, c client.Client, ns, name string) error {
@@ -94,8 +91,12 @@ func TestNewSignalThenRepeat(t *testing.T) {
 	tmpl := testenv.NewRR(ns, fp)
 	want := tmpl.DeepCopy()
 	res := mustLand(ctx, t, env.Client, tmpl)
-	if !res.New || res.Name != rules.Name(fp, 1) || res.Attempts != 1 || res.Requests != 2 || res.Retries != 0 {
+	// One request: the new RR holds its signal without a status write.
+	if !res.New || res.Name != rules.Name(fp, 1) || res.Attempts != 1 || res.Requests != 1 || res.Retries != 0 {
 		t.Fatalf("new signal: %+v", res)
+	}
+	if rr := get(ctx, t, ns, res.Name); rr.Status.Deduplication != nil || creator.Signals(rr) != 1 {
+		t.Fatalf("new RR: deduplication %+v, signals %d", rr.Status.Deduplication, creator.Signals(rr))
 	}
 	// The caller's object is a template: untouched, so reusing it sends a new signal, not the
 	// first one's ID (which would be taken for "mine" and not counted).
@@ -106,8 +107,9 @@ func TestNewSignalThenRepeat(t *testing.T) {
 	if res.New || res.Name != rules.Name(fp, 1) {
 		t.Fatalf("repeat: %+v", res)
 	}
-	if n := count(ctx, t, ns, res.Name); n != 2 {
-		t.Fatalf("occurrenceCount %d after two signals, want 2", n)
+	rr := get(ctx, t, ns, res.Name)
+	if d := rr.Status.Deduplication; d == nil || d.OccurrenceCount != 2 || d.FirstSeenAt == nil || !d.FirstSeenAt.Equal(&rr.CreationTimestamp) {
+		t.Fatalf("after two signals: %+v, want occurrenceCount 2 first seen at creation %v", d, rr.CreationTimestamp)
 	}
 }
 

@@ -155,11 +155,11 @@ type Consistency struct {
 	RRs              int
 	InFlightMax      int            // the most RRs of one fingerprint in flight at once
 	Duplicates       int            // RRs beyond one in flight per fingerprint
-	Counted          int            // sum of occurrenceCount
-	CountPerFP       map[string]int // occurrenceCount summed per fingerprint
+	Counted          int            // signals held, summed over RRs (creator.Signals)
+	CountPerFP       map[string]int // signals held per fingerprint
 	RRsPerFP         map[string]int
 	MissingFP        []string // fingerprints sent that hold no RR
-	NotDeduplicating int      // RRs with no status.deduplication
+	NotDeduplicating int      // RRs with no status.deduplication (each holds its creating signal)
 }
 
 // Check reads the namespace consistently and accounts for the storm's signals.
@@ -178,10 +178,9 @@ func Check(ctx context.Context, c client.Client, ns string, sent map[string]int)
 		if rules.InFlight(rr, now) {
 			inflight[fp]++
 		}
-		if d := rr.Status.Deduplication; d != nil {
-			k.CountPerFP[fp] += int(d.OccurrenceCount)
-			k.Counted += int(d.OccurrenceCount)
-		} else {
+		k.CountPerFP[fp] += int(creator.Signals(rr))
+		k.Counted += int(creator.Signals(rr))
+		if rr.Status.Deduplication == nil {
 			k.NotDeduplicating++
 		}
 	}
@@ -206,6 +205,6 @@ func (s Summary) String() string {
 
 // String is the consistency check a person reads.
 func (k Consistency) String() string {
-	return fmt.Sprintf("RRs %d, most in flight for one fingerprint %d, duplicates %d, occurrenceCount total %d, fingerprints without RR %d, RRs without count %d",
+	return fmt.Sprintf("RRs %d, most in flight for one fingerprint %d, duplicates %d, signals held %d, fingerprints without RR %d, RRs without count %d",
 		k.RRs, k.InFlightMax, k.Duplicates, k.Counted, len(k.MissingFP), k.NotDeduplicating)
 }

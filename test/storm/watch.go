@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/creator"
 	"github.com/rrguard/rrguard/rules"
 	"github.com/rrguard/rrguard/test/testenv"
 )
@@ -40,7 +41,7 @@ type InFlightWatch struct {
 	// second UID (issued twice).
 	uids     map[string]types.UID
 	reissued []string
-	counts   map[types.UID]int32 // last occurrenceCount seen per RR, deleted ones included
+	counts   map[types.UID]int32 // signals last seen held per RR (creator.Signals), deleted ones included
 	fpOf     map[types.UID]string
 }
 
@@ -129,11 +130,7 @@ func (iw *InFlightWatch) record(rr *v1alpha1.RemediationRequest) {
 		iw.reissued = append(iw.reissued, rr.Name)
 	}
 	iw.fpOf[rr.UID] = rr.Spec.SignalFingerprint
-	if d := rr.Status.Deduplication; d != nil {
-		iw.counts[rr.UID] = d.OccurrenceCount
-	} else if _, ok := iw.counts[rr.UID]; !ok {
-		iw.counts[rr.UID] = 0
-	}
+	iw.counts[rr.UID] = creator.Signals(rr)
 }
 
 // Lifetimes is what the watch saw over every RR that ever existed, deleted ones included.

@@ -81,12 +81,8 @@ func storm(ctx context.Context, t *testing.T, ns string, round int, send func(i 
 	}
 	sum.rrs += len(list.Items)
 	sum.maxRRsPerRound = max(sum.maxRRsPerRound, len(list.Items))
-	for _, rr := range list.Items {
-		if d := rr.Status.Deduplication; d != nil {
-			sum.counted += int(d.OccurrenceCount)
-		} else {
-			sum.counted++ // created, no repeat recorded yet: it holds its first signal
-		}
+	for i := range list.Items {
+		sum.counted += int(creator.Signals(&list.Items[i]))
 	}
 	for _, name := range reported {
 		var rr v1alpha1.RemediationRequest

@@ -67,8 +67,12 @@ demo: testbin ## `make run`, then the GW-DEDUP-002 storm (5, then 100 simultaneo
 	bin/rrguard-local --demo
 
 .PHONY: bench
-bench: testbin ## Benchmarks on a real control plane; writes bin/bench/results.json and docs/benchmarks.md.
+bench: testbin ## Benchmarks against a no-webhook baseline (about 40 min); writes bin/bench/results.json and docs/benchmarks.md.
 	go run ./test/bench $(BENCH_FLAGS)
+
+.PHONY: bench-quick
+bench-quick: testbin ## The short benchmark (under 5 minutes): one size, shorter rows; writes docs/benchmarks.md too.
+	go run ./test/bench -quick $(BENCH_FLAGS)
 
 .PHONY: bench-marks
 bench-marks: testbin ## Names for life at scale: creates with 100k high-water marks against none, interleaved; marks' bytes and objects.

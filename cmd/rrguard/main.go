@@ -38,6 +38,7 @@ func run(args []string) int {
 	fs.StringVar(&o.CertDir, "cert-dir", "/tmp/k8s-webhook-server/serving-certs", "folder holding tls.crt and tls.key; reloaded on change")
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080", `Prometheus metrics address ("0" disables)`)
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081", `/healthz and /readyz address ("0" disables)`)
+	fs.StringVar(&o.PprofAddr, "pprof-bind-address", "0", `/debug/pprof address ("0" disables; for profiling only)`)
 	fs.DurationVar(&o.ShutdownDelay, "shutdown-delay", 10*time.Second, "time to keep serving, unready, after SIGTERM, so the API server stops sending first")
 	fs.BoolVar(&o.ConsistentListOnly, "consistent-list-only", false, "decide every create from a consistent List and the mark (2 reads), never from the RR index")
 	rrNamespaces := fs.String("rr-namespaces", os.Getenv("RR_NAMESPACES"), "comma-separated namespaces whose RRs rrguard judges and watches; creates elsewhere are refused (default $RR_NAMESPACES; empty: all)")

@@ -1,7 +1,17 @@
-// Command bench is `make bench`: RR creates on a real control plane, with no webhook (baseline),
-// through rrguard, with Kubernaut's Lease lock emulated, and with a bare list-then-create, at
-// several namespace sizes, creator counts and fingerprint spreads, interleaved in one process so
-// that machine drift falls on every row alike. Ratios to the baseline are the headline.
+// Command bench is `make bench` (and `make bench-quick`): RR creates on a real control plane, in
+// interleaved rounds, with rrguard and a bare webhook each in a process of their own so that the
+// CPU each process spends per signal can be read from /proc:
+//
+//   - baseline: a plain create, no webhook;
+//   - bare: a plain create through the cheapest webhook that names an RR (test/bench/bare), the
+//     limit for any webhook on this machine;
+//   - rrguard: creator.CreateOrRecord through rrguard (the built cmd/rrguard, production timings);
+//   - lease-lock: Kubernaut's Gateway today (test/gateway).
+//
+// Throughput rows (new fingerprints, 32 creators) at 0, 10k and 50k existing RRs; latency rows at
+// 1 creator; storm rows (one fingerprint, 64 senders) for rrguard and the Lease lock; memory rows
+// (rrguard's live heap, RSS and start-up with 0, 50k and 100k RRs of Kubernaut's size). Ratios
+// are paired per round, reported as median and range.
 package main
 
 import (
@@ -11,57 +21,56 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap/zapcore"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
-	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/test/testenv"
 )
 
-const (
-	benchLabel = "rrguard-bench"
-	cellLabel  = "rrguard-bench-cell"
-)
+// benchLabel on a namespace puts one webhook in its path (see mode.label).
+const benchLabel = "rrguard-bench"
 
-type result struct {
-	Size        int     `json:"size"`
-	Creators    int     `json:"creators"`
-	Spread      string  `json:"spread"`
-	Mode        string  `json:"mode"`
-	Signals     int     `json:"signals"`
-	PerSecond   float64 `json:"createsPerSecond"`
-	Ratio       float64 `json:"ratioToBaseline"`
-	P50, P99    float64 // milliseconds
-	Max         float64
-	APIPerSig   float64 `json:"apiRequestsPerSignal"`
-	Stored      int     `json:"stored"`
-	Duplicates  int     `json:"duplicates"`
-	Errors      int     `json:"errors"`
-	FirstError  string  `json:"firstError,omitempty"`
-	Fingerprint int     `json:"fingerprints"`
+type config struct {
+	quick                       bool
+	rounds, creators, signals   int
+	rowTime                     time.Duration
+	sizes, memSizes             []int
+	latencySignals, stormSignal int
+	out, doc                    string
+	binDir                      string // bin/bench of the checkout when empty
 }
 
 func main() {
-	sizes := flag.String("sizes", "0,10000,50000", "RRs already in the namespace")
-	creators := flag.String("creators", "1,32,128", "concurrent creators")
-	perCell := flag.Int("signals", 0, "signals per row (default max(128, 4 x creators))")
-	out := flag.String("out", "bin/bench/results.json", "where to write all rows as JSON")
-	doc := flag.String("doc", "docs/benchmarks.md", "Markdown file whose results section is replaced (empty: none)")
+	var c config
+	quick := flag.Bool("quick", false, "the short run: one size, shorter rows, memory at 0 and 10k (under 5 minutes)")
+	flag.IntVar(&c.rounds, "rounds", 3, "interleaved rounds")
+	flag.IntVar(&c.creators, "creators", 32, "concurrent creators in throughput rows")
+	flag.IntVar(&c.signals, "signals", 3000, "signals per throughput row (a row also ends after -row-time)")
+	flag.DurationVar(&c.rowTime, "row-time", 30*time.Second, "longest a row runs")
+	sizes := flag.String("sizes", "0,10000,50000", "RRs already in the namespace, per throughput size")
+	memSizes := flag.String("memory", "0,50000,100000", "RRs rrguard watches in the memory rows")
+	flag.IntVar(&c.latencySignals, "latency-signals", 1000, "signals per 1-creator latency row")
+	flag.IntVar(&c.stormSignal, "storm-signals", 2000, "signals per storm row (one fingerprint, 64 senders)")
+	flag.StringVar(&c.out, "out", "bin/bench/results.json", "where to write every row as JSON")
+	flag.StringVar(&c.doc, "doc", "docs/benchmarks.md", "Markdown file whose results section is replaced (empty: none)")
 	flag.Parse()
+	c.quick = *quick
+	c.sizes, c.memSizes = parseInts(*sizes), parseInts(*memSizes)
+	if c.quick {
+		c.sizes, c.memSizes = []int{0}, []int{0, 10000}
+		c.signals, c.rowTime, c.latencySignals, c.stormSignal = 1500, 10*time.Second, 300, 500
+	}
 	ctrl.SetLogger(zap.New(zap.Level(zapcore.ErrorLevel)))
-	if err := run(parseInts(*sizes), parseInts(*creators), *perCell, *out, *doc); err != nil {
+	if err := run(c); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -80,243 +89,270 @@ func parseInts(s string) []int {
 	return out
 }
 
-func run(sizes, creators []int, perCell int, out, doc string) error {
-	start := time.Now()
-	env, err := testenv.Start(testenv.Options{Webhooks: true})
+// bench is one run: the control plane, the two webhook processes, and the load generator's client.
+type bench struct {
+	cfg       config
+	env       *testenv.Env
+	c         client.Client
+	requests  testenv.Requests
+	api, etcd int
+	rrguard   *server
+	bare      *server
+	rrguardFn func(namespaces string) (*server, error)
+	rows      []row
+	memory    []memRow
+}
+
+func run(cfg config) error {
+	began := time.Now()
+	b, err := runBench(cfg)
 	if err != nil {
 		return err
 	}
-	defer env.Stop()
-	ctx := context.Background()
-
-	// rrguard judges only namespaces labelled for it, so that every mode runs against one
-	// control plane, in one process, side by side.
-	if err := env.JudgeOnly(ctx, &metav1.LabelSelector{MatchLabels: map[string]string{benchLabel: "rrguard"}}); err != nil {
+	elapsed := time.Since(began)
+	if err := os.MkdirAll(filepath.Dir(cfg.out), 0o755); err != nil {
 		return err
 	}
-	var requests testenv.Requests
-	if _, err := env.ServeRRGuardWith(ctx, testenv.Counting(env.Config, &requests)); err != nil {
+	j, _ := json.MarshalIndent(map[string]any{"rows": b.rows, "memory": b.memory}, "", "  ")
+	if err := os.WriteFile(cfg.out, j, 0o644); err != nil {
 		return err
 	}
-	c, err := client.New(testenv.Counting(env.Config, &requests), client.Options{Scheme: env.Client.Scheme()})
-	if err != nil {
-		return err
-	}
-
-	var results []result
-	cell := 0
-	for _, size := range sizes {
-		plain, guarded, err := namespaces(ctx, env, size)
-		if err != nil {
-			return err
-		}
-		for _, cr := range creators {
-			for _, spread := range []string{"spread", "concentrated"} {
-				n := perCell
-				if n == 0 {
-					n = max(128, 4*cr)
-				}
-				if size == 0 {
-					// Fresh namespaces per row: "0 existing" must stay near 0.
-					if plain, guarded, err = namespaces(ctx, env, 0); err != nil {
-						return err
-					}
-				}
-				// Rotate the order of modes from row to row: drift cannot favour one mode.
-				order := slices.Clone(modes)
-				for i := range cell % len(order) {
-					_ = i
-					order = append(order[1:], order[0])
-				}
-				row := map[string]result{}
-				for _, m := range order {
-					ns := plain
-					if m.webhook {
-						ns = guarded
-					}
-					cell++
-					r, err := runCell(ctx, c, &requests, m, ns, size, cr, spread, n, cell)
-					if err != nil {
-						return err
-					}
-					row[m.name] = r
-					fmt.Printf("size=%-6d creators=%-4d %-12s %-12s %7.0f/s p50=%6.1fms p99=%7.1fms api/sig=%5.2f stored=%-5d dup=%-4d err=%d\n",
-						size, cr, spread, m.name, r.PerSecond, r.P50, r.P99, r.APIPerSig, r.Stored, r.Duplicates, r.Errors)
-				}
-				for _, m := range modes {
-					r := row[m.name]
-					r.Ratio = r.PerSecond / row["baseline"].PerSecond
-					results = append(results, r)
-				}
-			}
-		}
-	}
-	elapsed := time.Since(start)
-	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-		return err
-	}
-	b, _ := json.MarshalIndent(results, "", "  ")
-	if err := os.WriteFile(out, b, 0o644); err != nil {
-		return err
-	}
-	table := markdown(results, elapsed)
+	report := b.markdown(elapsed)
 	fmt.Println()
-	fmt.Print(table)
-	if doc != "" {
-		return replaceSection(doc, table)
+	fmt.Print(report)
+	if cfg.doc != "" {
+		return replaceSection(cfg.doc, report)
 	}
 	return nil
 }
 
-// namespaces makes two namespaces holding size RRs each: one plain, one judged by rrguard.
-func namespaces(ctx context.Context, env *testenv.Env, size int) (plain, guarded string, err error) {
-	c := env.Client
-	for i, label := range []string{"plain", "rrguard"} {
-		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: fmt.Sprintf("bench-%d-%s-", size, label)}}
-		if err := c.Create(ctx, ns); err != nil {
-			return "", "", err
-		}
-		if size > 0 {
-			fmt.Printf("creating %d RRs in %s ...\n", size, ns.Name)
-			if err := fill(ctx, c, ns.Name, size); err != nil {
-				return "", "", err
-			}
-		}
-		if i == 0 {
-			plain = ns.Name
-			continue
-		}
-		ns.Labels = map[string]string{benchLabel: "rrguard"}
-		if err := c.Update(ctx, ns); err != nil {
-			return "", "", err
-		}
-		guarded = ns.Name
+// runBench runs every row and returns what they measured.
+func runBench(cfg config) (*bench, error) {
+	ctx := context.Background()
+	root, err := testenv.Root()
+	if err != nil {
+		return nil, err
 	}
-	if err := env.WaitJudged(ctx, guarded, true); err != nil {
-		return "", "", err
+	binDir := cfg.binDir
+	if binDir == "" {
+		binDir = filepath.Join(root, "bin", "bench")
 	}
-	return plain, guarded, env.WaitJudged(ctx, plain, false)
+	if err := os.MkdirAll(binDir, 0o755); err != nil {
+		return nil, err
+	}
+	rrguardBin, err := build(root, binDir, "./cmd/rrguard", "rrguard")
+	if err != nil {
+		return nil, err
+	}
+	bareBin, err := build(root, binDir, "./test/bench/bare", "bare")
+	if err != nil {
+		return nil, err
+	}
+	env, err := testenv.Start(testenv.Options{Webhooks: true})
+	if err != nil {
+		return nil, err
+	}
+	defer env.Stop()
+	b := &bench{cfg: cfg, env: env}
+	if b.api, err = childPID("kube-apiserver"); err != nil {
+		return nil, err
+	}
+	if b.etcd, err = childPID("etcd"); err != nil {
+		return nil, err
+	}
+	if b.c, err = client.New(testenv.Counting(env.Config, &b.requests), client.Options{Scheme: env.Client.Scheme()}); err != nil {
+		return nil, err
+	}
+	kubeconfig := filepath.Join(binDir, "kubeconfig")
+	if err := env.WriteKubeconfig(kubeconfig); err != nil {
+		return nil, err
+	}
+	w := env.Environment().WebhookInstallOptions
+
+	// rrguard, as deployed: its own process, production timings, watching the namespaces given.
+	b.rrguardFn = func(namespaces string) (*server, error) {
+		probe, err := freeAddr()
+		if err != nil {
+			return nil, err
+		}
+		pprof, err := freeAddr()
+		if err != nil {
+			return nil, err
+		}
+		return start(ctx, "rrguard", rrguardBin, []string{"KUBECONFIG=" + kubeconfig, "POD_NAMESPACE=" + testenv.MarksNamespace},
+			httpReady("http://"+probe+"/readyz"), pprof,
+			"--webhook-host=127.0.0.1", "--webhook-port="+strconv.Itoa(w.LocalServingPort), "--cert-dir="+w.LocalServingCertDir,
+			"--metrics-bind-address=0", "--health-probe-bind-address="+probe, "--pprof-bind-address="+pprof,
+			"--shutdown-delay=0s", "--rr-namespaces="+namespaces,
+			// The load generator sends hundreds of creates a second; the default client limit
+			// (200 QPS) is for a replica among three in a cluster.
+			"--kube-api-qps=5000", "--kube-api-burst=10000")
+	}
+	bareAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	_, barePort, _ := strings.Cut(bareAddr, ":")
+	if b.bare, err = start(ctx, "bare", bareBin, nil, tlsReady(bareAddr), "",
+		"--port="+barePort, "--cert-dir="+w.LocalServingCertDir); err != nil {
+		return nil, err
+	}
+	defer b.bare.stop()
+	if err := b.routeWebhooks(ctx, bareAddr); err != nil {
+		return nil, err
+	}
+
+	for _, size := range cfg.sizes {
+		if err := b.throughput(ctx, size); err != nil {
+			return nil, err
+		}
+	}
+	if err := b.latencyAndStorm(ctx); err != nil {
+		return nil, err
+	}
+	if err := b.memoryRows(ctx); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
-// fill creates n RRs of distinct fingerprints, before rrguard judges the namespace.
-func fill(ctx context.Context, c client.Client, ns string, n int) error {
-	work := make(chan int)
-	errs := make(chan error, 1)
-	var wg sync.WaitGroup
-	for range 64 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range work {
-				if err := c.Create(ctx, testenv.NewRR(ns, testenv.Fingerprint(ns+"/fill/"+strconv.Itoa(i)))); err != nil {
-					select {
-					case errs <- err:
-					default:
-					}
-				}
-			}
-		}()
+// routeWebhooks puts rrguard in the path of namespaces labelled rrguard, the bare webhook in
+// that of namespaces labelled bare, and the naming policy over both.
+func (b *bench) routeWebhooks(ctx context.Context, bareAddr string) error {
+	only := func(v ...string) *metav1.LabelSelector {
+		return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: benchLabel, Operator: metav1.LabelSelectorOpIn, Values: v}}}
 	}
-	for i := range n {
-		work <- i
-	}
-	close(work)
-	wg.Wait()
-	select {
-	case err := <-errs:
+	if err := b.env.JudgeOnly(ctx, only("rrguard", "bare")); err != nil {
 		return err
-	default:
-		return nil
 	}
+	var m admissionregistrationv1.MutatingWebhookConfiguration
+	if err := b.env.Client.Get(ctx, client.ObjectKey{Name: "rrguard-mutating-webhook-configuration"}, &m); err != nil {
+		return err
+	}
+	bareCfg := &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "bench-bare"}}
+	for _, wh := range m.Webhooks {
+		wh.Name = "bare.bench.kubernaut.ai"
+		u := "https://" + bareAddr + "/mutate-remediationrequest"
+		wh.ClientConfig.URL = &u
+		wh.NamespaceSelector = only("bare")
+		bareCfg.Webhooks = append(bareCfg.Webhooks, wh)
+	}
+	for i := range m.Webhooks {
+		m.Webhooks[i].NamespaceSelector = only("rrguard")
+	}
+	if err := b.env.Client.Update(ctx, &m); err != nil {
+		return err
+	}
+	return b.env.Client.Create(ctx, bareCfg)
 }
 
-func runCell(ctx context.Context, c client.Client, requests *testenv.Requests, m mode, ns string, size, creators int, spread string, n, cell int) (result, error) {
-	fps := n
-	if spread == "concentrated" {
-		fps = 4
+// namespace creates a namespace holding size RRs (created before any webhook judges it, with
+// Kubernaut's own naming), then labels it for mode m.
+func (b *bench) namespace(ctx context.Context, prefix string, size int, m mode, kubernautSize bool) (string, error) {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-"}}
+	if err := b.env.Client.Create(ctx, ns); err != nil {
+		return "", err
 	}
-	fingerprints := make([]string, fps)
-	for i := range fingerprints {
-		fingerprints[i] = testenv.Fingerprint(fmt.Sprintf("%s/cell-%d/%d", ns, cell, i))
+	if size > 0 {
+		fmt.Printf("creating %d RRs in %s ...\n", size, ns.Name)
+		if err := fill(ctx, b.env.Client, ns.Name, 0, size, kubernautSize); err != nil {
+			return "", err
+		}
 	}
-	cellID := strconv.Itoa(cell)
-	labelled := labelledClient{Client: c, labels: map[string]string{cellLabel: cellID}}
+	if m.label != "" {
+		ns.Labels = map[string]string{benchLabel: m.label}
+		if err := b.env.Client.Update(ctx, ns); err != nil {
+			return "", err
+		}
+	}
+	return ns.Name, nil
+}
 
-	work := make(chan int, n)
-	for i := range n {
-		work <- i
+// throughput runs the 32-creator rows at one namespace size: every mode once per round, the order
+// rotating from round to round. baseline and lease-lock share a namespace of that size, rrguard
+// has its own (its index holds them), bare gets an empty one (it reads nothing).
+func (b *bench) throughput(ctx context.Context, size int) error {
+	plain, err := b.namespace(ctx, fmt.Sprintf("bench-%d-plain", size), size, baseline, false)
+	if err != nil {
+		return err
 	}
-	close(work)
-	latencies := make([]time.Duration, n)
-	var stored, errCount atomic.Int64
-	var firstErr atomic.Value
-	runtime.GC()
-	before := requests.All.Load()
-	begin := time.Now()
-	var wg sync.WaitGroup
-	for w := range creators {
-		wg.Add(1)
-		pod := fmt.Sprintf("gateway-%d", w)
-		go func() {
-			defer wg.Done()
-			for i := range work {
-				t := time.Now()
-				created, err := m.signal(ctx, labelled, ns, fingerprints[i%fps], pod)
-				latencies[i] = time.Since(t)
-				if err != nil {
-					errCount.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-				}
-				if created {
-					stored.Add(1)
-				}
+	guarded, err := b.namespace(ctx, fmt.Sprintf("bench-%d-rrguard", size), size, rrguard, false)
+	if err != nil {
+		return err
+	}
+	bareNS, err := b.namespace(ctx, fmt.Sprintf("bench-%d-bare", size), 0, bare, false)
+	if err != nil {
+		return err
+	}
+	if b.rrguard, err = b.rrguardFn(guarded); err != nil {
+		return err
+	}
+	defer func() { b.rrguard.stop(); b.rrguard = nil }()
+	if err := b.env.WaitJudged(ctx, guarded, true); err != nil {
+		return err
+	}
+	if err := b.env.WaitJudged(ctx, bareNS, true); err != nil {
+		return err
+	}
+	nsOf := map[string]string{baseline.name: plain, lease.name: plain, rrguard.name: guarded, bare.name: bareNS}
+	modes := []mode{baseline, bare, rrguard, lease}
+	for round := range b.cfg.rounds {
+		for i := range modes {
+			m := modes[(i+round)%len(modes)]
+			r, err := b.runRow(ctx, spec{kind: "throughput", m: m, ns: nsOf[m.name], size: size, round: round,
+				creators: b.cfg.creators, signals: b.cfg.signals, maxTime: b.cfg.rowTime})
+			if err != nil {
+				return err
 			}
-		}()
+			b.rows = append(b.rows, r)
+		}
 	}
-	wg.Wait()
-	elapsed := time.Since(begin)
-	apiCalls := requests.All.Load() - before
-
-	// Duplicates: RRs of this row beyond one per fingerprint (none ever leaves flight here).
-	var list v1alpha1.RemediationRequestList
-	if err := c.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{cellLabel: cellID}); err != nil {
-		return result{}, err
-	}
-	perFP := map[string]int{}
-	for _, rr := range list.Items {
-		perFP[rr.Spec.SignalFingerprint]++
-	}
-	dups := 0
-	for _, k := range perFP {
-		dups += k - 1
-	}
-	if m.name == "baseline" {
-		dups = 0 // the baseline deduplicates nothing by design
-	}
-	slices.Sort(latencies)
-	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-	r := result{
-		Size: size, Creators: creators, Spread: spread, Mode: m.name, Signals: n, Fingerprint: fps,
-		PerSecond: float64(n) / elapsed.Seconds(),
-		P50:       ms(latencies[n/2]), P99: ms(latencies[(n*99)/100]), Max: ms(latencies[n-1]),
-		APIPerSig: float64(apiCalls) / float64(n),
-		Stored:    len(list.Items), Duplicates: dups, Errors: int(errCount.Load()),
-	}
-	if e, ok := firstErr.Load().(string); ok {
-		r.FirstError = e
-	}
-	return r, nil
+	return nil
 }
 
-// labelledClient stamps the row's label on every RR it creates, to count them afterwards.
-type labelledClient struct {
-	client.Client
-	labels map[string]string
-}
-
-func (l labelledClient) Create(ctx context.Context, obj client.Object, opts ...client.CreateOption) error {
-	if _, ok := obj.(*v1alpha1.RemediationRequest); ok {
-		obj.SetLabels(l.labels)
+// latencyAndStorm runs the 1-creator rows and the storm rows in fresh namespaces.
+func (b *bench) latencyAndStorm(ctx context.Context) error {
+	plain, err := b.namespace(ctx, "bench-latency-plain", 0, baseline, false)
+	if err != nil {
+		return err
 	}
-	return l.Client.Create(ctx, obj, opts...)
+	guarded, err := b.namespace(ctx, "bench-latency-rrguard", 0, rrguard, false)
+	if err != nil {
+		return err
+	}
+	bareNS, err := b.namespace(ctx, "bench-latency-bare", 0, bare, false)
+	if err != nil {
+		return err
+	}
+	if b.rrguard, err = b.rrguardFn(guarded); err != nil {
+		return err
+	}
+	defer func() { b.rrguard.stop(); b.rrguard = nil }()
+	if err := b.env.WaitJudged(ctx, guarded, true); err != nil {
+		return err
+	}
+	nsOf := map[string]string{baseline.name: plain, lease.name: plain, rrguard.name: guarded, bare.name: bareNS}
+	latency := []mode{baseline, bare, rrguard}
+	storm := []mode{rrguard, lease}
+	for round := range b.cfg.rounds {
+		for i := range latency {
+			m := latency[(i+round)%len(latency)]
+			r, err := b.runRow(ctx, spec{kind: "latency", m: m, ns: nsOf[m.name], round: round,
+				creators: 1, signals: b.cfg.latencySignals, maxTime: b.cfg.rowTime})
+			if err != nil {
+				return err
+			}
+			b.rows = append(b.rows, r)
+		}
+		for i := range storm {
+			m := storm[(i+round)%len(storm)]
+			r, err := b.runRow(ctx, spec{kind: "storm", m: m, ns: nsOf[m.name], round: round,
+				creators: 64, signals: b.cfg.stormSignal, maxTime: 2 * b.cfg.rowTime, oneFingerprint: true})
+			if err != nil {
+				return err
+			}
+			b.rows = append(b.rows, r)
+		}
+	}
+	return nil
 }

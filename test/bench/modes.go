@@ -2,31 +2,33 @@ package main
 
 import (
 	"context"
+	"errors"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/rrguard/rrguard/creator"
 	"github.com/rrguard/rrguard/test/gateway"
 	"github.com/rrguard/rrguard/test/testenv"
 )
 
-// A mode handles one signal the way one kind of creator does, and says whether it stored a new RR.
+// A mode lands one signal the way one kind of creator does, in a namespace where its webhook
+// (if any) is in the path, and says whether the signal stored a new RR.
 type mode struct {
 	name string
-	// webhook: whether rrguard is in the path (the namespace is labelled for it).
-	webhook bool
-	signal  func(ctx context.Context, c client.Client, ns, fp, pod string) (created bool, err error)
+	// label is the namespace label value that puts this mode's webhook in the path: "" for none.
+	label  string
+	signal func(ctx context.Context, c client.Client, ns, fp, pod string) (created bool, err error)
 }
 
-var modes = []mode{
-	{name: "baseline", signal: createOnly},
-	{name: "rrguard", webhook: true, signal: createOnly},
-	{name: "lease-lock", signal: leaseLocked},
-	{name: "list-create", signal: listThenCreate},
-}
+var (
+	baseline = mode{name: "baseline", signal: createOnly}
+	bare     = mode{name: "bare", label: "bare", signal: createOnly}
+	rrguard  = mode{name: "rrguard", label: "rrguard", signal: viaCreator}
+	lease    = mode{name: "lease-lock", signal: leaseLocked}
+)
 
-// createOnly is a plain create: the baseline without a webhook, and rrguard's whole client side
-// (a 409 is the duplicate answer, naming the RR in flight).
+// createOnly is a plain create: the baseline with no webhook, and the bare webhook's row.
 func createOnly(ctx context.Context, c client.Client, ns, fp, _ string) (bool, error) {
 	err := c.Create(ctx, testenv.NewRR(ns, fp))
 	if apierrors.IsAlreadyExists(err) {
@@ -35,15 +37,18 @@ func createOnly(ctx context.Context, c client.Client, ns, fp, _ string) (bool, e
 	return err == nil, err
 }
 
-// listThenCreate is Kubernaut's dedup without its lock: list (uncached) by field selector, then
-// create or record the repeat.
-func listThenCreate(ctx context.Context, c client.Client, ns, fp, pod string) (bool, error) {
-	o, err := gateway.Gateway{Client: c, Namespace: ns, Pod: pod, NoLock: true}.Signal(ctx, fp)
-	return o.Created && !o.Swallowed409, err
+// viaCreator is rrguard's client side: creator.CreateOrRecord, which records every repeat.
+func viaCreator(ctx context.Context, c client.Client, ns, fp, _ string) (bool, error) {
+	res, err := creator.CreateOrRecord(ctx, c, testenv.NewRR(ns, fp), creator.Options{MaxAttempts: 50})
+	return res.New, err
 }
 
-// leaseLocked is Kubernaut's current Gateway (package gateway).
+// leaseLocked is Kubernaut's Gateway today (package gateway): Lease lock, uncached List, create
+// or record the repeat.
 func leaseLocked(ctx context.Context, c client.Client, ns, fp, pod string) (bool, error) {
 	o, err := gateway.Gateway{Client: c, Namespace: ns, Pod: pod}.Signal(ctx, fp)
+	if errors.Is(err, gateway.ErrLockTimeout) {
+		return false, err
+	}
 	return o.Created && !o.Swallowed409, err
 }

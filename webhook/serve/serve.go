@@ -33,6 +33,7 @@ type Options struct {
 	CertDir     string // holds tls.crt and tls.key; reloaded when they change
 	MetricsAddr string // "0" disables the metrics server
 	ProbeAddr   string // "0" disables /healthz and /readyz
+	PprofAddr   string // serves /debug/pprof when set; off ("" or "0") by default
 	// ConsistentListOnly decides every create from a consistent List of the fingerprint's RRs and
 	// the mark: 2 reads per create. Off, the RR index (package rrfacts) decides where a lagging
 	// answer is safe (see webhook.Namer.decide).
@@ -104,6 +105,7 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		WebhookServer:          server,
 		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
 		HealthProbeBindAddress: o.ProbeAddr,
+		PprofBindAddress:       o.PprofAddr,
 		// Every replica serves; there is nothing to lead.
 		LeaderElection:          false,
 		GracefulShutdownTimeout: ptr(30 * time.Second),

@@ -1,0 +1,57 @@
+// Command bare is the benchmark's limit: the cheapest mutating webhook that can name an RR after
+// its fingerprint. It decodes the RR as rrguard does and answers with the same kind of patch, and
+// does nothing else: no watch, no API read, no finalizer, no metrics of its own. Whatever a create
+// through it costs over a plain create is what any webhook costs on this machine.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"gomodules.xyz/jsonpatch/v2"
+	"sigs.k8s.io/controller-runtime/pkg/webhook"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/rules"
+)
+
+// Path is where the benchmark's webhook configuration points.
+const Path = "/mutate-remediationrequest"
+
+func main() {
+	host := flag.String("host", "127.0.0.1", "listen host")
+	port := flag.Int("port", 0, "listen port")
+	certDir := flag.String("cert-dir", "", "folder holding tls.crt and tls.key")
+	flag.Parse()
+	srv := webhook.NewServer(webhook.Options{Host: *host, Port: *port, CertDir: *certDir,
+		TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }}})
+	srv.Register(Path, &webhook.Admission{Handler: admission.HandlerFunc(name)})
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := srv.Start(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "bare:", err)
+		os.Exit(1)
+	}
+}
+
+// name gives the RR occurrence 1 of its fingerprint: every benchmark row uses new fingerprints.
+func name(_ context.Context, req admission.Request) admission.Response {
+	var rr v1alpha1.RemediationRequest
+	if err := json.Unmarshal(req.Object.Raw, &rr); err != nil {
+		return admission.Errored(http.StatusBadRequest, err)
+	}
+	if !rules.ValidFingerprint(rr.Spec.SignalFingerprint) {
+		return admission.Denied("bad fingerprint")
+	}
+	return admission.Patched("named", jsonpatch.JsonPatchOperation{
+		Operation: "add", Path: "/metadata/name", Value: rules.Name(rr.Spec.SignalFingerprint, 1),
+	})
+}

@@ -1,0 +1,301 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/creator"
+	"github.com/rrguard/rrguard/test/testenv"
+)
+
+const cellLabel = "rrguard-bench-cell"
+
+// spec says what one row runs.
+type spec struct {
+	kind           string // throughput, latency, storm
+	m              mode
+	ns             string
+	size, round    int
+	creators       int
+	signals        int
+	maxTime        time.Duration
+	oneFingerprint bool
+}
+
+// row is what one row measured.
+type row struct {
+	Kind      string  `json:"kind"`
+	Mode      string  `json:"mode"`
+	Size      int     `json:"existingRRs"`
+	Round     int     `json:"round"`
+	Creators  int     `json:"creators"`
+	Signals   int     `json:"signals"`
+	Seconds   float64 `json:"seconds"`
+	PerSecond float64 `json:"signalsPerSecond"`
+	P50       float64 `json:"p50ms"`
+	P99       float64 `json:"p99ms"`
+	// CPU is milliseconds of CPU per signal, by process: kube-apiserver, etcd, rrguard, bare,
+	// load generator.
+	CPU        map[string]float64 `json:"cpuMsPerSignal"`
+	APIPerSig  float64            `json:"apiRequestsPerSignal"`
+	Stored     int                `json:"rrsStored"`
+	Duplicates int                `json:"duplicates"`
+	Counted    int                `json:"signalsCounted"`
+	Errors     int                `json:"errors"`
+	FirstError string             `json:"firstError,omitempty"`
+}
+
+var cell atomic.Int64
+
+// cpu reads each process's CPU seconds so far.
+func (b *bench) cpu() map[string]float64 {
+	out := map[string]float64{}
+	read := func(name string, pid int) {
+		if s, err := cpuSeconds(pid); err == nil {
+			out[name] = s
+		}
+	}
+	read("kube-apiserver", b.api)
+	read("etcd", b.etcd)
+	read("load generator", os.Getpid())
+	if b.rrguard != nil {
+		read("rrguard", b.rrguard.pid())
+	}
+	if b.bare != nil {
+		read("bare", b.bare.pid())
+	}
+	return out
+}
+
+// settle waits until the API server is idle (under 5% of a core over 500 ms, at most 10 s), so a
+// row does not pay for the garbage or the watch traffic of the row before.
+func (b *bench) settle() {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		before, _ := cpuSeconds(b.api)
+		time.Sleep(500 * time.Millisecond)
+		after, _ := cpuSeconds(b.api)
+		if after-before < 0.025 {
+			return
+		}
+	}
+}
+
+func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
+	id := strconv.FormatInt(cell.Add(1), 10)
+	fingerprint := func(i int) string {
+		if s.oneFingerprint {
+			return testenv.Fingerprint(s.ns + "/storm/" + id)
+		}
+		return testenv.Fingerprint(s.ns + "/" + id + "/" + strconv.Itoa(i))
+	}
+	labelled := labelledClient{Client: b.c, labels: map[string]string{cellLabel: id}}
+	latencies := make([]time.Duration, s.signals)
+	var next, done, errCount atomic.Int64
+	var firstErr atomic.Value
+	runtime.GC()
+	b.settle()
+	cpuBefore := b.cpu()
+	reqBefore := b.requests.All.Load()
+	begin := time.Now()
+	var wg sync.WaitGroup
+	for w := range s.creators {
+		wg.Add(1)
+		pod := fmt.Sprintf("gateway-%d", w)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= s.signals || time.Since(begin) > s.maxTime {
+					return
+				}
+				t := time.Now()
+				_, err := s.m.signal(ctx, labelled, s.ns, fingerprint(i), pod)
+				latencies[i] = time.Since(t)
+				done.Add(1)
+				if err != nil {
+					errCount.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(begin)
+	cpuAfter := b.cpu()
+	n := int(done.Load())
+	r := row{Kind: s.kind, Mode: s.m.name, Size: s.size, Round: s.round, Creators: s.creators, Signals: n,
+		Seconds: elapsed.Seconds(), PerSecond: float64(n) / elapsed.Seconds(), CPU: map[string]float64{},
+		APIPerSig: float64(b.requests.All.Load()-reqBefore) / float64(n), Errors: int(errCount.Load())}
+	for k, v := range cpuAfter {
+		r.CPU[k] = (v - cpuBefore[k]) * 1000 / float64(n)
+	}
+	if e, ok := firstErr.Load().(string); ok {
+		r.FirstError = e
+	}
+	lat := slices.Clone(latencies[:n])
+	slices.Sort(lat)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	r.P50, r.P99 = ms(lat[n/2]), ms(lat[n*99/100])
+
+	// What the row stored: RRs beyond one in flight per fingerprint are duplicates (nothing here
+	// completes), and the signals they hold (creator.Signals) should add up to those sent.
+	var list v1alpha1.RemediationRequestList
+	if err := b.env.Client.List(ctx, &list, client.InNamespace(s.ns), client.MatchingLabels{cellLabel: id}); err != nil {
+		return r, err
+	}
+	perFP := map[string]int{}
+	for i := range list.Items {
+		perFP[list.Items[i].Spec.SignalFingerprint]++
+		r.Counted += int(creator.Signals(&list.Items[i]))
+	}
+	r.Stored = len(list.Items)
+	if s.m.name != baseline.name && s.m.name != bare.name {
+		for _, k := range perFP {
+			r.Duplicates += k - 1
+		}
+	}
+	fmt.Printf("%-10s %-10s size=%-6d round=%d creators=%-3d %6d signals %7.0f/s p50=%6.1fms p99=%7.1fms api/sig=%4.2f cpu ms/sig: %s stored=%d dup=%d counted=%d err=%d %s\n",
+		s.kind, s.m.name, s.size, s.round, s.creators, n, r.PerSecond, r.P50, r.P99, r.APIPerSig, cpuString(r.CPU),
+		r.Stored, r.Duplicates, r.Counted, r.Errors, r.FirstError)
+	return r, nil
+}
+
+func cpuString(m map[string]float64) string {
+	var parts []string
+	for _, k := range []string{"kube-apiserver", "etcd", "rrguard", "bare", "load generator"} {
+		if v, ok := m[k]; ok {
+			parts = append(parts, fmt.Sprintf("%s %.2f", k, v))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// labelledClient stamps the row's label on every RR it creates, to find them afterwards.
+type labelledClient struct {
+	client.Client
+	labels map[string]string
+}
+
+func (l labelledClient) Create(ctx context.Context, obj client.Object, opts ...client.CreateOption) error {
+	if _, ok := obj.(*v1alpha1.RemediationRequest); ok {
+		obj.SetLabels(l.labels)
+	}
+	return l.Client.Create(ctx, obj, opts...)
+}
+
+// fill creates RRs from..to of distinct fingerprints in ns, named as Kubernaut names them. With
+// kubernautSize, each carries the bulk of a real Kubernaut RR: a 2 KB payload and, after a status
+// write, a completed status with 100 more fields (kept by the CRD under completionStatus, which
+// preserves unknown fields) and a condition.
+func fill(ctx context.Context, c client.Client, ns string, from, to int, kubernautSize bool) error {
+	work := make(chan int)
+	errs := make(chan error, 1)
+	var wg sync.WaitGroup
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				fp := testenv.Fingerprint(ns + "/fill/" + strconv.Itoa(i))
+				rr := testenv.NewRR(ns, fp)
+				rr.GenerateName, rr.Name = "", "rr-"+fp[:12]+"-"+fp[40:48]
+				if kubernautSize {
+					rr.Spec.OriginalPayload = strings.Repeat("p", 2048)
+					rr.Spec.SignalLabels = map[string]string{"alertname": "KubePodCrashLooping", "namespace": "shop", "pod": "checkout-" + fp[:8]}
+				}
+				err := c.Create(ctx, rr)
+				if err == nil && kubernautSize {
+					err = c.Status().Update(ctx, withKubernautStatus(rr))
+				}
+				if err != nil {
+					select {
+					case errs <- err:
+					default:
+					}
+				}
+			}
+		}()
+	}
+	for i := from; i < to; i++ {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return nil
+	}
+}
+
+func withKubernautStatus(rr *v1alpha1.RemediationRequest) *v1alpha1.RemediationRequest {
+	now := metav1.Now()
+	rr.Status = v1alpha1.RemediationRequestStatus{
+		OverallPhase: v1alpha1.PhaseCompleted, Message: strings.Repeat("m", 200), StartTime: &now, CompletedAt: &now,
+		Deduplication: &v1alpha1.DeduplicationStatus{FirstSeenAt: &now, LastSeenAt: &now, OccurrenceCount: 3},
+		CompletionStatus: &v1alpha1.CompletionStatus{Outcome: v1alpha1.OutcomeRemediated},
+		Conditions: []metav1.Condition{{Type: "Ready", Status: metav1.ConditionTrue, Reason: "Done",
+			Message: strings.Repeat("c", 200), LastTransitionTime: now}},
+	}
+	return rr
+}
+
+// memRow is rrguard's memory with a number of RRs in the namespace it watches.
+type memRow struct {
+	RRs          int     `json:"rrs"`
+	StartSeconds float64 `json:"startupSeconds"`
+	LiveHeapMB   float64 `json:"liveHeapMB"`
+	RSSMB        float64 `json:"rssMB"`
+}
+
+// memoryRows fills one namespace with RRs of Kubernaut's size step by step and, at each step,
+// starts rrguard watching it: time to ready (list, index, seeding), then the live heap after a
+// forced GC and the RSS.
+func (b *bench) memoryRows(ctx context.Context) error {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "bench-memory-"}}
+	if err := b.env.Client.Create(ctx, ns); err != nil {
+		return err
+	}
+	have := 0
+	for _, n := range b.cfg.memSizes {
+		if n > have {
+			fmt.Printf("creating %d RRs of Kubernaut's size in %s ...\n", n-have, ns.Name)
+			if err := fill(ctx, b.env.Client, ns.Name, have, n, true); err != nil {
+				return err
+			}
+			have = n
+		}
+		b.settle()
+		begin := time.Now()
+		s, err := b.rrguardFn(ns.Name)
+		if err != nil {
+			return err
+		}
+		r := memRow{RRs: n, StartSeconds: time.Since(begin).Seconds()}
+		live, err := s.liveHeapMB()
+		r.LiveHeapMB = live
+		r.RSSMB = float64(rssBytes(s.pid())) / (1 << 20)
+		s.stop()
+		if err != nil {
+			return err
+		}
+		fmt.Printf("memory: %d RRs: ready in %.1fs, live heap %.1f MB, RSS %.1f MB\n", n, r.StartSeconds, r.LiveHeapMB, r.RSSMB)
+		b.memory = append(b.memory, r)
+	}
+	return nil
+}

@@ -80,8 +80,8 @@ func childPID(comm string) (int, error) {
 
 // server is a webhook process of the benchmark (rrguard or the bare webhook).
 type server struct {
-	name string
-	cmd  *exec.Cmd
+	name  string
+	cmd   *exec.Cmd
 	pprof string
 }
 

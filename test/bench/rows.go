@@ -247,7 +247,7 @@ func withKubernautStatus(rr *v1alpha1.RemediationRequest) *v1alpha1.RemediationR
 	now := metav1.Now()
 	rr.Status = v1alpha1.RemediationRequestStatus{
 		OverallPhase: v1alpha1.PhaseCompleted, Message: strings.Repeat("m", 200), StartTime: &now, CompletedAt: &now,
-		Deduplication: &v1alpha1.DeduplicationStatus{FirstSeenAt: &now, LastSeenAt: &now, OccurrenceCount: 3},
+		Deduplication:    &v1alpha1.DeduplicationStatus{FirstSeenAt: &now, LastSeenAt: &now, OccurrenceCount: 3},
 		CompletionStatus: &v1alpha1.CompletionStatus{Outcome: v1alpha1.OutcomeRemediated},
 		Conditions: []metav1.Condition{{Type: "Ready", Status: metav1.ConditionTrue, Reason: "Done",
 			Message: strings.Repeat("c", 200), LastTransitionTime: now}},

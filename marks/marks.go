@@ -52,7 +52,8 @@ func ShardName(fp string) string { return namePrefix + fp[:shardChars] }
 // shardChars hex characters of the fingerprint pick its shard: 16^3 = 4,096 shards.
 const shardChars = 3
 
-func entryKey(namespace, fp string) string { return namespace + "." + fp[:rules.KeyLen] }
+// EntryKey is the data key of fingerprint fp of namespace in its shard.
+func EntryKey(namespace, fp string) string { return namespace + "." + fp[:rules.KeyLen] }
 
 // Entry is one fingerprint's mark as stored.
 type Entry struct {
@@ -90,7 +91,7 @@ func (s Store) Get(ctx context.Context, namespace, fp string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	v, ok := cm.Data[entryKey(namespace, fp)]
+	v, ok := cm.Data[EntryKey(namespace, fp)]
 	if !ok {
 		return 0, nil
 	}
@@ -120,7 +121,7 @@ func (s Store) Raise(ctx context.Context, namespace string, shard string, want m
 		if ShardName(fp) != shard {
 			return fmt.Errorf("fingerprint %s does not belong to shard %s", fp, shard)
 		}
-		k := entryKey(namespace, fp)
+		k := EntryKey(namespace, fp)
 		if v, ok := cm.Data[k]; ok {
 			cur, err := parseEntry(v)
 			if err != nil {

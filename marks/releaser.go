@@ -161,6 +161,8 @@ type Seeder struct {
 	Index interface {
 		Synced() bool
 		Each(func(rrfacts.RR))
+		NoteMarked(keys ...string)
+		LoadedMarks()
 	}
 	Store  Store
 	seeded atomic.Bool
@@ -220,6 +222,23 @@ func (s *Seeder) NeedLeaderElection() bool { return false }
 
 var errIndexNotSynced = errors.New("the RR index has not synced yet")
 
+// loadMarks tells the index every mark that exists.
+func (s *Seeder) loadMarks(ctx context.Context) error {
+	var shards corev1.ConfigMapList
+	if err := s.Store.Reader.List(ctx, &shards, client.InNamespace(s.Store.Namespace), client.MatchingLabels{Label: "true"}); err != nil {
+		return err
+	}
+	for i := range shards.Items {
+		keys := make([]string, 0, len(shards.Items[i].Data))
+		for k := range shards.Items[i].Data {
+			keys = append(keys, k)
+		}
+		s.Index.NoteMarked(keys...)
+	}
+	s.Index.LoadedMarks()
+	return nil
+}
+
 func (s *Seeder) pass(ctx context.Context) error {
 	if !s.Index.Synced() {
 		return errIndexNotSynced
@@ -230,7 +249,7 @@ func (s *Seeder) pass(ctx context.Context) error {
 	var heldNow int
 	var oldest time.Duration
 	s.Index.Each(func(rr rrfacts.RR) {
-		live[entryKey(rr.Namespace, rr.Fingerprint)] = true
+		live[EntryKey(rr.Namespace, rr.Fingerprint)] = true
 		if rr.Finalized {
 			if !rr.DeletedAt.IsZero() {
 				heldNow++
@@ -250,6 +269,13 @@ func (s *Seeder) pass(ctx context.Context) error {
 		}
 		want[rr.Namespace][shard][rr.Fingerprint] = max(want[rr.Namespace][shard][rr.Fingerprint], rr.N)
 	})
+	if !s.seeded.Load() {
+		// The index learns which fingerprints have marks once, after its watch began; from
+		// then on it sees every deletion itself.
+		if err := s.loadMarks(ctx); err != nil {
+			return err
+		}
+	}
 	held.Set(float64(heldNow))
 	heldOldest.Set(oldest.Seconds())
 	gcEvery := s.GCEvery

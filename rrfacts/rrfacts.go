@@ -11,6 +11,7 @@ package rrfacts
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -63,6 +64,9 @@ type Options struct {
 	// MaxLag is how old the index's last proof of completeness may be for Lookup to answer
 	// (see Lookup); zero makes every Lookup untrusted.
 	MaxLag time.Duration
+	// MarkKey is how the high-water marks key a fingerprint (marks.EntryKey): NoteMarked is given
+	// such keys.
+	MarkKey func(namespace, fp string) string
 	// OnDeleting is called, outside the index's lock, for each RR seen being deleted while it
 	// carries Finalizer.
 	OnDeleting func(namespace, name string)
@@ -76,6 +80,9 @@ type Index struct {
 
 	mu  sync.RWMutex
 	nss map[string]*nsFacts
+	// marked and marksLoaded: see MayBeMarked.
+	marked      *marked
+	marksLoaded bool
 
 	hold    bool
 	delayed []func()
@@ -130,11 +137,14 @@ type feed struct {
 
 // New builds an index that reads through cfg. Start runs it.
 func New(cfg *rest.Config, o Options) (*Index, error) {
+	if o.MarkKey == nil {
+		return nil, errors.New("rrfacts: Options.MarkKey is required")
+	}
 	rc, err := restClient(cfg)
 	if err != nil {
 		return nil, err
 	}
-	ix := &Index{o: o, rc: rc, nss: map[string]*nsFacts{}}
+	ix := &Index{o: o, rc: rc, nss: map[string]*nsFacts{}, marked: newMarked()}
 	nss := o.Namespaces
 	if len(nss) == 0 {
 		nss = []string{metav1.NamespaceAll}
@@ -227,6 +237,32 @@ func (ix *Index) Lookup(namespace, fp string, now time.Time) ([]Fact, error) {
 		out[i] = e.fact()
 	}
 	return out, nil
+}
+
+// MayBeMarked reports whether fingerprint fp of namespace may have a high-water mark. It says
+// true until LoadedMarks: an index that has not heard of the marks cannot rule one out.
+func (ix *Index) MayBeMarked(namespace, fp string) bool {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	return !ix.marksLoaded || ix.marked.has(ix.o.MarkKey(namespace, fp))
+}
+
+// NoteMarked records marks that exist, by their key in the mark ConfigMaps
+// ("<namespace>.<fingerprint[:32]>").
+func (ix *Index) NoteMarked(keys ...string) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	for _, k := range keys {
+		ix.marked.add(k)
+	}
+}
+
+// LoadedMarks says that every mark that existed before the index's watch began has been noted:
+// from now on MayBeMarked can say no.
+func (ix *Index) LoadedMarks() {
+	ix.mu.Lock()
+	ix.marksLoaded = true
+	ix.mu.Unlock()
 }
 
 // Each calls fn for every RR in the index, under its read lock: fn must not block.
@@ -377,9 +413,12 @@ func (nsf *nsFacts) remove(name string, e *entry) {
 	}
 }
 
+// drop forgets a deleted RR; its fingerprint may have a mark from now on (rrguard released it
+// only after raising the mark).
 func (ix *Index) drop(ns, name string) {
 	if nsf := ix.nss[ns]; nsf != nil {
 		if e := nsf.byName[name]; e != nil {
+			ix.marked.add(ix.o.MarkKey(ns, e.g.fp))
 			nsf.remove(name, e)
 		}
 	}
@@ -493,8 +532,14 @@ func (f *feed) Replace(items []any, _ string) error {
 	var deleting []*object
 	f.ix.apply(func() {
 		deleting = deleting[:0]
-		for ns := range f.ix.nss {
+		for ns, nsf := range f.ix.nss {
 			if f.namespace == metav1.NamespaceAll || ns == f.namespace {
+				// An RR missing from the new list was deleted while the watch was down: its
+				// fingerprint may have a mark. Every fingerprint of the old list counts as such
+				// (a relist is rare; a needless mark read is cheap).
+				for fp := range nsf.byFP {
+					f.ix.marked.add(f.ix.o.MarkKey(ns, fp))
+				}
 				delete(f.ix.nss, ns)
 			}
 		}

@@ -20,6 +20,8 @@ import (
 
 const finalizer = "rrguard.kubernaut.ai/high-water-mark"
 
+func markKey(namespace, fp string) string { return namespace + "." + fp[:rules.KeyLen] }
+
 func fingerprint(i int) string {
 	sum := sha256.Sum256([]byte(fmt.Sprint(i)))
 	return hex.EncodeToString(sum[:])
@@ -85,7 +87,7 @@ func decode(t testing.TB, v any) *object {
 
 // testIndex is an index whose one feed is fed by hand, as its reflector would.
 func testIndex(maxLag time.Duration) (*Index, *feed) {
-	ix := &Index{o: Options{Finalizer: finalizer, MaxLag: maxLag}, nss: map[string]*nsFacts{}}
+	ix := &Index{o: Options{Finalizer: finalizer, MaxLag: maxLag, MarkKey: markKey}, nss: map[string]*nsFacts{}, marked: newMarked()}
 	f := &feed{ix: ix}
 	ix.feeds = []*feed{f}
 	return ix, f
@@ -262,4 +264,55 @@ func TestMemoryPerRR(t *testing.T) {
 		t.Fatalf("%.0f bytes per RR: the index holds more than the decision reads", per)
 	}
 	runtime.KeepAlive(ix)
+}
+
+// MayBeMarked says yes until the marks are loaded, then only for fingerprints with a mark noted or
+// an RR seen deleted (a Bloom filter: no false "no"; a few false "maybe").
+func TestMayBeMarked(t *testing.T) {
+	ix, f := testIndex(time.Hour)
+	f.noteCall()
+	_ = f.Replace(nil, "1")
+	if !ix.MayBeMarked("ns", fingerprint(1)) {
+		t.Fatal("before the marks are loaded, any fingerprint may have one")
+	}
+	ix.NoteMarked(markKey("ns", fingerprint(1)))
+	ix.LoadedMarks()
+	if !ix.MayBeMarked("ns", fingerprint(1)) || ix.MayBeMarked("other", fingerprint(1)) {
+		t.Fatal("a noted mark must be found, in its namespace only")
+	}
+	raw := kubernautRR("ns", 2, "Completed")
+	_ = f.Add(decode(t, raw))
+	if ix.MayBeMarked("ns", fingerprint(2)) && ix.MayBeMarked("ns", fingerprint(3)) && ix.MayBeMarked("ns", fingerprint(4)) {
+		t.Fatal("every fingerprint looks marked")
+	}
+	_ = f.Delete(decode(t, raw))
+	if !ix.MayBeMarked("ns", fingerprint(2)) {
+		t.Fatal("a fingerprint whose RR was deleted may have a mark")
+	}
+	// A relist may hide deletions: every fingerprint it replaces may have a mark.
+	_ = f.Add(decode(t, kubernautRR("ns", 5, "")))
+	f.noteCall()
+	_ = f.Replace(nil, "2")
+	if !ix.MayBeMarked("ns", fingerprint(5)) {
+		t.Fatal("an RR gone across a relist left its fingerprint unmarked")
+	}
+	// No false "no" over 200,000 keys; few false "maybe" beside them.
+	m := newMarked()
+	for i := range 200000 {
+		m.add(markKey("ns", fingerprint(i)))
+	}
+	for i := range 200000 {
+		if !m.has(markKey("ns", fingerprint(i))) {
+			t.Fatalf("key %d added but not found", i)
+		}
+	}
+	fp := 0
+	for i := 200000; i < 300000; i++ {
+		if m.has(markKey("ns", fingerprint(i))) {
+			fp++
+		}
+	}
+	if fp > 1000 {
+		t.Fatalf("%d false positives in 100,000 at 200,000 keys", fp)
+	}
 }

@@ -44,6 +44,8 @@ type Namer struct {
 // *rrfacts.Untrusted error when it cannot vouch for them.
 type Index interface {
 	Lookup(namespace, fingerprint string, now time.Time) ([]rrfacts.Fact, error)
+	// MayBeMarked is false only for a fingerprint that surely has no high-water mark.
+	MayBeMarked(namespace, fingerprint string) bool
 }
 
 // MarkReader returns a fingerprint's high-water mark, read as of now.
@@ -124,8 +126,9 @@ type readError struct{ error }
 //
 //   - the index shows an RR of the fingerprint in flight: refuse, no read. A stale "in flight"
 //     only refuses a create, which stores nothing; the creator finds the RR finished and retries.
-//   - the index shows no RR of the fingerprint: read the mark, name 1 + mark. An RR the index has
-//     not seen yet is recent, holds the name chosen (the API server refuses the collision), and
+//   - the index shows no RR of the fingerprint: name 1 + mark, the mark read only when the
+//     fingerprint may have one (a new fingerprint has none: no read). An RR the index has not
+//     seen yet is recent, holds the name chosen (the API server refuses the collision), and
 //     cannot be released before this create commits.
 //   - the index shows RRs, none in flight: a consistent List and the mark, as without an index
 //     (an RR the index shows finished may have been reopened).
@@ -163,6 +166,9 @@ func (h *Namer) decide(ctx context.Context, rr *v1alpha1.RemediationRequest, now
 				return "", Duplicate(ns, newestFact(blocking))
 			}
 			if len(facts) == 0 {
+				if !h.Index.MayBeMarked(ns, fp) {
+					return Decide(rr, nil, 0, now())
+				}
 				reads++
 				mark, err := h.mark(ctx, ns, fp)
 				if err != nil {

@@ -51,7 +51,7 @@ type config struct {
 
 func main() {
 	var c config
-	quick := flag.Bool("quick", false, "the short run: one size, shorter rows, memory at 0 and 10k (under 5 minutes)")
+	quick := flag.Bool("quick", false, "the short run: one size, shorter rows, memory at 0 and 5k (under 5 minutes)")
 	flag.IntVar(&c.rounds, "rounds", 3, "interleaved rounds")
 	flag.IntVar(&c.creators, "creators", 32, "concurrent creators in throughput rows")
 	flag.IntVar(&c.signals, "signals", 3000, "signals per throughput row (a row also ends after -row-time)")
@@ -66,8 +66,8 @@ func main() {
 	c.quick = *quick
 	c.sizes, c.memSizes = parseInts(*sizes), parseInts(*memSizes)
 	if c.quick {
-		c.sizes, c.memSizes = []int{0}, []int{0, 10000}
-		c.signals, c.rowTime, c.latencySignals, c.stormSignal = 1500, 10*time.Second, 300, 500
+		c.sizes, c.memSizes = []int{0}, []int{0, 5000}
+		c.signals, c.rowTime, c.latencySignals, c.stormSignal = 1500, 10*time.Second, 300, 300
 	}
 	ctrl.SetLogger(zap.New(zap.Level(zapcore.ErrorLevel)))
 	if err := run(c); err != nil {
@@ -347,7 +347,7 @@ func (b *bench) latencyAndStorm(ctx context.Context) error {
 		for i := range storm {
 			m := storm[(i+round)%len(storm)]
 			r, err := b.runRow(ctx, spec{kind: "storm", m: m, ns: nsOf[m.name], round: round,
-				creators: 64, signals: b.cfg.stormSignal, maxTime: 2 * b.cfg.rowTime, oneFingerprint: true})
+				creators: 64, signals: b.cfg.stormSignal, maxTime: b.cfg.rowTime, oneFingerprint: true})
 			if err != nil {
 				return err
 			}

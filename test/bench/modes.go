@@ -37,9 +37,10 @@ func createOnly(ctx context.Context, c client.Client, ns, fp, _ string) (bool, e
 	return err == nil, err
 }
 
-// viaCreator is rrguard's client side: creator.CreateOrRecord, which records every repeat.
+// viaCreator is rrguard's client side: creator.CreateOrRecord with its default retry budget, which
+// records every repeat.
 func viaCreator(ctx context.Context, c client.Client, ns, fp, _ string) (bool, error) {
-	res, err := creator.CreateOrRecord(ctx, c, testenv.NewRR(ns, fp), creator.Options{MaxAttempts: 50})
+	res, err := creator.CreateOrRecord(ctx, c, testenv.NewRR(ns, fp), creator.Options{})
 	return res.New, err
 }
 

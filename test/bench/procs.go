@@ -111,12 +111,18 @@ func tlsReady(addr string) func() error {
 	}
 }
 
-// start runs bin with args and waits until ready says it serves.
+// start runs bin with args, its output appended to bin + ".log", and waits until ready says it
+// serves.
 func start(ctx context.Context, name, bin string, env []string, ready func() error, pprof string, args ...string) (*server, error) {
 	s := &server{name: name, pprof: pprof}
 	s.cmd = exec.Command(bin, args...)
 	s.cmd.Env = append(os.Environ(), env...)
-	s.cmd.Stderr = os.Stderr
+	logFile, err := os.OpenFile(bin+".log", os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close() // the child keeps its own descriptor
+	s.cmd.Stdout, s.cmd.Stderr = logFile, logFile
 	if err := s.cmd.Start(); err != nil {
 		return nil, err
 	}

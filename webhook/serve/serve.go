@@ -134,7 +134,7 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		return nil, err
 	}
 	index, err := rrfacts.New(cfg, rrfacts.Options{
-		Namespaces: o.RRNamespaces, Finalizer: marks.Finalizer,
+		Namespaces: o.RRNamespaces, Finalizer: marks.Finalizer, MarkKey: marks.EntryKey,
 		MaxLag: o.indexMaxLag(), OnDeleting: releaser.Enqueue,
 	})
 	if err != nil {

@@ -15,7 +15,10 @@ import (
 	"os/signal"
 	"syscall"
 
+	"go.uber.org/zap/zapcore"
 	"gomodules.xyz/jsonpatch/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/webhook"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
@@ -31,6 +34,7 @@ func main() {
 	port := flag.Int("port", 0, "listen port")
 	certDir := flag.String("cert-dir", "", "folder holding tls.crt and tls.key")
 	flag.Parse()
+	ctrl.SetLogger(zap.New(zap.Level(zapcore.ErrorLevel)))
 	srv := webhook.NewServer(webhook.Options{Host: *host, Port: *port, CertDir: *certDir,
 		TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }}})
 	srv.Register(Path, &webhook.Admission{Handler: admission.HandlerFunc(name)})

@@ -19,16 +19,20 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap/zapcore"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -47,6 +51,7 @@ type config struct {
 	latencySignals, stormSignal int
 	out, doc                    string
 	binDir                      string // bin/bench of the checkout when empty
+	profile                     bool
 }
 
 func main() {
@@ -60,6 +65,7 @@ func main() {
 	memSizes := flag.String("memory", "0,50000,100000", "RRs rrguard watches in the memory rows")
 	flag.IntVar(&c.latencySignals, "latency-signals", 1000, "signals per 1-creator latency row")
 	flag.IntVar(&c.stormSignal, "storm-signals", 2000, "signals per storm row (one fingerprint, 64 senders)")
+	flag.BoolVar(&c.profile, "profile", false, "write 8 s CPU profiles of kube-apiserver and rrguard, taken during the first rrguard throughput row, to bin/bench/*.pprof")
 	flag.StringVar(&c.out, "out", "bin/bench/results.json", "where to write every row as JSON")
 	flag.StringVar(&c.doc, "doc", "docs/benchmarks.md", "Markdown file whose results section is replaced (empty: none)")
 	flag.Parse()
@@ -91,16 +97,18 @@ func parseInts(s string) []int {
 
 // bench is one run: the control plane, the two webhook processes, and the load generator's client.
 type bench struct {
-	cfg       config
-	env       *testenv.Env
-	c         client.Client
-	requests  testenv.Requests
-	api, etcd int
-	rrguard   *server
-	bare      *server
-	rrguardFn func(namespaces string) (*server, error)
-	rows      []row
-	memory    []memRow
+	cfg          config
+	env          *testenv.Env
+	c            client.Client
+	requests     testenv.Requests
+	api, etcd    int
+	rrguard      *server
+	bare         *server
+	rrguardFn    func(namespaces string) (*server, error)
+	rows         []row
+	memory       []memRow
+	binDir       string
+	rrguardPprof string
 }
 
 func run(cfg config) error {
@@ -153,7 +161,7 @@ func runBench(cfg config) (*bench, error) {
 		return nil, err
 	}
 	defer env.Stop()
-	b := &bench{cfg: cfg, env: env}
+	b := &bench{cfg: cfg, env: env, binDir: binDir}
 	if b.api, err = childPID("kube-apiserver"); err != nil {
 		return nil, err
 	}
@@ -179,6 +187,7 @@ func runBench(cfg config) (*bench, error) {
 		if err != nil {
 			return nil, err
 		}
+		b.rrguardPprof = pprof
 		return start(ctx, "rrguard", rrguardBin, []string{"KUBECONFIG=" + kubeconfig, "POD_NAMESPACE=" + testenv.MarksNamespace},
 			httpReady("http://"+probe+"/readyz"), pprof,
 			"--webhook-host=127.0.0.1", "--webhook-port="+strconv.Itoa(w.LocalServingPort), "--cert-dir="+w.LocalServingCertDir,
@@ -299,8 +308,12 @@ func (b *bench) throughput(ctx context.Context, size int) error {
 	for round := range b.cfg.rounds {
 		for i := range modes {
 			m := modes[(i+round)%len(modes)]
-			r, err := b.runRow(ctx, spec{kind: "throughput", m: m, ns: nsOf[m.name], size: size, round: round,
-				creators: b.cfg.creators, signals: b.cfg.signals, maxTime: b.cfg.rowTime})
+			sp := spec{kind: "throughput", m: m, ns: nsOf[m.name], size: size, round: round,
+				creators: b.cfg.creators, signals: b.cfg.signals, maxTime: b.cfg.rowTime}
+			if b.cfg.profile && round == 0 && size == b.cfg.sizes[0] && m.name == rrguard.name {
+				sp.during = b.profiles
+			}
+			r, err := b.runRow(ctx, sp)
 			if err != nil {
 				return err
 			}
@@ -355,4 +368,39 @@ func (b *bench) latencyAndStorm(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// profiles writes 8 s CPU profiles of kube-apiserver and rrguard, taken at once.
+func (b *bench) profiles() {
+	hc, err := rest.HTTPClientFor(b.env.Config)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "profile:", err)
+		return
+	}
+	var wg sync.WaitGroup
+	for name, url := range map[string]string{
+		"kube-apiserver": b.env.Config.Host + "/debug/pprof/profile?seconds=8",
+		"rrguard":        "http://" + b.rrguardPprof + "/debug/pprof/profile?seconds=8",
+	} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := hc
+			if name == "rrguard" {
+				c = http.DefaultClient
+			}
+			resp, err := c.Get(url)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "profile:", err)
+				return
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			path := filepath.Join(b.binDir, name+".pprof")
+			if err := os.WriteFile(path, body, 0o644); err == nil {
+				fmt.Println("wrote", path)
+			}
+		}()
+	}
+	wg.Wait()
 }

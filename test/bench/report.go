@@ -66,6 +66,8 @@ func values(rows map[int]row, f func(row) float64) []float64 {
 
 func perSecond(x, y row) float64 { return x.PerSecond / y.PerSecond }
 
+func landedPerSecond(r row) float64 { return float64(r.Signals-r.Errors) / r.Seconds }
+
 func (b *bench) markdown(elapsed time.Duration) string {
 	var w strings.Builder
 	host, _ := os.Hostname()
@@ -122,14 +124,16 @@ func (b *bench) markdown(elapsed time.Duration) string {
 	}
 
 	w.WriteString("\n### Storm: one fingerprint, 64 senders\n\n")
-	w.WriteString("| mode | signals/row | signals/s | × lease-lock | p99 ms | API req/signal | kube-apiserver CPU ms/signal | RRs stored | signals counted / landed | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	w.WriteString("Landed: signals that ended in an RR or a recorded repeat (the rest returned an error: Kubernaut's Gateway gives up on a status write after a few conflicts). × lease-lock compares signals landed per second.\n\n")
+	w.WriteString("| mode | signals/row | signals/s | landed/s | × lease-lock | p99 ms | API req/signal | kube-apiserver CPU ms/signal | RRs stored | signals counted / landed | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	leaseStorm := b.pick("storm", lease.name, 0)
 	for _, m := range []mode{rrguard, lease} {
 		rows := b.pick("storm", m.name, 0)
-		fmt.Fprintf(&w, "| %s | %.0f | %s | %s | %s | %.2f | %.2f | %d | %d / %d | %d |\n", m.name,
+		fmt.Fprintf(&w, "| %s | %.0f | %s | %s | %s | %s | %.2f | %.2f | %d | %d / %d | %d |\n", m.name,
 			spreadOf(values(rows, func(r row) float64 { return float64(r.Signals) })).med,
 			spreadOf(values(rows, func(r row) float64 { return r.PerSecond })).f("%.0f"),
-			spreadOf(paired(rows, leaseStorm, perSecond)).f("%.1f"),
+			spreadOf(values(rows, landedPerSecond)).f("%.0f"),
+			spreadOf(paired(rows, leaseStorm, func(x, y row) float64 { return landedPerSecond(x) / landedPerSecond(y) })).f("%.1f"),
 			spreadOf(values(rows, func(r row) float64 { return r.P99 })).f("%.0f"),
 			spreadOf(values(rows, func(r row) float64 { return r.APIPerSig })).med,
 			spreadOf(values(rows, func(r row) float64 { return r.CPU["kube-apiserver"] })).med,
@@ -196,8 +200,8 @@ func (b *bench) targets() string {
 	line("1 creator: p50 ≤ baseline + 2 ms", fmt.Sprintf("%+.1f ms", p50), p50 <= 2)
 	line("1 creator: p99 ≤ baseline + 5 ms", fmt.Sprintf("%+.1f ms", p99), p99 <= 5)
 	storm, leaseStorm := b.pick("storm", rrguard.name, 0), b.pick("storm", lease.name, 0)
-	x := spreadOf(paired(storm, leaseStorm, perSecond)).med
-	line("storm: ≥ 10x the Lease lock's signals/s", fmt.Sprintf("%.1fx", x), x >= 10)
+	x := spreadOf(paired(storm, leaseStorm, func(x, y row) float64 { return landedPerSecond(x) / landedPerSecond(y) })).med
+	line("storm: ≥ 10x the Lease lock's signals landed per second", fmt.Sprintf("%.1fx", x), x >= 10)
 	dups := sum(storm, func(r row) int { return r.Duplicates })
 	exact := true
 	for _, r := range storm {

@@ -33,6 +33,8 @@ type spec struct {
 	signals        int
 	maxTime        time.Duration
 	oneFingerprint bool
+	// during, when set, starts as the row begins (profiles).
+	during func()
 }
 
 // row is what one row measured.
@@ -111,6 +113,9 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 	cpuBefore := b.cpu()
 	reqBefore := b.requests.All.Load()
 	begin := time.Now()
+	if s.during != nil {
+		go s.during()
+	}
 	var wg sync.WaitGroup
 	for w := range s.creators {
 		wg.Add(1)

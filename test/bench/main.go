@@ -277,33 +277,42 @@ func (b *bench) namespace(ctx context.Context, prefix string, size int, m mode, 
 	return ns.Name, nil
 }
 
-// throughput runs the 32-creator rows at one namespace size: every mode once per round, the order
-// rotating from round to round. baseline and lease-lock share a namespace of that size, rrguard
-// has its own (its index holds them), bare gets an empty one (it reads nothing).
-func (b *bench) throughput(ctx context.Context, size int) error {
-	plain, err := b.namespace(ctx, fmt.Sprintf("bench-%d-plain", size), size, baseline, false)
+// namespaces makes the namespaces of a set of rows, by mode: baseline and lease-lock share one
+// holding size RRs, rrguard has its own of that size, bare gets an empty one (it reads nothing).
+// It starts an rrguard replica watching rrguard's namespace; the caller stops it.
+func (b *bench) namespaces(ctx context.Context, prefix string, size int) (map[string]string, error) {
+	plain, err := b.namespace(ctx, prefix+"-plain", size, baseline, false)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	guarded, err := b.namespace(ctx, fmt.Sprintf("bench-%d-rrguard", size), size, rrguard, false)
+	guarded, err := b.namespace(ctx, prefix+"-rrguard", size, rrguard, false)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	bareNS, err := b.namespace(ctx, fmt.Sprintf("bench-%d-bare", size), 0, bare, false)
+	bareNS, err := b.namespace(ctx, prefix+"-bare", 0, bare, false)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if b.rrguard, err = b.rrguardFn(guarded); err != nil {
+		return nil, err
+	}
+	for _, ns := range []string{guarded, bareNS} {
+		if err := b.env.WaitJudged(ctx, ns, true); err != nil {
+			b.rrguard.stop()
+			return nil, err
+		}
+	}
+	return map[string]string{baseline.name: plain, lease.name: plain, rrguard.name: guarded, bare.name: bareNS}, nil
+}
+
+// throughput runs the 32-creator rows at one namespace size: every mode once per round, the order
+// rotating from round to round.
+func (b *bench) throughput(ctx context.Context, size int) error {
+	nsOf, err := b.namespaces(ctx, fmt.Sprintf("bench-%d", size), size)
+	if err != nil {
 		return err
 	}
 	defer func() { b.rrguard.stop(); b.rrguard = nil }()
-	if err := b.env.WaitJudged(ctx, guarded, true); err != nil {
-		return err
-	}
-	if err := b.env.WaitJudged(ctx, bareNS, true); err != nil {
-		return err
-	}
-	nsOf := map[string]string{baseline.name: plain, lease.name: plain, rrguard.name: guarded, bare.name: bareNS}
 	modes := []mode{baseline, bare, rrguard, lease}
 	for round := range b.cfg.rounds {
 		for i := range modes {
@@ -323,28 +332,13 @@ func (b *bench) throughput(ctx context.Context, size int) error {
 	return nil
 }
 
-// latencyAndStorm runs the 1-creator rows and the storm rows in fresh namespaces.
+// latencyAndStorm runs the 1-creator rows and the storm rows in empty namespaces.
 func (b *bench) latencyAndStorm(ctx context.Context) error {
-	plain, err := b.namespace(ctx, "bench-latency-plain", 0, baseline, false)
+	nsOf, err := b.namespaces(ctx, "bench-latency", 0)
 	if err != nil {
-		return err
-	}
-	guarded, err := b.namespace(ctx, "bench-latency-rrguard", 0, rrguard, false)
-	if err != nil {
-		return err
-	}
-	bareNS, err := b.namespace(ctx, "bench-latency-bare", 0, bare, false)
-	if err != nil {
-		return err
-	}
-	if b.rrguard, err = b.rrguardFn(guarded); err != nil {
 		return err
 	}
 	defer func() { b.rrguard.stop(); b.rrguard = nil }()
-	if err := b.env.WaitJudged(ctx, guarded, true); err != nil {
-		return err
-	}
-	nsOf := map[string]string{baseline.name: plain, lease.name: plain, rrguard.name: guarded, bare.name: bareNS}
 	latency := []mode{baseline, bare, rrguard}
 	storm := []mode{rrguard, lease}
 	for round := range b.cfg.rounds {

@@ -133,6 +133,9 @@ type feed struct {
 	synced    bool
 	// completeAsOf: every RR created before completeAsOf minus the create bound has been seen.
 	completeAsOf time.Time
+	// advanced is closed (and replaced) whenever completeAsOf moves; probeUntil: see AwaitFresh.
+	advanced   chan struct{}
+	probeUntil time.Time
 }
 
 // New builds an index that reads through cfg. Start runs it.
@@ -150,7 +153,7 @@ func New(cfg *rest.Config, o Options) (*Index, error) {
 		nss = []string{metav1.NamespaceAll}
 	}
 	for _, ns := range nss {
-		ix.feeds = append(ix.feeds, &feed{ix: ix, namespace: ns})
+		ix.feeds = append(ix.feeds, &feed{ix: ix, namespace: ns, advanced: make(chan struct{})})
 	}
 	return ix, nil
 }
@@ -237,6 +240,54 @@ func (ix *Index) Lookup(namespace, fp string, now time.Time) ([]Fact, error) {
 		out[i] = e.fact()
 	}
 	return out, nil
+}
+
+// AwaitFresh is for decisions that found the index not fresh (Lookup's ReasonNotFresh), which
+// happens after a quiet spell longer than MaxLag. The first such decision returns false at once:
+// it decides from consistent reads, and its create, once stored, proves the index complete again.
+// The decisions that follow within max wait for that proof instead of each reading the API
+// server, and report whether it came; if it does not come in time, they read too. Without it, a
+// burst after a quiet spell costs one consistent List per concurrent decision, and a List by
+// field selector costs the API server a scan of the namespace.
+func (ix *Index) AwaitFresh(ctx context.Context, namespace string, max time.Duration) bool {
+	f := ix.feedFor(namespace)
+	if f == nil || ix.o.MaxLag <= 0 {
+		return false
+	}
+	f.mu.Lock()
+	now := time.Now()
+	switch {
+	case !f.synced:
+		f.mu.Unlock()
+		return false
+	case now.Sub(f.completeAsOf) <= ix.o.MaxLag:
+		f.mu.Unlock()
+		return true
+	case !now.Before(f.probeUntil):
+		f.probeUntil = now.Add(max)
+		f.mu.Unlock()
+		return false
+	}
+	deadline, advanced := f.probeUntil, f.advanced
+	f.mu.Unlock()
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-timer.C:
+			return false
+		case <-advanced:
+			f.mu.Lock()
+			fresh := time.Since(f.completeAsOf) <= ix.o.MaxLag
+			advanced = f.advanced
+			f.mu.Unlock()
+			if fresh {
+				return true
+			}
+		}
+	}
 }
 
 // MayBeMarked reports whether fingerprint fp of namespace may have a high-water mark. It says
@@ -455,6 +506,10 @@ func (f *feed) seen(t time.Time) {
 	f.mu.Lock()
 	if t.After(f.completeAsOf) {
 		f.completeAsOf = t
+		if f.advanced != nil {
+			close(f.advanced)
+		}
+		f.advanced = make(chan struct{})
 	}
 	f.mu.Unlock()
 }

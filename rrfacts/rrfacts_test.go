@@ -1,6 +1,7 @@
 package rrfacts
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -88,7 +89,7 @@ func decode(t testing.TB, v any) *object {
 // testIndex is an index whose one feed is fed by hand, as its reflector would.
 func testIndex(maxLag time.Duration) (*Index, *feed) {
 	ix := &Index{o: Options{Finalizer: finalizer, MaxLag: maxLag, MarkKey: markKey}, nss: map[string]*nsFacts{}, marked: newMarked()}
-	f := &feed{ix: ix}
+	f := &feed{ix: ix, advanced: make(chan struct{})}
 	ix.feeds = []*feed{f}
 	return ix, f
 }
@@ -314,5 +315,50 @@ func TestMayBeMarked(t *testing.T) {
 	}
 	if fp > 1000 {
 		t.Fatalf("%d false positives in 100,000 at 200,000 keys", fp)
+	}
+}
+
+// After a quiet spell, the first decision reads (AwaitFresh false at once); the next ones wait
+// for the create that proves the index complete again, and use the index; without one, they give
+// up after the wait.
+func TestAwaitFresh(t *testing.T) {
+	ix, f := testIndex(2 * time.Second)
+	f.noteCall()
+	_ = f.Replace(nil, "1")
+	ctx := context.Background()
+	if !ix.AwaitFresh(ctx, "ns", time.Second) {
+		t.Fatal("a fresh index needs no wait")
+	}
+	f.mu.Lock()
+	f.completeAsOf = time.Now().Add(-time.Minute) // a quiet spell
+	f.mu.Unlock()
+	start := time.Now()
+	if ix.AwaitFresh(ctx, "ns", 5*time.Second) || time.Since(start) > 100*time.Millisecond {
+		t.Fatal("the first decision after a quiet spell must read at once")
+	}
+	got := make(chan bool)
+	go func() { got <- ix.AwaitFresh(ctx, "ns", 5*time.Second) }()
+	raw := kubernautRR("ns", 1, "")
+	raw["metadata"].(map[string]any)["creationTimestamp"] = time.Now().UTC().Format(time.RFC3339)
+	_ = f.Add(decode(t, raw))
+	select {
+	case ok := <-got:
+		if !ok {
+			t.Fatal("a create stamped now did not make the waiting decision use the index")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiting decision was not woken")
+	}
+	// Quiet again, and nothing comes: the waiter gives up when the probe window ends.
+	f.mu.Lock()
+	f.completeAsOf, f.probeUntil = time.Now().Add(-time.Minute), time.Time{}
+	f.mu.Unlock()
+	_ = ix.AwaitFresh(ctx, "ns", 200*time.Millisecond) // the prober
+	start = time.Now()
+	if ix.AwaitFresh(ctx, "ns", 200*time.Millisecond) {
+		t.Fatal("fresh without any create")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("waited %s past a 200 ms window", d)
 	}
 }

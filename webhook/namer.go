@@ -46,7 +46,13 @@ type Index interface {
 	Lookup(namespace, fingerprint string, now time.Time) ([]rrfacts.Fact, error)
 	// MayBeMarked is false only for a fingerprint that surely has no high-water mark.
 	MayBeMarked(namespace, fingerprint string) bool
+	// AwaitFresh waits, up to max, for an index that was not fresh to become so (see rrfacts).
+	AwaitFresh(ctx context.Context, namespace string, max time.Duration) bool
 }
+
+// freshWait is how long a decision waits for the index to prove itself fresh again after a quiet
+// spell, rather than reading the API server.
+const freshWait = time.Second
 
 // MarkReader returns a fingerprint's high-water mark, read as of now.
 type MarkReader interface {
@@ -149,6 +155,9 @@ func (h *Namer) decide(ctx context.Context, rr *v1alpha1.RemediationRequest, now
 	if h.Index != nil {
 		facts, err := h.Index.Lookup(ns, fp, now())
 		var untrusted *rrfacts.Untrusted
+		if errors.As(err, &untrusted) && untrusted.Reason == rrfacts.ReasonNotFresh && h.Index.AwaitFresh(ctx, ns, freshWait) {
+			facts, err = h.Index.Lookup(ns, fp, now())
+		}
 		switch {
 		case errors.As(err, &untrusted):
 			fallbacks.WithLabelValues(untrusted.Reason).Inc()

@@ -97,18 +97,19 @@ func parseInts(s string) []int {
 
 // bench is one run: the control plane, the two webhook processes, and the load generator's client.
 type bench struct {
-	cfg          config
-	env          *testenv.Env
-	c            client.Client
-	requests     testenv.Requests
-	api, etcd    int
-	rrguard      *server
-	bare         *server
-	rrguardFn    func(namespaces string) (*server, error)
-	rows         []row
-	memory       []memRow
-	binDir       string
-	rrguardPprof string
+	cfg            config
+	env            *testenv.Env
+	c              client.Client
+	requests       testenv.Requests
+	api, etcd      int
+	rrguard        *server
+	bare           *server
+	rrguardFn      func(namespaces string) (*server, error)
+	rows           []row
+	memory         []memRow
+	binDir         string
+	rrguardPprof   string
+	rrguardMetrics string
 }
 
 func run(cfg config) error {
@@ -188,10 +189,15 @@ func runBench(cfg config) (*bench, error) {
 			return nil, err
 		}
 		b.rrguardPprof = pprof
+		metrics, err := freeAddr()
+		if err != nil {
+			return nil, err
+		}
+		b.rrguardMetrics = metrics
 		return start(ctx, "rrguard", rrguardBin, []string{"KUBECONFIG=" + kubeconfig, "POD_NAMESPACE=" + testenv.MarksNamespace},
 			httpReady("http://"+probe+"/readyz"), pprof,
 			"--webhook-host=127.0.0.1", "--webhook-port="+strconv.Itoa(w.LocalServingPort), "--cert-dir="+w.LocalServingCertDir,
-			"--metrics-bind-address=0", "--health-probe-bind-address="+probe, "--pprof-bind-address="+pprof,
+			"--metrics-bind-address="+metrics, "--health-probe-bind-address="+probe, "--pprof-bind-address="+pprof,
 			"--shutdown-delay=0s", "--rr-namespaces="+namespaces,
 			// The load generator sends hundreds of creates a second; the default client limit
 			// (200 QPS) is for a replica among three in a cluster.
@@ -373,7 +379,7 @@ func (b *bench) profiles() {
 	}
 	var wg sync.WaitGroup
 	for name, url := range map[string]string{
-		"kube-apiserver": b.env.Config.Host + "/debug/pprof/profile?seconds=8",
+		"kube-apiserver": strings.TrimSuffix(b.env.Config.Host, "/") + "/debug/pprof/profile?seconds=8",
 		"rrguard":        "http://" + b.rrguardPprof + "/debug/pprof/profile?seconds=8",
 	} {
 		wg.Add(1)

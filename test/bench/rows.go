@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"runtime"
 	"slices"
@@ -58,6 +60,12 @@ type row struct {
 	Counted    int                `json:"signalsCounted"`
 	Errors     int                `json:"errors"`
 	FirstError string             `json:"firstError,omitempty"`
+	// rrguard's own account of the row (its /metrics, before and after): decisions, the API
+	// reads they made, and decisions taken from consistent reads because the index could not
+	// vouch for itself.
+	Decisions int `json:"rrguardDecisions,omitempty"`
+	Reads     int `json:"rrguardReads,omitempty"`
+	Fallbacks int `json:"rrguardFallbacks,omitempty"`
 }
 
 var cell atomic.Int64
@@ -112,6 +120,7 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 	b.settle()
 	cpuBefore := b.cpu()
 	reqBefore := b.requests.All.Load()
+	guardBefore := b.rrguardCounts()
 	begin := time.Now()
 	if s.during != nil {
 		go s.during()
@@ -141,6 +150,7 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 	wg.Wait()
 	elapsed := time.Since(begin)
 	cpuAfter := b.cpu()
+	guardAfter := b.rrguardCounts()
 	n := int(done.Load())
 	r := row{Kind: s.kind, Mode: s.m.name, Size: s.size, Round: s.round, Creators: s.creators, Signals: n,
 		Seconds: elapsed.Seconds(), PerSecond: float64(n) / elapsed.Seconds(), CPU: map[string]float64{},
@@ -151,6 +161,9 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 	if e, ok := firstErr.Load().(string); ok {
 		r.FirstError = e
 	}
+	r.Decisions = int(guardAfter["decisions"] - guardBefore["decisions"])
+	r.Reads = int(guardAfter["reads"] - guardBefore["reads"])
+	r.Fallbacks = int(guardAfter["fallbacks"] - guardBefore["fallbacks"])
 	lat := slices.Clone(latencies[:n])
 	slices.Sort(lat)
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -173,9 +186,9 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 			r.Duplicates += k - 1
 		}
 	}
-	fmt.Printf("%-10s %-10s size=%-6d round=%d creators=%-3d %6d signals %7.0f/s p50=%6.1fms p99=%7.1fms api/sig=%4.2f cpu ms/sig: %s stored=%d dup=%d counted=%d err=%d %s\n",
+	fmt.Printf("%-10s %-10s size=%-6d round=%d creators=%-3d %6d signals %7.0f/s p50=%6.1fms p99=%7.1fms api/sig=%4.2f cpu ms/sig: %s stored=%d dup=%d counted=%d err=%d rrguard decisions=%d reads=%d fallbacks=%d %s\n",
 		s.kind, s.m.name, s.size, s.round, s.creators, n, r.PerSecond, r.P50, r.P99, r.APIPerSig, cpuString(r.CPU),
-		r.Stored, r.Duplicates, r.Counted, r.Errors, r.FirstError)
+		r.Stored, r.Duplicates, r.Counted, r.Errors, r.Decisions, r.Reads, r.Fallbacks, r.FirstError)
 	return r, nil
 }
 
@@ -303,4 +316,38 @@ func (b *bench) memoryRows(ctx context.Context) error {
 		b.memory = append(b.memory, r)
 	}
 	return nil
+}
+
+// rrguardCounts reads rrguard's decision, read and fallback counters from its /metrics (zeros
+// when no replica runs).
+func (b *bench) rrguardCounts() map[string]float64 {
+	out := map[string]float64{}
+	if b.rrguard == nil || b.rrguardMetrics == "" {
+		return out
+	}
+	resp, err := http.Get("http://" + b.rrguardMetrics + "/metrics")
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		name, value, ok := strings.Cut(line, " ")
+		if !ok || strings.HasPrefix(line, "#") {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+		if err != nil {
+			continue
+		}
+		switch {
+		case name == "rrguard_decision_api_reads_count":
+			out["decisions"] += v
+		case name == "rrguard_decision_api_reads_sum":
+			out["reads"] += v
+		case strings.HasPrefix(name, "rrguard_consistent_list_fallbacks_total"):
+			out["fallbacks"] += v
+		}
+	}
+	return out
 }

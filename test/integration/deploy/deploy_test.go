@@ -23,6 +23,7 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/yaml"
@@ -285,6 +286,18 @@ func TestDefaultProductionSettings(t *testing.T) {
 	}
 	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
 		t.Error("resource requests and limits required")
+	}
+	// GOMEMLIMIT makes the Go runtime collect harder before the container's limit, not after.
+	var memLimit string
+	for _, e := range c.Env {
+		if e.Name == "GOMEMLIMIT" {
+			memLimit = e.Value
+		}
+	}
+	if q, err := resource.ParseQuantity(strings.TrimSuffix(memLimit, "B")); err != nil || q.Cmp(*c.Resources.Limits.Memory()) >= 0 ||
+		c.Resources.Requests.Memory().Cmp(q) > 0 {
+		t.Errorf("GOMEMLIMIT %q must lie between the memory request %s and the limit %s", memLimit,
+			c.Resources.Requests.Memory(), c.Resources.Limits.Memory())
 	}
 	if !strings.Contains(strings.Join(c.Args, " "), "--shutdown-delay=") {
 		t.Error("no shutdown delay")

@@ -3,6 +3,7 @@ package webhook
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -43,7 +44,7 @@ func reads(t *testing.T, n *testenv.Requests, fn func()) int64 {
 	got := n.Reads.Load() - before
 	_, sumAfter := testenv.Histogram("rrguard_decision_api_reads")
 	if int64(sumAfter-sumBefore) != got {
-		t.Fatalf("rrguard_decision_api_reads counted %v reads, its client made %d", sumAfter-sumBefore, got)
+		t.Fatalf("rrguard_decision_api_reads counted %v reads, its client made %d: %v", sumAfter-sumBefore, got, n.Paths())
 	}
 	return got
 }
@@ -284,5 +285,43 @@ func waitUntrusted(ctx context.Context, t *testing.T, r *serve.Replica, ns, fp s
 		return errors.As(err, &u) && u.Reason == rrfacts.ReasonNotFresh, nil
 	}); err != nil {
 		t.Fatal("the index stayed fresh without creates:", err)
+	}
+}
+
+// A burst after a quiet spell longer than the index's lag: the first decision reads (a
+// consistent List, which costs the API server a scan of the namespace), its create proves the
+// index fresh again, and the rest of the burst waits for that instead of each reading.
+func TestBurstAfterQuietReadsOnce(t *testing.T) {
+	r, n := indexReplica(t)
+	ctx, ns := env.TestNamespace(t, "burst", 2*time.Minute)
+	prime := testenv.Fingerprint(ns + "/prime")
+	if err := env.Client.Create(ctx, testenv.NewRR(ns, prime)); err != nil {
+		t.Fatal(err)
+	}
+	waitIndexed(ctx, t, r, ns, prime, 1)
+	waitUntrusted(ctx, t, r, ns, prime)
+	before := testenv.Counter("rrguard_consistent_list_fallbacks_total", map[string]string{"reason": rrfacts.ReasonNotFresh})
+	const burst = 20
+	errs := make([]error, burst)
+	got := reads(t, n, func() {
+		var wg sync.WaitGroup
+		for i := range burst {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = env.Client.Create(ctx, testenv.NewRR(ns, testenv.Fingerprint(fmt.Sprintf("%s/burst/%d", ns, i))))
+			}()
+		}
+		wg.Wait()
+	})
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	fell := testenv.Counter("rrguard_consistent_list_fallbacks_total", map[string]string{"reason": rrfacts.ReasonNotFresh}) - before
+	t.Logf("%d creates after a quiet spell: %v decisions from consistent reads, %d API reads", burst, fell, got)
+	if fell < 1 || fell >= burst {
+		t.Fatalf("%v of %d decisions read consistently after a quiet spell: want the first, and not all", fell, burst)
 	}
 }

@@ -163,10 +163,10 @@ func runBench(cfg config) (*bench, error) {
 	}
 	defer env.Stop()
 	b := &bench{cfg: cfg, env: env, binDir: binDir}
-	if b.api, err = childPID("kube-apiserver"); err != nil {
+	if b.api, err = testenv.ChildPID("kube-apiserver"); err != nil {
 		return nil, err
 	}
-	if b.etcd, err = childPID("etcd"); err != nil {
+	if b.etcd, err = testenv.ChildPID("etcd"); err != nil {
 		return nil, err
 	}
 	if b.c, err = client.New(testenv.Counting(env.Config, &b.requests), client.Options{Scheme: env.Client.Scheme()}); err != nil {

@@ -74,7 +74,7 @@ var cell atomic.Int64
 func (b *bench) cpu() map[string]float64 {
 	out := map[string]float64{}
 	read := func(name string, pid int) {
-		if s, err := cpuSeconds(pid); err == nil {
+		if s, err := testenv.CPUSeconds(pid); err == nil {
 			out[name] = s
 		}
 	}
@@ -95,9 +95,9 @@ func (b *bench) cpu() map[string]float64 {
 func (b *bench) settle() {
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		before, _ := cpuSeconds(b.api)
+		before, _ := testenv.CPUSeconds(b.api)
 		time.Sleep(500 * time.Millisecond)
-		after, _ := cpuSeconds(b.api)
+		after, _ := testenv.CPUSeconds(b.api)
 		if after-before < 0.025 {
 			return
 		}
@@ -307,7 +307,7 @@ func (b *bench) memoryRows(ctx context.Context) error {
 		r := memRow{RRs: n, StartSeconds: time.Since(begin).Seconds()}
 		live, err := s.liveHeapMB()
 		r.LiveHeapMB = live
-		r.RSSMB = float64(rssBytes(s.pid())) / (1 << 20)
+		r.RSSMB = float64(testenv.RSSBytes(s.pid())) / (1 << 20)
 		s.stop()
 		if err != nil {
 			return err

@@ -10,12 +10,11 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"math"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -316,31 +315,12 @@ func parallel(n, workers int, f func(i int)) {
 // controlPlane finds this process's kube-apiserver and etcd children.
 func controlPlane() (map[string]int, error) {
 	out := map[string]int{"self": os.Getpid()}
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil, err
-	}
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
+	for _, name := range []string{"kube-apiserver", "etcd"} {
+		pid, err := testenv.ChildPID(name)
 		if err != nil {
-			continue
+			return nil, fmt.Errorf("control plane processes not found: %w", err)
 		}
-		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
-		if len(fields) < 2 || fields[1] != strconv.Itoa(os.Getpid()) {
-			continue
-		}
-		cmd, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		name := filepath.Base(strings.SplitN(string(cmd), "\x00", 2)[0])
-		if name == "kube-apiserver" || name == "etcd" {
-			out[name] = pid
-		}
-	}
-	if out["kube-apiserver"] == 0 || out["etcd"] == 0 {
-		return nil, fmt.Errorf("control plane processes not found: %v", out)
+		out[name] = pid
 	}
 	return out, nil
 }
@@ -349,14 +329,9 @@ func controlPlane() (map[string]int, error) {
 func cpuTimes(pids map[string]int) map[string]int64 {
 	out := map[string]int64{}
 	for name, pid := range pids {
-		stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-		if err != nil {
-			continue
+		if s, err := testenv.CPUSeconds(pid); err == nil {
+			out[name] = int64(math.Round(s * 1000))
 		}
-		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
-		utime, _ := strconv.ParseInt(f[11], 10, 64)
-		stime, _ := strconv.ParseInt(f[12], 10, 64)
-		out[name] = (utime + stime) * 10 // clock ticks of 10 ms (USER_HZ 100)
 	}
 	return out
 }

@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -437,12 +438,7 @@ func (ix *Index) put(o *object) bool {
 		nsf.byName[name] = e
 	}
 	e.status = statusOf(o)
-	e.finalized = false
-	for _, f := range o.Meta.Finalizers {
-		if f == ix.o.Finalizer && f != "" {
-			e.finalized = true
-		}
-	}
+	e.finalized = ix.o.Finalizer != "" && slices.Contains(o.Meta.Finalizers, ix.o.Finalizer)
 	e.deletedAt = 0
 	if o.Meta.DeletionTimestamp != nil {
 		e.deletedAt = o.Meta.DeletionTimestamp.Unix()
@@ -534,31 +530,32 @@ func asObject(obj any) (*object, error) {
 // Add implements cache.ReflectorStore: a create. Its creation timestamp proves the feed complete
 // up to it.
 func (f *feed) Add(obj any) error {
-	o, err := asObject(obj)
-	if err != nil {
-		return err
+	o, err := f.upsert(obj)
+	if err == nil {
+		f.seen(o.Meta.CreationTimestamp.Time)
 	}
-	var deleting bool
-	f.ix.apply(func() { deleting = f.ix.put(o) })
-	f.seen(o.Meta.CreationTimestamp.Time)
-	if deleting {
-		f.notify([]*object{o})
-	}
-	return nil
+	return err
 }
 
 // Update implements cache.ReflectorStore.
 func (f *feed) Update(obj any) error {
+	_, err := f.upsert(obj)
+	return err
+}
+
+// upsert stores an object's facts and tells the releaser when it is being deleted with the
+// finalizer on.
+func (f *feed) upsert(obj any) (*object, error) {
 	o, err := asObject(obj)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var deleting bool
 	f.ix.apply(func() { deleting = f.ix.put(o) })
 	if deleting {
 		f.notify([]*object{o})
 	}
-	return nil
+	return o, nil
 }
 
 // Delete implements cache.ReflectorStore.

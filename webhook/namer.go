@@ -172,7 +172,7 @@ func (h *Namer) decide(ctx context.Context, rr *v1alpha1.RemediationRequest, now
 				}
 			}
 			if len(blocking) > 0 {
-				return "", Duplicate(ns, newestFact(blocking))
+				return "", Duplicate(ns, newestFact(fp, blocking))
 			}
 			if len(facts) == 0 {
 				if !h.Index.MayBeMarked(ns, fp) {
@@ -202,17 +202,15 @@ func (h *Namer) decide(ctx context.Context, rr *v1alpha1.RemediationRequest, now
 	return Decide(rr, existing, mark, now())
 }
 
-// newestFact is newestOf for facts from the index, as an RR Duplicate can name.
-func newestFact(facts []rrfacts.Fact) *v1alpha1.RemediationRequest {
-	best := facts[0]
-	for _, f := range facts[1:] {
-		if f.N > best.N || (f.N == best.N && f.Name > best.Name) {
-			best = f
-		}
+// newestFact picks, as newestOf does, the RR a creator should record its repeat on, from facts of
+// the index (which keep no creation time: the name breaks ties).
+func newestFact(fp string, facts []rrfacts.Fact) *v1alpha1.RemediationRequest {
+	rrs := make([]*v1alpha1.RemediationRequest, len(facts))
+	for i, f := range facts {
+		rrs[i] = &v1alpha1.RemediationRequest{}
+		rrs[i].Name, rrs[i].Status.OverallPhase = f.Name, f.Status.Phase
 	}
-	rr := &v1alpha1.RemediationRequest{}
-	rr.Name, rr.Status.OverallPhase = best.Name, best.Status.Phase
-	return rr
+	return newestOf(fp, rrs)
 }
 
 func (h *Namer) mark(ctx context.Context, ns, fp string) (int64, error) {

@@ -110,10 +110,10 @@ func (e *Env) ServeReplica(ctx context.Context, cfg *rest.Config, adjust ...func
 		_ = stop()
 		return nil, nil, fmt.Errorf("rrguard did not serve TLS on %s: %w (last dial: %v)", addr, err, last)
 	}
-	// A test begins once the index has synced and the marks are seeded: until then the replica
-	// answers 503, or decides from consistent reads.
+	// A test begins once the marks are seeded (which the seeder does only once the index has
+	// synced): until then the replica answers 503.
 	if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
-		return r.Index().Synced() && r.Seeded() == nil, nil
+		return r.Seeded() == nil, nil
 	}); err != nil {
 		_ = stop()
 		return nil, nil, fmt.Errorf("rrguard did not seed its marks: %w", err)

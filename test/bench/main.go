@@ -263,14 +263,14 @@ func (b *bench) routeWebhooks(ctx context.Context, bareAddr string) error {
 
 // namespace creates a namespace holding size RRs (created before any webhook judges it, with
 // Kubernaut's own naming), then labels it for mode m.
-func (b *bench) namespace(ctx context.Context, prefix string, size int, m mode, kubernautSize bool) (string, error) {
+func (b *bench) namespace(ctx context.Context, prefix string, size int, m mode) (string, error) {
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-"}}
 	if err := b.env.Client.Create(ctx, ns); err != nil {
 		return "", err
 	}
 	if size > 0 {
 		fmt.Printf("creating %d RRs in %s ...\n", size, ns.Name)
-		if err := fill(ctx, b.env.Client, ns.Name, 0, size, kubernautSize); err != nil {
+		if err := fill(ctx, b.env.Client, ns.Name, 0, size, false); err != nil {
 			return "", err
 		}
 	}
@@ -287,15 +287,15 @@ func (b *bench) namespace(ctx context.Context, prefix string, size int, m mode, 
 // holding size RRs, rrguard has its own of that size, bare gets an empty one (it reads nothing).
 // It starts an rrguard replica watching rrguard's namespace; the caller stops it.
 func (b *bench) namespaces(ctx context.Context, prefix string, size int) (map[string]string, error) {
-	plain, err := b.namespace(ctx, prefix+"-plain", size, baseline, false)
+	plain, err := b.namespace(ctx, prefix+"-plain", size, baseline)
 	if err != nil {
 		return nil, err
 	}
-	guarded, err := b.namespace(ctx, prefix+"-rrguard", size, rrguard, false)
+	guarded, err := b.namespace(ctx, prefix+"-rrguard", size, rrguard)
 	if err != nil {
 		return nil, err
 	}
-	bareNS, err := b.namespace(ctx, prefix+"-bare", 0, bare, false)
+	bareNS, err := b.namespace(ctx, prefix+"-bare", 0, bare)
 	if err != nil {
 		return nil, err
 	}

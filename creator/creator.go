@@ -1,8 +1,9 @@
 // Package creator is what an RR creator (Kubernaut's Gateway, an agent tool, anything else) needs
-// to turn rrguard's answers into an exact occurrence count: CreateOrRecord creates the RR for a
-// signal or, when rrguard or the API server answers 409 AlreadyExists naming the RR in flight,
-// records the repeat on that RR's status.deduplication. rrguard itself writes nothing; the
-// creator stays the only writer of status.deduplication.
+// to turn rrguard's answers into an exact occurrence count: Creator.CreateOrRecord creates the RR
+// for a signal or, when rrguard or the API server answers 409 AlreadyExists naming the RR in
+// flight, records the repeat on that RR's status.deduplication, coalescing the repeats that meet
+// in one process into one write. rrguard itself writes nothing; the creator stays the only writer
+// of status.deduplication.
 package creator
 
 import (
@@ -21,7 +22,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
-	"github.com/rrguard/rrguard/rules"
 )
 
 // SignalIDAnnotation carries a per-signal ID on the RR a signal created, so that a retried create
@@ -38,21 +38,29 @@ type Result struct {
 	New bool
 	// Attempts is how many creates were sent.
 	Attempts int
-	// Requests is how many API requests were sent in all (creates, reads, status writes).
+	// Requests is how many API requests this signal sent alone (its creates).
 	Requests int
-	// Retries is how many tries of the budget (Options.MaxAttempts) were spent.
+	// Batch is how many signals shared the status write that recorded this one (0 for a signal
+	// that created its RR), and BatchRequests how many requests (reads and writes) that batch
+	// sent: this signal's share is BatchRequests/Batch.
+	Batch, BatchRequests int
+	// Retries is how many tries of the budget (Options.MaxAttempts) were spent, by this
+	// signal's creates and by the batches it joined.
 	Retries int
 	// Ambiguous is true when a status write's response was lost after the write may have
-	// happened and was retried: the occurrence count may then be one too high.
+	// happened and was retried, or when the call was cancelled while its write was under way:
+	// the occurrence count may then be too high by the signals of that batch.
 	Ambiguous bool
 }
 
 // Options tune retries. Zero fields take their defaults: 10 tries, 50 ms doubling to 2 s, with
 // full jitter, within the context's deadline. Negative values are refused.
 type Options struct {
-	// MaxAttempts bounds one CreateOrRecord: every failure worth a retry (a transient error, a
-	// write conflict, a 409 naming an RR that has finished or is gone) spends one try and one
-	// backoff, whichever step it hit; when all are spent, ErrGaveUp.
+	// MaxAttempts bounds one CreateOrRecord's creates: every failure worth a retry (a transient
+	// error, a 409 naming an RR that has finished or is gone) spends one try and one backoff;
+	// when all are spent, ErrGaveUp. It bounds each batch's status write alike (a conflict with
+	// another process, a transient error): when the batch's tries are spent, every signal in it
+	// gets ErrGaveUp.
 	MaxAttempts    int
 	InitialBackoff time.Duration
 	MaxBackoff     time.Duration
@@ -88,6 +96,24 @@ var ErrGaveUp = errors.New("gave up after retries")
 // (neither rrguard nor the API server answers so; something else in the path did).
 var ErrNoDetails = errors.New("409 AlreadyExists without the RR's name in details")
 
+// Creator lands signals for one process. Make one per process (per Gateway replica) and share it
+// between goroutines: repeats of the same RR that meet in it are recorded together, in one status
+// write (see recorder).
+type Creator struct {
+	c   client.Client
+	o   Options
+	rec *recorder
+}
+
+// New returns a Creator that sends through c, with retry options o.
+func New(c client.Client, o Options) (*Creator, error) {
+	o, err := o.validated()
+	if err != nil {
+		return nil, err
+	}
+	return &Creator{c: c, o: o, rec: &recorder{c: c, o: o, rrs: map[client.ObjectKey]*queue{}}}, nil
+}
+
 // CreateOrRecord lands one signal: it creates rr, or records the repeat on the RR in flight.
 // rr is a template: it is not modified, and may be reused for later signals.
 //
@@ -95,12 +121,8 @@ var ErrNoDetails = errors.New("409 AlreadyExists without the RR's name in detail
 // capped exponential backoff and full jitter; any other error (422 Invalid, 400, 403, an error it
 // does not know) is returned at once. A 409 naming an RR that has finished or is gone by the time
 // it is read means the signal belongs to a new remediation: it creates again, within the same
-// budget.
-func CreateOrRecord(ctx context.Context, c client.Client, rr *v1alpha1.RemediationRequest, o Options) (Result, error) {
-	o, err := o.validated()
-	if err != nil {
-		return Result{}, err
-	}
+// budget. A repeat returns once the status write that carries it has succeeded.
+func (cr *Creator) CreateOrRecord(ctx context.Context, rr *v1alpha1.RemediationRequest) (Result, error) {
 	tmpl := rr.DeepCopy()
 	if tmpl.Annotations[SignalIDAnnotation] == "" {
 		if tmpl.Annotations == nil {
@@ -108,28 +130,28 @@ func CreateOrRecord(ctx context.Context, c client.Client, rr *v1alpha1.Remediati
 		}
 		tmpl.Annotations[SignalIDAnnotation] = newID()
 	}
-	s := &signal{c: c, ns: tmpl.Namespace, id: tmpl.Annotations[SignalIDAnnotation], budget: budget{o: o, next: o.InitialBackoff}}
-	err = s.land(ctx, tmpl)
-	s.res.Retries = s.budget.spent
+	s := &signal{cr: cr, ns: tmpl.Namespace, id: tmpl.Annotations[SignalIDAnnotation], budget: newBudget(cr.o)}
+	err := s.land(ctx, tmpl)
+	s.res.Retries += s.budget.spent
 	return s.res, err
 }
 
 // signal is one CreateOrRecord in progress.
 type signal struct {
-	c      client.Client
+	cr     *Creator
 	ns, id string
 	res    Result
 	budget budget
 }
 
-// land is the one loop: create; on a 409, read the RR it names and record the signal there,
-// unless that RR no longer holds signals, in which case create again.
+// land is the one loop: create; on a 409, have the RR it names record the signal, unless that RR
+// no longer holds signals, in which case create again.
 func (s *signal) land(ctx context.Context, tmpl *v1alpha1.RemediationRequest) error {
 	for {
 		attempt := tmpl.DeepCopy()
 		s.res.Attempts++
 		s.res.Requests++
-		err := s.c.Create(ctx, attempt)
+		err := s.cr.c.Create(ctx, attempt)
 		switch {
 		case err == nil:
 			// The new RR holds its first signal with no write (see Signals).
@@ -140,32 +162,26 @@ func (s *signal) land(ctx context.Context, tmpl *v1alpha1.RemediationRequest) er
 			if name == "" {
 				return fmt.Errorf("%w: %w", ErrNoDetails, err)
 			}
-			held, err := s.get(ctx, name)
-			switch {
-			case apierrors.IsNotFound(err):
-				if err := s.budget.spend(ctx, fmt.Errorf("the RR %s named by the 409 is gone: %w", name, err)); err != nil {
-					return err
-				}
-				continue
-			case err != nil:
-				return err
-			case held.Annotations[SignalIDAnnotation] == s.id:
-				// An earlier try was stored and its answer lost: this signal created it, and the
-				// RR holds it already.
+			v := s.cr.rec.record(ctx, client.ObjectKey{Namespace: s.ns, Name: name}, s.id)
+			s.res.Batch, s.res.BatchRequests = v.batch, v.requests
+			s.res.Ambiguous = s.res.Ambiguous || v.ambiguous
+			s.res.Retries += v.retries
+			switch v.outcome {
+			case recorded:
+				s.res.Name, s.res.New = name, false
+				return nil
+			case ownCreate:
+				// An earlier try was stored and its answer lost: this signal created the RR,
+				// which holds it already.
 				s.res.Name, s.res.New = name, true
 				return nil
-			case !rules.InFlight(held, time.Now()):
-				if err := s.budget.spend(ctx, fmt.Errorf("the RR %s named by the 409 is no longer in flight (phase %s)", name, held.Status.OverallPhase)); err != nil {
+			case elsewhere:
+				if err := s.budget.spend(ctx, v.err); err != nil {
 					return err
 				}
-				continue
+			default:
+				return v.err
 			}
-			s.res.Name, s.res.New = name, false
-			recorded, err := s.recordRepeat(ctx, held)
-			if recorded || err != nil {
-				return err
-			}
-			// The RR finished or went away before the repeat could be written: a new remediation.
 		case Transient(err):
 			if err := s.budget.spend(ctx, err); err != nil {
 				return err
@@ -187,78 +203,14 @@ func Signals(rr *v1alpha1.RemediationRequest) int32 {
 	return 1
 }
 
-// countRepeat adds one occurrence to the count Signals reads: a count still 0 is the creating
+// countRepeats adds n occurrences to the count Signals reads: a count still 0 is the creating
 // signal's 1, seen since the RR was created.
-func countRepeat(d *v1alpha1.DeduplicationStatus, created, now metav1.Time) {
+func countRepeats(d *v1alpha1.DeduplicationStatus, n int32, created, now metav1.Time) {
 	if d.OccurrenceCount == 0 {
 		d.FirstSeenAt, d.OccurrenceCount = &created, 1
 	}
-	d.OccurrenceCount++
+	d.OccurrenceCount += n
 	d.LastSeenAt = &now
-}
-
-// recordRepeat writes a repeat on the RR in flight. recorded is false when the RR finished or
-// went away before a write that surely did not apply: the signal then belongs to a new RR.
-func (s *signal) recordRepeat(ctx context.Context, cur *v1alpha1.RemediationRequest) (recorded bool, err error) {
-	return s.write(ctx, cur)
-}
-
-// write counts a repeat in status.deduplication with a merge patch guarded by resourceVersion:
-// status fields it does not model survive, and concurrent writers conflict instead of
-// overwriting each other. A conflict re-reads and tries again, within the budget; if the RR has
-// finished or gone meanwhile (and no write may have applied), recorded is false. A transient
-// failure of the write itself may have applied, so it marks the result ambiguous, and from then
-// on the signal stays on this RR (moving it would count it twice).
-func (s *signal) write(ctx context.Context, cur *v1alpha1.RemediationRequest) (bool, error) {
-	mayHaveApplied := false
-	for {
-		next := cur.DeepCopy()
-		patch := client.MergeFromWithOptions(cur, client.MergeFromWithOptimisticLock{})
-		d := next.Status.Deduplication
-		if d == nil {
-			d = &v1alpha1.DeduplicationStatus{}
-		}
-		countRepeat(d, cur.CreationTimestamp, metav1.Now())
-		next.Status.Deduplication = d
-		s.res.Requests++
-		err := s.c.Status().Patch(ctx, next, patch)
-		switch {
-		case err == nil:
-			return true, nil
-		case apierrors.IsConflict(err), apierrors.IsNotFound(err):
-		case Transient(err):
-			s.res.Ambiguous, mayHaveApplied = true, true
-		default:
-			return false, err
-		}
-		if err := s.budget.spend(ctx, fmt.Errorf("recording on %s: %w", cur.Name, err)); err != nil {
-			return false, err
-		}
-		cur, err = s.get(ctx, cur.Name)
-		switch {
-		case apierrors.IsNotFound(err) && !mayHaveApplied:
-			return false, nil
-		case err != nil:
-			return false, fmt.Errorf("recording on %s: %w", next.Name, err)
-		case !mayHaveApplied && !rules.InFlight(cur, time.Now()):
-			return false, nil
-		}
-	}
-}
-
-// get reads one RR as of now, retrying transient failures within the budget.
-func (s *signal) get(ctx context.Context, name string) (*v1alpha1.RemediationRequest, error) {
-	for {
-		var rr v1alpha1.RemediationRequest
-		s.res.Requests++
-		err := s.c.Get(ctx, client.ObjectKey{Namespace: s.ns, Name: name}, &rr)
-		if !Transient(err) {
-			return &rr, err
-		}
-		if err := s.budget.spend(ctx, err); err != nil {
-			return nil, err
-		}
-	}
 }
 
 // budget is the one retry policy of a CreateOrRecord: a number of tries shared by every step,
@@ -269,6 +221,8 @@ type budget struct {
 	spent int
 	next  time.Duration
 }
+
+func newBudget(o Options) budget { return budget{o: o, next: o.InitialBackoff} }
 
 // spend takes one try for a failure worth retrying and sleeps before it, or says why there is
 // none left.

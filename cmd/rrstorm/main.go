@@ -28,6 +28,7 @@ func main() {
 	signals := flag.Int("signals", 1000, "signals to send")
 	fps := flag.Int("fingerprints", 50, "distinct fingerprints the signals fall on")
 	replicas := flag.Int("replicas", 64, "concurrent senders (Gateway replicas x workers)")
+	processes := flag.Int("processes", 1, "creator processes the senders are spread over (each coalesces its own repeats)")
 	attempts := flag.Int("max-attempts", 20, "creates per signal before giving up on transient errors")
 	flag.Parse()
 
@@ -49,7 +50,7 @@ func main() {
 		fingerprints[i] = testenv.Fingerprint(fmt.Sprintf("rrstorm/%s/%d", run, i))
 	}
 	s := storm.Run(ctx, c, storm.Options{
-		Namespace: *ns, Fingerprints: fingerprints, Signals: *signals, Workers: *replicas,
+		Namespace: *ns, Fingerprints: fingerprints, Signals: *signals, Workers: *replicas, Processes: *processes,
 		Creator: creator.Options{MaxAttempts: *attempts},
 		Progress: func(done, total int) {
 			fmt.Fprintf(os.Stderr, "\r%d/%d signals landed", done, total)

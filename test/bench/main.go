@@ -73,7 +73,7 @@ func main() {
 	c.sizes, c.memSizes = parseInts(*sizes), parseInts(*memSizes)
 	if c.quick {
 		c.sizes, c.memSizes = []int{0}, []int{0, 5000}
-		c.signals, c.rowTime, c.latencySignals, c.stormSignal = 1500, 10*time.Second, 300, 300
+		c.signals, c.rowTime, c.latencySignals, c.stormSignal = 1500, 10*time.Second, 300, 1000
 	}
 	ctrl.SetLogger(zap.New(zap.Level(zapcore.ErrorLevel)))
 	if err := run(c); err != nil {
@@ -346,7 +346,14 @@ func (b *bench) latencyAndStorm(ctx context.Context) error {
 	}
 	defer func() { b.rrguard.stop(); b.rrguard = nil }()
 	latency := []mode{baseline, bare, rrguard}
-	storm := []mode{rrguard, lease}
+	// A storm row sends one fingerprint from 64 goroutines; rrguard's from one process and from
+	// four (four Creators), the Lease lock's from 64 Gateway pods.
+	type stormRow struct {
+		kind      string
+		m         mode
+		processes int
+	}
+	storm := []stormRow{{"storm", rrguard, 1}, {"storm-4p", rrguard, 4}, {"storm", lease, 1}}
 	for round := range b.cfg.rounds {
 		for i := range latency {
 			m := latency[(i+round)%len(latency)]
@@ -358,8 +365,8 @@ func (b *bench) latencyAndStorm(ctx context.Context) error {
 			b.rows = append(b.rows, r)
 		}
 		for i := range storm {
-			m := storm[(i+round)%len(storm)]
-			r, err := b.runRow(ctx, spec{kind: "storm", m: m, ns: nsOf[m.name], round: round,
+			sr := storm[(i+round)%len(storm)]
+			r, err := b.runRow(ctx, spec{kind: sr.kind, m: sr.m, ns: nsOf[sr.m.name], round: round, processes: sr.processes,
 				creators: 64, signals: b.cfg.stormSignal, maxTime: b.cfg.rowTime, oneFingerprint: true})
 			if err != nil {
 				return err

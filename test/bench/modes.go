@@ -18,7 +18,14 @@ type mode struct {
 	name string
 	// label is the namespace label value that puts this mode's webhook in the path: "" for none.
 	label  string
-	signal func(ctx context.Context, c client.Client, ns, fp, pod string) (created bool, err error)
+	signal func(ctx context.Context, p *process, ns, fp, pod string) (created bool, err error)
+}
+
+// process is one creator process of a row: its client, and the Creator through which its
+// goroutines' repeats coalesce.
+type process struct {
+	c  client.Client
+	cr *creator.Creator
 }
 
 var (
@@ -29,25 +36,25 @@ var (
 )
 
 // createOnly is a plain create: the baseline with no webhook, and the bare webhook's row.
-func createOnly(ctx context.Context, c client.Client, ns, fp, _ string) (bool, error) {
-	err := c.Create(ctx, testenv.NewRR(ns, fp))
+func createOnly(ctx context.Context, p *process, ns, fp, _ string) (bool, error) {
+	err := p.c.Create(ctx, testenv.NewRR(ns, fp))
 	if apierrors.IsAlreadyExists(err) {
 		return false, nil
 	}
 	return err == nil, err
 }
 
-// viaCreator is rrguard's client side: creator.CreateOrRecord with its default retry budget, which
+// viaCreator is rrguard's client side: the process's Creator with its default retry budget, which
 // records every repeat.
-func viaCreator(ctx context.Context, c client.Client, ns, fp, _ string) (bool, error) {
-	res, err := creator.CreateOrRecord(ctx, c, testenv.NewRR(ns, fp), creator.Options{})
+func viaCreator(ctx context.Context, p *process, ns, fp, _ string) (bool, error) {
+	res, err := p.cr.CreateOrRecord(ctx, testenv.NewRR(ns, fp))
 	return res.New, err
 }
 
 // leaseLocked is Kubernaut's Gateway today (package gateway): Lease lock, uncached List, create
 // or record the repeat.
-func leaseLocked(ctx context.Context, c client.Client, ns, fp, pod string) (bool, error) {
-	o, err := gateway.Gateway{Client: c, Namespace: ns, Pod: pod}.Signal(ctx, fp)
+func leaseLocked(ctx context.Context, p *process, ns, fp, pod string) (bool, error) {
+	o, err := gateway.Gateway{Client: p.c, Namespace: ns, Pod: pod}.Signal(ctx, fp)
 	if errors.Is(err, gateway.ErrLockTimeout) {
 		return false, err
 	}

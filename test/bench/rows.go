@@ -27,11 +27,13 @@ const cellLabel = "rrguard-bench-cell"
 
 // spec says what one row runs.
 type spec struct {
-	kind           string // throughput, latency, storm
-	m              mode
-	ns             string
-	size, round    int
-	creators       int
+	kind        string // throughput, latency, storm
+	m           mode
+	ns          string
+	size, round int
+	creators    int
+	// processes the creators are spread over, each with a Creator of its own (0: one).
+	processes      int
 	signals        int
 	maxTime        time.Duration
 	oneFingerprint bool
@@ -46,6 +48,7 @@ type row struct {
 	Size      int     `json:"existingRRs"`
 	Round     int     `json:"round"`
 	Creators  int     `json:"creators"`
+	Processes int     `json:"processes"`
 	Signals   int     `json:"signals"`
 	Seconds   float64 `json:"seconds"`
 	PerSecond float64 `json:"signalsPerSecond"`
@@ -113,6 +116,14 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 		return testenv.Fingerprint(s.ns + "/" + id + "/" + strconv.Itoa(i))
 	}
 	labelled := labelledClient{Client: b.c, labels: map[string]string{cellLabel: id}}
+	procs := make([]*process, max(s.processes, 1))
+	for i := range procs {
+		cr, err := creator.New(labelled, creator.Options{})
+		if err != nil {
+			return row{}, err
+		}
+		procs[i] = &process{c: labelled, cr: cr}
+	}
 	latencies := make([]time.Duration, s.signals)
 	var next, done, errCount atomic.Int64
 	var firstErr atomic.Value
@@ -129,6 +140,7 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 	for w := range s.creators {
 		wg.Add(1)
 		pod := fmt.Sprintf("gateway-%d", w)
+		p := procs[w%len(procs)]
 		go func() {
 			defer wg.Done()
 			for {
@@ -137,7 +149,7 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 					return
 				}
 				t := time.Now()
-				_, err := s.m.signal(ctx, labelled, s.ns, fingerprint(i), pod)
+				_, err := s.m.signal(ctx, p, s.ns, fingerprint(i), pod)
 				latencies[i] = time.Since(t)
 				done.Add(1)
 				if err != nil {
@@ -152,7 +164,7 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 	cpuAfter := b.cpu()
 	guardAfter := b.rrguardCounts()
 	n := int(done.Load())
-	r := row{Kind: s.kind, Mode: s.m.name, Size: s.size, Round: s.round, Creators: s.creators, Signals: n,
+	r := row{Kind: s.kind, Mode: s.m.name, Size: s.size, Round: s.round, Creators: s.creators, Processes: len(procs), Signals: n,
 		Seconds: elapsed.Seconds(), PerSecond: float64(n) / elapsed.Seconds(), CPU: map[string]float64{},
 		APIPerSig: float64(b.requests.All.Load()-reqBefore) / float64(n), Errors: int(errCount.Load())}
 	for k, v := range cpuAfter {
@@ -186,8 +198,8 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 			r.Duplicates += k - 1
 		}
 	}
-	fmt.Printf("%-10s %-10s size=%-6d round=%d creators=%-3d %6d signals %7.0f/s p50=%6.1fms p99=%7.1fms api/sig=%4.2f cpu ms/sig: %s stored=%d dup=%d counted=%d err=%d rrguard decisions=%d reads=%d fallbacks=%d %s\n",
-		s.kind, s.m.name, s.size, s.round, s.creators, n, r.PerSecond, r.P50, r.P99, r.APIPerSig, cpuString(r.CPU),
+	fmt.Printf("%-10s %-10s size=%-6d round=%d creators=%-3d/%d %6d signals %7.0f/s p50=%6.1fms p99=%7.1fms api/sig=%4.2f cpu ms/sig: %s stored=%d dup=%d counted=%d err=%d rrguard decisions=%d reads=%d fallbacks=%d %s\n",
+		s.kind, s.m.name, s.size, s.round, s.creators, len(procs), n, r.PerSecond, r.P50, r.P99, r.APIPerSig, cpuString(r.CPU),
 		r.Stored, r.Duplicates, r.Counted, r.Errors, r.Decisions, r.Reads, r.Fallbacks, r.FirstError)
 	return r, nil
 }

@@ -29,7 +29,10 @@ type Options struct {
 	// Duration, when set, keeps every worker sending until it has passed; Signals is then ignored.
 	Duration time.Duration
 	Workers  int
-	Creator  creator.Options
+	// Processes is how many creator processes the workers are spread over, each with a Creator
+	// of its own (1 when unset): repeats coalesce within a process and contend across them.
+	Processes int
+	Creator   creator.Options
 	// Progress, when set, is called about every second with the signals landed so far.
 	Progress func(done, total int)
 	// OnLanded, when set, is called once for each signal with how many have landed (or failed)
@@ -44,8 +47,10 @@ type Summary struct {
 	Repeats   int
 	Ambiguous int
 	Attempts  int
-	Requests  int
-	Errors    map[string]int // by kind, for signals that did not land
+	// Requests is the API requests sent for the signals that landed: each signal's creates plus
+	// its share of its batch's reads and writes.
+	Requests float64
+	Errors   map[string]int // by kind, for signals that did not land
 	// FirstError is the first message of each kind in Errors.
 	FirstError map[string]string
 	PerFP      map[string]int // signals sent per fingerprint
@@ -58,6 +63,15 @@ func (s Summary) Lost() int { return s.Sent - s.Created - s.Repeats }
 // Run sends the signals and waits for all of them.
 func Run(ctx context.Context, c client.Client, o Options) Summary {
 	s := Summary{Errors: map[string]int{}, FirstError: map[string]string{}, PerFP: map[string]int{}}
+	creators := make([]*creator.Creator, max(o.Processes, 1))
+	for i := range creators {
+		cr, err := creator.New(c, o.Creator)
+		if err != nil {
+			s.Errors["invalid-options"], s.FirstError["invalid-options"] = 1, err.Error()
+			return s
+		}
+		creators[i] = cr
+	}
 	work := make(chan int)
 	var mu sync.Mutex
 	var done atomic.Int64
@@ -78,13 +92,14 @@ func Run(ctx context.Context, c client.Client, o Options) Summary {
 		}()
 	}
 	var wg sync.WaitGroup
-	for range o.Workers {
+	for w := range o.Workers {
+		cr := creators[w%len(creators)]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := range work {
 				fp := o.Fingerprints[i%len(o.Fingerprints)]
-				res, err := creator.CreateOrRecord(ctx, c, testenv.NewRR(o.Namespace, fp), o.Creator)
+				res, err := cr.CreateOrRecord(ctx, testenv.NewRR(o.Namespace, fp))
 				n := done.Add(1)
 				if o.OnLanded != nil {
 					o.OnLanded(int(n))
@@ -93,7 +108,10 @@ func Run(ctx context.Context, c client.Client, o Options) Summary {
 				s.Sent++
 				s.PerFP[fp]++
 				s.Attempts += res.Attempts
-				s.Requests += res.Requests
+				s.Requests += float64(res.Requests)
+				if res.Batch > 0 {
+					s.Requests += float64(res.BatchRequests) / float64(res.Batch)
+				}
 				if res.Ambiguous {
 					s.Ambiguous++
 				}
@@ -199,8 +217,8 @@ func Check(ctx context.Context, c client.Client, ns string, sent map[string]int)
 
 // String is the storm summary a person reads.
 func (s Summary) String() string {
-	return fmt.Sprintf("signals sent %d in %s: RRs created %d, repeats recorded %d, lost %d, ambiguous writes %d, creates sent %d, errors %v %v",
-		s.Sent, s.Elapsed.Round(time.Millisecond), s.Created, s.Repeats, s.Lost(), s.Ambiguous, s.Attempts, s.Errors, s.FirstError)
+	return fmt.Sprintf("signals sent %d in %s: RRs created %d, repeats recorded %d, lost %d, ambiguous writes %d, creates sent %d, requests per signal %.2f, errors %v %v",
+		s.Sent, s.Elapsed.Round(time.Millisecond), s.Created, s.Repeats, s.Lost(), s.Ambiguous, s.Attempts, s.Requests/float64(max(s.Sent, 1)), s.Errors, s.FirstError)
 }
 
 // String is the consistency check a person reads.

@@ -124,8 +124,13 @@ func TestGWDedup002WithUnmodifiedKubernaut(t *testing.T) {
 			return o.Name, o.Swallowed409, err
 		}
 	}
+	// One Creator stands for one Gateway process: its concurrent repeats share status writes.
+	cr, err := creator.New(env.Client, creator.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	viaCreator := func(_ int, fp string) (string, bool, error) {
-		res, err := creator.CreateOrRecord(ctx, env.Client, testenv.NewRR(ns, fp), creator.Options{})
+		res, err := cr.CreateOrRecord(ctx, testenv.NewRR(ns, fp))
 		return res.Name, false, err
 	}
 	scenarios := []struct {

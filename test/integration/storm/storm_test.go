@@ -142,17 +142,26 @@ func at(points ...int) (func(int), []chan struct{}) {
 }
 
 // Two replicas behind a Service; one is killed after 100 of 1,000 signals and started again after
-// 300.
+// 300. Two storms run through it at once, in namespaces of their own: 50 fingerprints, and the
+// alert-storm shape (1,000 repeats of one fingerprint from 64 goroutines of one process).
 func TestReplicaKilledMidStorm(t *testing.T) {
 	ctx, ns := env.TestNamespace(t, "storm", 5*time.Minute)
+	_, hotNS := env.TestNamespace(t, "storm-hot", 5*time.Minute)
 	svc := proxied(ctx, t)
 	onLanded, points := at(100, 300)
-	var s storm.Summary
-	done := make(chan struct{})
+	var s, hot storm.Summary
+	var wg sync.WaitGroup
+	wg.Add(2)
 	go func() {
-		defer close(done)
+		defer wg.Done()
 		s = storm.Run(ctx, env.Client, storm.Options{Namespace: ns, Fingerprints: fingerprints(ns, 50), Signals: 1000, Workers: 64, OnLanded: onLanded})
 	}()
+	go func() {
+		defer wg.Done()
+		hot = storm.Run(ctx, env.Client, storm.Options{Namespace: hotNS, Fingerprints: fingerprints(hotNS, 1), Signals: 1000, Workers: 64})
+	}()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
 	<-points[0]
 	if err := svc.stops[0](); err != nil {
 		t.Fatal(err)
@@ -164,8 +173,14 @@ func TestReplicaKilledMidStorm(t *testing.T) {
 	svc.stops[0] = replica(ctx, t, svc.addrs[0])
 	<-done
 	exact(ctx, t, ns, s, s.Ambiguous)
-	if s.Attempts <= s.Sent {
-		t.Fatalf("no create needed a retry (%d creates for %d signals): the kill did not hit the storm", s.Attempts, s.Sent)
+	exact(ctx, t, hotNS, hot, hot.Ambiguous)
+	for _, x := range []storm.Summary{s, hot} {
+		if x.Attempts <= x.Sent {
+			t.Fatalf("no create needed a retry (%d creates for %d signals): the kill did not hit the storm", x.Attempts, x.Sent)
+		}
+	}
+	if hot.Created != 1 {
+		t.Fatalf("the one-fingerprint storm created %d RRs", hot.Created)
 	}
 }
 

@@ -188,13 +188,14 @@ func (r *recorder) writeBatch(ctx context.Context, key client.ObjectKey, q *queu
 			end(recorded, nil)
 			return
 		case apierrors.IsConflict(err), apierrors.IsNotFound(err):
+			err = b.spendOnConflict(ctx, fmt.Errorf("recording on %s: %w", key.Name, err))
 		case Transient(err):
 			mayHaveApplied = true
+			err = b.spend(ctx, fmt.Errorf("recording on %s: %w", key.Name, err))
 		default:
-			end(failed, fmt.Errorf("recording on %s: %w", key.Name, err))
-			return
+			err = fmt.Errorf("recording on %s: %w", key.Name, err)
 		}
-		if err := b.spend(ctx, fmt.Errorf("recording on %s: %w", key.Name, err)); err != nil {
+		if err != nil {
 			end(failed, err)
 			return
 		}

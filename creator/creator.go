@@ -224,16 +224,26 @@ type budget struct {
 
 func newBudget(o Options) budget { return budget{o: o, next: o.InitialBackoff} }
 
-// spend takes one try for a failure worth retrying and sleeps before it, or says why there is
-// none left.
+// spend takes one try for a failure worth retrying and sleeps before it (up to a limit that
+// doubles each time), or says why there is none left.
 func (b *budget) spend(ctx context.Context, cause error) error {
+	limit := b.next
+	b.next = min(2*b.next, b.o.MaxBackoff)
+	return b.take(ctx, cause, limit)
+}
+
+// spendOnConflict takes one try after a write lost to another writer's. That writer succeeded,
+// so nothing is overloaded: the pause only has to fall out of step with it, and does not grow.
+func (b *budget) spendOnConflict(ctx context.Context, cause error) error {
+	return b.take(ctx, cause, b.o.InitialBackoff)
+}
+
+func (b *budget) take(ctx context.Context, cause error, limit time.Duration) error {
 	b.spent++
 	if b.spent >= b.o.MaxAttempts {
 		return fmt.Errorf("%w (%d tries): %w", ErrGaveUp, b.spent, cause)
 	}
-	d := time.Duration(rand.Int64N(int64(b.next))) + 1
-	b.next = min(2*b.next, b.o.MaxBackoff)
-	t := time.NewTimer(d)
+	t := time.NewTimer(time.Duration(rand.Int64N(int64(limit))) + 1)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():

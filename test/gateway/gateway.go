@@ -48,6 +48,12 @@ type Gateway struct {
 	Pod       string // lock holder identity
 	// NoLock skips the Lease lock: Kubernaut's dedup without it (list, then create).
 	NoLock bool
+	// ReadDetails is the first change docs/kubernaut.md proposes: on AlreadyExists, record the
+	// repeat on the RR the 409 names (details.name) instead of taking it as success.
+	ReadDetails bool
+	// ConflictTries is the second: the status write's tries on conflict (0: client-go's
+	// retry.DefaultRetry, 5 tries, as Gateway has today).
+	ConflictTries int
 }
 
 // Signal handles one signal of fingerprint fp as Gateway does today.
@@ -80,7 +86,7 @@ func (g Gateway) Signal(ctx context.Context, fp string) (Outcome, error) {
 		if inflight, err := g.findInFlight(ctx, fp); err != nil {
 			return Outcome{}, err
 		} else if inflight != nil {
-			return Outcome{Name: inflight.Name, Recorded: true}, recordRepeat(ctx, g.Client, inflight)
+			return Outcome{Name: inflight.Name, Recorded: true}, g.recordRepeat(ctx, inflight)
 		}
 	}
 	defer g.release(ctx, name)
@@ -93,12 +99,19 @@ func (g Gateway) listThenCreate(ctx context.Context, fp string) (Outcome, error)
 		return Outcome{}, err
 	}
 	if inflight != nil {
-		return Outcome{Name: inflight.Name, Recorded: true}, recordRepeat(ctx, g.Client, inflight)
+		return Outcome{Name: inflight.Name, Recorded: true}, g.recordRepeat(ctx, inflight)
 	}
 	rr := testenv.NewRR(g.Namespace, fp)
 	rr.GenerateName, rr.Name = "", "rr-"+fp[:12]+"-"+randHex(4)
 	sent := rr.Name
 	err = g.Client.Create(ctx, rr)
+	if apierrors.IsAlreadyExists(err) && g.ReadDetails {
+		var st apierrors.APIStatus
+		if errors.As(err, &st) && st.Status().Details != nil && st.Status().Details.Name != "" {
+			held := &v1alpha1.RemediationRequest{ObjectMeta: metav1.ObjectMeta{Namespace: g.Namespace, Name: st.Status().Details.Name}}
+			return Outcome{Name: held.Name, Recorded: true}, g.recordRepeat(ctx, held)
+		}
+	}
 	if apierrors.IsAlreadyExists(err) {
 		return Outcome{Name: sent, Created: true, Swallowed409: true}, nil
 	}
@@ -123,9 +136,14 @@ func (g Gateway) findInFlight(ctx context.Context, fp string) (*v1alpha1.Remedia
 }
 
 // recordRepeat bumps status.deduplication with client-go's default retry on conflict (5 tries),
-// as Gateway does; an RR with no count yet holds its first signal.
-func recordRepeat(ctx context.Context, c client.Client, rr *v1alpha1.RemediationRequest) error {
-	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+// as Gateway does, or ConflictTries; an RR with no count yet holds its first signal.
+func (g Gateway) recordRepeat(ctx context.Context, rr *v1alpha1.RemediationRequest) error {
+	backoff := retry.DefaultRetry
+	if g.ConflictTries > 0 {
+		backoff.Steps = g.ConflictTries
+	}
+	c := g.Client
+	return retry.RetryOnConflict(backoff, func() error {
 		var cur v1alpha1.RemediationRequest
 		if err := c.Get(ctx, client.ObjectKeyFromObject(rr), &cur); err != nil {
 			return err

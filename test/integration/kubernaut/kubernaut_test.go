@@ -34,6 +34,7 @@ const (
 
 // tally is one scenario's outcome over all rounds.
 type tally struct {
+	sent, rounds                              int
 	rrs, counted, phantoms, swallowed, errors int
 	maxRRsPerRound                            int
 }
@@ -41,19 +42,21 @@ type tally struct {
 func (t tally) String() string {
 	return fmt.Sprintf("%d signals in %d rounds: RRs stored %d (most in one round %d), signals counted in occurrenceCount %d, "+
 		"409s taken as success %d, reported names that do not exist %d, errors %d",
-		rounds*signals, rounds, t.rrs, t.maxRRsPerRound, t.counted, t.swallowed, t.phantoms, t.errors)
+		t.sent, t.rounds, t.rrs, t.maxRRsPerRound, t.counted, t.swallowed, t.phantoms, t.errors)
 }
 
-// storm fires one round's signals at once through send (the index picks the Gateway pod) and
-// accounts for them.
-func storm(ctx context.Context, t *testing.T, ns string, round int, send func(i int, fp string) (name string, swallowed bool, err error), sum *tally) {
+// storm fires one round's signals (n of one fingerprint) at once through send (the index picks
+// the Gateway pod) and accounts for them.
+func storm(ctx context.Context, t *testing.T, ns string, round, n int, send func(i int, fp string) (name string, swallowed bool, err error), sum *tally) {
 	t.Helper()
+	sum.sent += n
+	sum.rounds++
 	fp := testenv.Fingerprint(fmt.Sprintf("%s/%d", ns, round))
 	start := make(chan struct{})
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var reported []string
-	for i := range signals {
+	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -149,7 +152,7 @@ func TestGWDedup002WithUnmodifiedKubernaut(t *testing.T) {
 	// Interleaved, so that each scenario sees the same machine load.
 	for round := range rounds {
 		for i, sc := range scenarios {
-			storm(ctx, t, sc.ns, i*rounds+round, sc.send, &results[i])
+			storm(ctx, t, sc.ns, i*rounds+round, signals, sc.send, &results[i])
 		}
 	}
 	for i, sc := range scenarios {
@@ -172,5 +175,87 @@ func TestGWDedup002WithUnmodifiedKubernaut(t *testing.T) {
 	}
 	if c := results[2]; c.counted != rounds*signals || c.phantoms != 0 || c.swallowed != 0 {
 		t.Errorf("creator: %s; want every signal counted and every reported name stored", c)
+	}
+}
+
+// The alert storm of issue 14: 20 truly concurrent copies of one alert per rep, 5 reps, through
+// today's Gateway and through the two changes docs/kubernaut.md proposes, with rrguard installed.
+// Each row has its own client, counting its API requests.
+func TestAlertStormThroughGateway(t *testing.T) {
+	const reps, copies = 5, 20
+	ctx, ns := env.TestNamespace(t, "kubernaut-storm", 5*time.Minute)
+	stop, err := env.ServeRRGuard(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	counted := func() (client.Client, *testenv.Requests) {
+		var n testenv.Requests
+		c, err := client.New(testenv.Counting(env.Config, &n), client.Options{Scheme: env.Client.Scheme()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, &n
+	}
+	viaGateway := func(g gateway.Gateway) func(int, string) (string, bool, error) {
+		return func(_ int, fp string) (string, bool, error) {
+			o, err := g.Signal(ctx, fp)
+			return o.Name, o.Swallowed409, err
+		}
+	}
+	type row struct {
+		name     string
+		send     func(int, string) (string, bool, error)
+		requests *testenv.Requests
+		exact    bool // the row must count every signal
+	}
+	var rows []row
+	for _, g := range []struct {
+		name string
+		gw   gateway.Gateway
+	}{
+		{"Gateway today (Lease lock, one pod)", gateway.Gateway{}},
+		{"+ details.name, no Lease lock (5 conflict tries, as today)", gateway.Gateway{NoLock: true, ReadDetails: true}},
+		{"+ details.name, no Lease lock, 20 conflict tries", gateway.Gateway{NoLock: true, ReadDetails: true, ConflictTries: 20}},
+	} {
+		c, n := counted()
+		g.gw.Client, g.gw.Namespace, g.gw.Pod = c, ns, "gateway-0"
+		rows = append(rows, row{name: g.name, send: viaGateway(g.gw), requests: n})
+	}
+	c, n := counted()
+	cr, err := creator.New(c, creator.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows = append(rows, row{name: "package creator (coalescing, one process)", requests: n, exact: true,
+		send: func(_ int, fp string) (string, bool, error) {
+			res, err := cr.CreateOrRecord(ctx, testenv.NewRR(ns, fp))
+			return res.Name, false, err
+		}})
+	results := make([]tally, len(rows))
+	for rep := range reps {
+		for i, r := range rows {
+			storm(ctx, t, ns, 1000+i*reps+rep, copies, r.send, &results[i])
+		}
+	}
+	perSignal := make([]float64, len(rows))
+	for i, r := range rows {
+		res := results[i]
+		perSignal[i] = float64(r.requests.All.Load()) / float64(res.sent)
+		t.Logf("%s: %s; API requests per signal %.1f", r.name, res, perSignal[i])
+		if res.maxRRsPerRound != 1 {
+			t.Errorf("%s: with rrguard every rep must store exactly one RR: %s", r.name, res)
+		}
+		if r.exact && (res.counted != res.sent || res.errors != 0 || res.phantoms != 0) {
+			t.Errorf("%s: %s; want every signal counted under a name that exists", r.name, res)
+		}
+	}
+	// The comparison means something only if today's Gateway loses signals in this storm, and
+	// coalescing is the point only if it costs fewer requests than a conflict budget.
+	if today := results[0]; today.counted >= today.sent {
+		t.Errorf("today's Gateway counted %d of %d signals: the storm did not reproduce the loss", today.counted, today.sent)
+	}
+	if perSignal[3] >= perSignal[2] {
+		t.Errorf("creator sent %.1f API requests per signal, the 20-try conflict budget %.1f", perSignal[3], perSignal[2])
 	}
 }

@@ -1,12 +1,19 @@
-# Build: a static binary (no cgo), paths trimmed.
-FROM golang:1.26 AS build
+# Build: a static binary (no cgo), paths trimmed, for the platform asked for (docker buildx
+# --platform linux/amd64,linux/arm64), compiled on the builder's own platform.
+FROM --platform=$BUILDPLATFORM golang:1.26 AS build
+ARG TARGETOS=linux
+ARG TARGETARCH
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
+# Every package cmd/rrguard imports (test/integration/deploy checks this list against go list).
 COPY apis/ apis/
 COPY cmd/rrguard/ cmd/rrguard/
+COPY marks/ marks/
+COPY rrfacts/ rrfacts/
+COPY rules/ rules/
 COPY webhook/ webhook/
-RUN CGO_ENABLED=0 GOOS=linux go build -trimpath -ldflags='-s -w' -o /out/rrguard ./cmd/rrguard
+RUN CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH go build -trimpath -ldflags='-s -w' -o /out/rrguard ./cmd/rrguard
 
 # Run: distroless static, as the nonroot user.
 FROM gcr.io/distroless/static:nonroot

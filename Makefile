@@ -87,10 +87,9 @@ build: ## Build bin/rrguard.
 	CGO_ENABLED=0 go build -trimpath -o bin/rrguard ./cmd/rrguard
 
 .PHONY: deploy
-deploy: ## Deploy config/default to the current kubectl context with image IMG (needs cert-manager).
+deploy: ## Deploy config/default to the current kubectl context with image IMG (tag, digest, registry port: all fine; needs cert-manager).
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; cp -r config $$tmp/; \
-	  (cd $$tmp/config/manager && kubectl kustomize . >/dev/null && \
-	   sed -i "s|newName: rrguard|newName: $${IMG%:*}|; s|newTag: dev|newTag: $${IMG##*:}|" kustomization.yaml); \
+	  sh config/manager/set-image.sh '$(IMG)' $$tmp/config/manager/kustomization.yaml && \
 	  kubectl apply --server-side -k $$tmp/config/default
 
 .PHONY: undeploy

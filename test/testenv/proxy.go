@@ -3,6 +3,7 @@ package testenv
 import (
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -14,11 +15,12 @@ import (
 // replicas. It can hold every new connection for a while, to make rrguard look slow.
 type Proxy struct {
 	ln       net.Listener
-	backends []string
+	backends atomic.Pointer[[]string]
 	next     atomic.Uint64
 	delay    atomic.Int64 // nanoseconds to hold each chunk from a client before forwarding
 	delayed  atomic.Int64 // chunks held so far
 	heldOut  atomic.Int64 // chunks held for the whole delay so far
+	stale    atomic.Int64 // chunks forwarded to a backend no longer in the list
 	wg       sync.WaitGroup
 }
 
@@ -30,11 +32,24 @@ func NewProxy(addr string, backends ...string) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{ln: ln, backends: backends}
+	p := &Proxy{ln: ln}
+	p.SetBackends(backends...)
 	p.wg.Add(1)
 	go p.serve()
 	return p, nil
 }
+
+// SetBackends replaces the backends new connections go to, as endpoints change when a pod turns
+// ready or starts terminating; connections already open stay with their backend, as they do
+// through a Service.
+func (p *Proxy) SetBackends(backends ...string) {
+	b := append([]string(nil), backends...)
+	p.backends.Store(&b)
+}
+
+// Stale is how many chunks from clients the proxy has forwarded to a backend after SetBackends
+// removed it, over connections opened before: the traffic a terminating pod still gets.
+func (p *Proxy) Stale() int64 { return p.stale.Load() }
 
 // SetDelay holds every chunk a client sends for d before forwarding it (0: no delay), so each
 // request on a kept-alive connection is slowed too.
@@ -64,25 +79,29 @@ func (p *Proxy) serve() {
 		go func() {
 			defer p.wg.Done()
 			defer conn.Close()
-			backend := p.backends[p.next.Add(1)%uint64(len(p.backends))]
+			backends := *p.backends.Load()
+			backend := backends[p.next.Add(1)%uint64(len(backends))]
 			up, err := net.DialTimeout("tcp", backend, time.Second)
 			if err != nil {
 				return
 			}
 			defer up.Close()
 			done := make(chan struct{}, 2)
-			go func() { p.copyDelayed(up, conn); done <- struct{}{} }()
+			go func() { p.copyDelayed(up, conn, backend); done <- struct{}{} }()
 			go func() { _, _ = io.Copy(conn, up); done <- struct{}{} }()
 			<-done
 		}()
 	}
 }
 
-func (p *Proxy) copyDelayed(dst io.Writer, src io.Reader) {
+func (p *Proxy) copyDelayed(dst io.Writer, src io.Reader, backend string) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
+			if !slices.Contains(*p.backends.Load(), backend) {
+				p.stale.Add(1)
+			}
 			if d := time.Duration(p.delay.Load()); d > 0 {
 				p.delayed.Add(1)
 				time.Sleep(d) // the fault itself: a slow rrguard

@@ -123,10 +123,15 @@ func Start(o Options) (*Env, error) {
 		if o.CheckWebhook {
 			paths = append(paths, filepath.Join(root, "config", "components", "validating-webhook"))
 		}
+		mut, val, err := webhookConfigurations(root, paths...)
+		if err != nil {
+			return nil, err
+		}
 		env.WebhookInstallOptions = envtest.WebhookInstallOptions{
-			Paths:            paths,
-			LocalServingHost: "127.0.0.1",
-			LocalServingPort: o.WebhookPort,
+			MutatingWebhooks:   mut,
+			ValidatingWebhooks: val,
+			LocalServingHost:   "127.0.0.1",
+			LocalServingPort:   o.WebhookPort,
 		}
 
 	}

@@ -65,6 +65,9 @@ type Options struct {
 	// ShutdownDelay keeps serving after a stop is asked for, while /readyz already fails, so that
 	// endpoints drop the pod before it stops answering the API server.
 	ShutdownDelay time.Duration
+	// KeepConnectionsWhileStopping turns off the close of each connection after its answer once
+	// stopping (see drained): only for the rollout test to measure what that close prevents.
+	KeepConnectionsWhileStopping bool
 }
 
 // Scheme knows the built-in types and RemediationRequest.
@@ -159,8 +162,8 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	if len(o.RRNamespaces) > 0 {
 		namer.Judged = index.Watches
 	}
-	server.Register(webhook.NamePath, &crwebhook.Admission{Handler: namer})
-	server.Register(webhook.CheckPath, &crwebhook.Admission{Handler: webhook.Checker{}})
+	server.Register(webhook.NamePath, r.drained(&crwebhook.Admission{Handler: namer}, o.KeepConnectionsWhileStopping))
+	server.Register(webhook.CheckPath, r.drained(&crwebhook.Admission{Handler: webhook.Checker{}}, o.KeepConnectionsWhileStopping))
 
 	if err := mgr.Add(cert); err != nil {
 		return nil, err
@@ -243,6 +246,33 @@ func (r *Replica) Run(ctx context.Context) error {
 	}
 	cancel()
 	return <-done
+}
+
+// maxAdmissionTime bounds an admission request's work: the API server waits at most 30 s for a
+// webhook (the largest timeoutSeconds it accepts).
+const maxAdmissionTime = 30 * time.Second
+
+// drained makes a stopping replica hand its traffic over without failing a request.
+//
+// Its requests' contexts outlive the server's: controller-runtime derives them from the
+// manager's context, so a stop would cancel the API reads of every decision still in flight and
+// refuse those creates. They are bounded by maxAdmissionTime instead, and the graceful shutdown
+// waits for them.
+//
+// Once stopping, it answers with "Connection: close" (unless keepConnections). The API server
+// keeps reusing an idle kept-alive connection to a webhook pod for as long as the pod answers on
+// it, endpoints or not (kubernetes/kubernetes#127335): a terminating replica would keep getting
+// creates over its old connections until it exits. Closing each connection after its answer
+// sends the next request through the Service, to a replica that stays.
+func (r *Replica) drained(h http.Handler, keepConnections bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if r.stopping.Load() && !keepConnections {
+			w.Header().Set("Connection", "close")
+		}
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(req.Context()), maxAdmissionTime)
+		defer cancel()
+		h.ServeHTTP(w, req.WithContext(ctx))
+	})
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -223,6 +223,27 @@ func TestDefaultProductionSettings(t *testing.T) {
 	}
 	var svc corev1.Service
 	decodeAs(t, objs, "Service", "webhook-service", &svc)
+	// Names carry config/default's prefix once.
+	for _, o := range append(slices.Clone(objs), withWebhook...) {
+		if strings.HasPrefix(o.GetName(), "rrguard-rrguard-") {
+			t.Errorf("%s %s carries the name prefix twice", o.GetKind(), o.GetName())
+		}
+	}
+	if mut.Name != "rrguard-mutating-webhook-configuration" || val.Name != "rrguard-validating-webhook-configuration" {
+		t.Errorf("webhook configurations named %q and %q", mut.Name, val.Name)
+	}
+	// The serving certificate must name the Service the configurations call: a wrong SAN fails
+	// every TLS handshake, and with failurePolicy Fail every RR create.
+	var cert struct {
+		Spec struct {
+			DNSNames   []string `json:"dnsNames"`
+			SecretName string   `json:"secretName"`
+		} `json:"spec"`
+	}
+	decodeAs(t, objs, "Certificate", "serving-cert", &cert)
+	if want := []string{svc.Name + "." + svc.Namespace + ".svc", svc.Name + "." + svc.Namespace + ".svc.cluster.local"}; !slices.Equal(cert.Spec.DNSNames, want) {
+		t.Errorf("serving certificate dnsNames %v, want %v (the webhook Service)", cert.Spec.DNSNames, want)
+	}
 	check := func(name string, annotations map[string]string, failure *admissionregistrationv1.FailurePolicyType,
 		timeout *int32, side *admissionregistrationv1.SideEffectClass, match *admissionregistrationv1.MatchPolicyType,
 		versions []string, rules []admissionregistrationv1.RuleWithOperations, cc admissionregistrationv1.WebhookClientConfig) {
@@ -282,7 +303,19 @@ func TestDefaultProductionSettings(t *testing.T) {
 	}
 	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" ||
 		c.LivenessProbe == nil || c.LivenessProbe.HTTPGet == nil || c.LivenessProbe.HTTPGet.Path != "/healthz" {
-		t.Error("readiness /readyz and liveness /healthz probes required")
+		t.Fatal("readiness /readyz and liveness /healthz probes required")
+	}
+	// A probe slowed by a storm on every replica at once must not empty the Service.
+	if p := c.ReadinessProbe; p.FailureThreshold < 3 || p.TimeoutSeconds < 3 || p.PeriodSeconds*p.FailureThreshold < 10 {
+		t.Errorf("readiness probe fails a replica after %d probes %d s apart with a %d s timeout; want at least 3, 10 s in all, 3 s",
+			p.FailureThreshold, p.PeriodSeconds, p.TimeoutSeconds)
+	}
+	mounted := false
+	for _, v := range pod.Volumes {
+		mounted = mounted || (v.Secret != nil && v.Secret.SecretName == cert.Spec.SecretName)
+	}
+	if !mounted {
+		t.Errorf("no volume mounts the serving certificate's Secret %q", cert.Spec.SecretName)
 	}
 	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
 		t.Error("resource requests and limits required")
@@ -360,5 +393,81 @@ func TestDefaultProductionSettings(t *testing.T) {
 	}
 	if rrNamespaces != role.Namespace {
 		t.Errorf("RR_NAMESPACES %q, but the RR Role is in %q", rrNamespaces, role.Namespace)
+	}
+}
+
+// The image build copies every package cmd/rrguard is built from, and builds for the platform
+// asked for: a package added to the binary but not to the Dockerfile breaks only the image build,
+// which no other test runs.
+func TestDockerfileCopiesWhatTheBinaryImports(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(env.Root, "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var copied []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[0] == "COPY" && !strings.HasPrefix(f[1], "--") {
+			for _, src := range f[1 : len(f)-1] {
+				copied = append(copied, strings.TrimSuffix(src, "/")+"/")
+			}
+		}
+	}
+	cmd := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", "./cmd/rrguard")
+	cmd.Dir = env.Root
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const module = "github.com/rrguard/rrguard/"
+	n := 0
+	for _, pkg := range strings.Fields(string(out)) {
+		dir, ok := strings.CutPrefix(pkg, module)
+		if !ok {
+			continue
+		}
+		n++
+		if !slices.ContainsFunc(copied, func(c string) bool { return strings.HasPrefix(dir+"/", c) }) {
+			t.Errorf("cmd/rrguard imports %s, which the Dockerfile does not copy (it copies %v)", pkg, copied)
+		}
+	}
+	if n < 2 {
+		t.Fatalf("go list found %d packages of this module under cmd/rrguard: %s", n, out)
+	}
+	for _, want := range []string{"FROM --platform=$BUILDPLATFORM", "ARG TARGETARCH", "GOOS=$TARGETOS GOARCH=$TARGETARCH"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("the Dockerfile has no %q: it would build for one architecture only", want)
+		}
+	}
+}
+
+// make deploy IMG=... sets the image through config/manager/set-image.sh: registry ports, tags
+// and digests all render as the image given.
+func TestDeployImage(t *testing.T) {
+	const digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	for img, want := range map[string]string{
+		"rrguard:dev":                           "rrguard:dev",
+		"registry.local:5000/team/rrguard:v1.2": "registry.local:5000/team/rrguard:v1.2",
+		"localhost:5000/rrguard":                "localhost:5000/rrguard:latest",
+		"registry.local:5000/rrguard@" + digest: "registry.local:5000/rrguard@" + digest,
+		"rrguard:v1@" + digest:                  "rrguard@" + digest,
+	} {
+		dir := t.TempDir()
+		if out, err := exec.Command("cp", "-r", filepath.Join(env.Root, "config"), dir).CombinedOutput(); err != nil {
+			t.Fatalf("copying config: %v\n%s", err, out)
+		}
+		if out, err := exec.Command("sh", filepath.Join(env.Root, "config", "manager", "set-image.sh"), img,
+			filepath.Join(dir, "config", "manager", "kustomization.yaml")).CombinedOutput(); err != nil {
+			t.Fatalf("set-image.sh %s: %v\n%s", img, err, out)
+		}
+		rendered, err := exec.Command("kubectl", "kustomize", filepath.Join(dir, "config", "default")).Output()
+		if err != nil {
+			t.Fatalf("kubectl kustomize after set-image.sh %s: %v", img, err)
+		}
+		var dep appsv1.Deployment
+		decodeAs(t, objects(t, rendered), "Deployment", "controller-manager", &dep)
+		if got := dep.Spec.Template.Spec.Containers[0].Image; got != want {
+			t.Errorf("IMG=%s renders image %q, want %q", img, got, want)
+		}
 	}
 }

@@ -8,6 +8,7 @@ COPY go.mod go.sum ./
 RUN go mod download
 # Every package cmd/rrguard imports (test/integration/deploy checks this list against go list).
 COPY apis/ apis/
+COPY audit/ audit/
 COPY cmd/rrguard/ cmd/rrguard/
 COPY marks/ marks/
 COPY rrfacts/ rrfacts/

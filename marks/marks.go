@@ -99,6 +99,27 @@ func (s Store) Get(ctx context.Context, namespace, fp string) (int64, error) {
 	return e.N, err
 }
 
+// All reads every mark, keyed by EntryKey; entries it cannot parse are listed in corrupt
+// ("<shard>/<key>") instead.
+func (s Store) All(ctx context.Context) (all map[string]int64, corrupt []string, err error) {
+	var shards corev1.ConfigMapList
+	if err := s.Reader.List(ctx, &shards, client.InNamespace(s.Namespace), client.MatchingLabels{Label: "true"}); err != nil {
+		return nil, nil, err
+	}
+	all = map[string]int64{}
+	for _, cm := range shards.Items {
+		for k, v := range cm.Data {
+			e, err := parseEntry(v)
+			if err != nil {
+				corrupt = append(corrupt, cm.Name+"/"+k)
+				continue
+			}
+			all[k] = e.N
+		}
+	}
+	return all, corrupt, nil
+}
+
 // Raise makes the marks of the given fingerprints (all in one shard, see ShardName) at least the
 // numbers given, in one write; it writes nothing when every mark is already that high. A write
 // conflict is returned as is, for the caller to retry with a fresh read.

@@ -1,21 +1,28 @@
 // Command rrguard serves the admission webhooks that keep one RemediationRequest in flight per
-// signal fingerprint. `rrguard check` verifies an install from the outside.
+// signal fingerprint. `rrguard check` verifies an install from the outside; `rrguard audit` reports,
+// read-only, what the guarantee rules out among existing RRs; `rrguard release` frees every RR of
+// rrguard's finalizer before an uninstall.
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	"github.com/rrguard/rrguard/audit"
 	"github.com/rrguard/rrguard/marks"
 	"github.com/rrguard/rrguard/webhook/serve"
 )
@@ -27,6 +34,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "release" {
 		os.Exit(release(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "audit" {
+		os.Exit(auditCmd(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	os.Exit(run(os.Args[1:]))
 }
 
@@ -36,7 +46,8 @@ func run(args []string) int {
 	fs.StringVar(&o.Host, "webhook-host", "", "address the webhook server listens on (all when empty)")
 	fs.IntVar(&o.Port, "webhook-port", 9443, "port the webhook server listens on")
 	fs.StringVar(&o.CertDir, "cert-dir", "/tmp/k8s-webhook-server/serving-certs", "folder holding tls.crt and tls.key; reloaded on change")
-	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8080", `Prometheus metrics address ("0" disables)`)
+	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8443", `Prometheus metrics address ("0" disables)`)
+	fs.BoolVar(&o.MetricsSecure, "metrics-secure", true, "serve metrics over HTTPS to callers the API server authenticates and authorizes for GET /metrics (false: plain HTTP, anyone)")
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", ":8081", `/healthz and /readyz address ("0" disables)`)
 	fs.StringVar(&o.PprofAddr, "pprof-bind-address", "0", `/debug/pprof address ("0" disables; for profiling only)`)
 	fs.DurationVar(&o.ShutdownDelay, "shutdown-delay", 10*time.Second, "time to keep serving, unready, after SIGTERM, so the API server stops sending first")
@@ -54,11 +65,7 @@ func run(args []string) int {
 	_ = fs.Parse(args)
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zo)))
 	log := ctrl.Log.WithName("rrguard")
-	for _, ns := range strings.Split(*rrNamespaces, ",") {
-		if ns = strings.TrimSpace(ns); ns != "" {
-			o.RRNamespaces = append(o.RRNamespaces, ns)
-		}
-	}
+	o.RRNamespaces = splitList(*rrNamespaces)
 
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
@@ -106,13 +113,16 @@ func release(args []string) int {
 }
 
 // check makes a dry-run create through the API server, as an RR creator would, and reports
-// whether rrguard answered. Dry-run: nothing is stored (the webhooks declare sideEffects None).
+// whether rrguard answered (dry-run: nothing is stored; the webhooks declare sideEffects None);
+// then the serving certificate: Ready, expiry, issuer, and whether each webhook configuration's
+// CA bundle verifies it for the host the API server calls.
 func check(args []string) int {
 	fs := flag.NewFlagSet("rrguard check", flag.ExitOnError)
 	ns := fs.String("namespace", "kubernaut-system", "namespace where RemediationRequests are created")
+	certificate := fs.String("certificate", "rrguard-system/rrguard-serving-cert", `cert-manager Certificate (namespace/name) rrguard serves; "" skips the certificate check`)
 	timeout := fs.Duration("timeout", 15*time.Second, "how long to wait for the answer")
 	_ = fs.Parse(args)
-	c, err := apiClient()
+	c, err := apiClient(cmapi.AddToScheme)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		return 1
@@ -125,14 +135,98 @@ func check(args []string) int {
 		return 1
 	}
 	fmt.Printf("OK: rrguard answered through the API server; a new RR in %s would be named %s (dry run, nothing stored)\n", *ns, name)
+	if *certificate == "" {
+		return 0
+	}
+	certNS, certName, ok := strings.Cut(*certificate, "/")
+	if !ok {
+		fmt.Fprintf(os.Stderr, "FAIL: --certificate %q: want namespace/name\n", *certificate)
+		return 1
+	}
+	r, err := serve.CheckCertificate(ctx, c, certNS, certName)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: %v (--certificate \"\" skips this check when TLS does not come from cert-manager)\n", err)
+		return 1
+	}
+	fmt.Printf("certificate %s: ready %v, expires %s (in %s), issuer %s\n", r.Certificate, r.Ready,
+		r.NotAfter.Format(time.RFC3339), time.Until(r.NotAfter).Round(time.Hour), r.Issuer)
+	for _, w := range r.Webhooks {
+		fmt.Printf("  %s %s: CA bundle trusts the served certificate: %v %s\n", w.Configuration, w.Webhook, w.Trusted, w.Problem)
+	}
+	if err := r.Err(time.Now()); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL:", err)
+		return 1
+	}
+	fmt.Println("OK: the serving certificate is ready and every webhook configuration trusts it")
 	return 0
 }
 
-// apiClient is an uncached client of the current kubeconfig (or in-cluster configuration).
-func apiClient() (client.Client, error) {
+// auditCmd reports, read-only, what rrguard's guarantee rules out among the RRs of the given
+// namespaces: exit 0 when nothing, 1 when it found something, 2 when it could not tell.
+func auditCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("rrguard audit", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	namespaces := fs.String("namespaces", os.Getenv("RR_NAMESPACES"), "comma-separated namespaces to audit (default $RR_NAMESPACES; empty: every namespace)")
+	marksNS := fs.String("marks-namespace", "rrguard-system", "namespace of the high-water mark ConfigMaps")
+	output := fs.String("o", "text", "output: text or json")
+	timeout := fs.Duration("timeout", 5*time.Minute, "how long to try")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *output != "text" && *output != "json" {
+		fmt.Fprintf(stderr, "rrguard audit: -o %q: want text or json\n", *output)
+		return 2
+	}
+	c, err := apiClient()
+	if err != nil {
+		fmt.Fprintln(stderr, "FAIL:", err)
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	r, err := audit.Run(ctx, c, audit.Options{Namespaces: splitList(*namespaces), Marks: marks.Store{Namespace: *marksNS, Reader: c}})
+	if err != nil {
+		fmt.Fprintln(stderr, "FAIL:", err)
+		return 2
+	}
+	if *output == "json" {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(r)
+	} else {
+		for _, f := range r.Findings {
+			fmt.Fprintf(stdout, "%s\t%s\t%s\t%s\t%s\n", f.Kind, f.Namespace, f.Fingerprint, strings.Join(f.Names, ","), f.Detail)
+		}
+		fmt.Fprintf(stdout, "%d RRs, %d fingerprints: %d findings\n", r.RRs, r.Fingerprints, len(r.Findings))
+	}
+	if len(r.Findings) > 0 {
+		return 1
+	}
+	return 0
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, x := range strings.Split(s, ",") {
+		if x = strings.TrimSpace(x); x != "" {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// apiClient is an uncached client of the current kubeconfig (or in-cluster configuration), for
+// rrguard's types and any added.
+func apiClient(add ...func(*runtime.Scheme) error) (client.Client, error) {
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
 		return nil, fmt.Errorf("no Kubernetes configuration: %w", err)
 	}
-	return client.New(cfg, client.Options{Scheme: serve.Scheme()})
+	scheme := serve.Scheme()
+	for _, f := range add {
+		if err := f(scheme); err != nil {
+			return nil, err
+		}
+	}
+	return client.New(cfg, client.Options{Scheme: scheme})
 }

@@ -197,7 +197,7 @@ func runBench(cfg config) (*bench, error) {
 		return start(ctx, "rrguard", rrguardBin, []string{"KUBECONFIG=" + kubeconfig, "POD_NAMESPACE=" + testenv.MarksNamespace},
 			httpReady("http://"+probe+"/readyz"), pprof,
 			"--webhook-host=127.0.0.1", "--webhook-port="+strconv.Itoa(w.LocalServingPort), "--cert-dir="+w.LocalServingCertDir,
-			"--metrics-bind-address="+metrics, "--health-probe-bind-address="+probe, "--pprof-bind-address="+pprof,
+			"--metrics-bind-address="+metrics, "--metrics-secure=false", "--health-probe-bind-address="+probe, "--pprof-bind-address="+pprof,
 			"--shutdown-delay=0s", "--rr-namespaces="+namespaces,
 			// The load generator sends hundreds of creates a second; the default client limit
 			// (200 QPS) is for a replica among three in a cluster.

@@ -32,8 +32,11 @@ type Options struct {
 	Port        int    // webhook listen port
 	CertDir     string // holds tls.crt and tls.key; reloaded when they change
 	MetricsAddr string // "0" disables the metrics server
-	ProbeAddr   string // "0" disables /healthz and /readyz
-	PprofAddr   string // serves /debug/pprof when set; off ("" or "0") by default
+	// MetricsSecure serves metrics over HTTPS to callers the API server authenticates (a
+	// TokenReview of their bearer token) and authorizes (a SubjectAccessReview of GET /metrics).
+	MetricsSecure bool
+	ProbeAddr     string // "0" disables /healthz and /readyz
+	PprofAddr     string // serves /debug/pprof when set; off ("" or "0") by default
 	// ConsistentListOnly decides every create from a consistent List of the fingerprint's RRs and
 	// the mark: 2 reads per create. Off, the RR index (package rrfacts) decides where a lagging
 	// answer is safe (see webhook.Namer.decide).
@@ -103,10 +106,17 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	server := crwebhook.NewServer(crwebhook.Options{
 		Host: o.Host, Port: o.Port, CertDir: o.CertDir, TLSOpts: tlsOpts,
 	})
+	metricsOpts := metricsserver.Options{BindAddress: o.MetricsAddr}
+	if o.MetricsSecure {
+		// A self-signed certificate: the ServiceMonitor authenticates with its token, and the
+		// answer carries nothing secret.
+		metricsOpts.SecureServing, metricsOpts.FilterProvider = true, metricsAuth
+		metricsOpts.TLSOpts = []func(*tls.Config){func(c *tls.Config) { c.MinVersion = tls.VersionTLS12; c.NextProtos = []string{"http/1.1"} }}
+	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 Scheme(),
 		WebhookServer:          server,
-		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
+		Metrics:                metricsOpts,
 		HealthProbeBindAddress: o.ProbeAddr,
 		PprofBindAddress:       o.PprofAddr,
 		// Every replica serves; there is nothing to lead.

@@ -351,10 +351,50 @@ func TestDefaultProductionSettings(t *testing.T) {
 		len(binding.Subjects) != 1 || binding.Subjects[0].Name != "rrguard-controller-manager" || binding.Subjects[0].Namespace != "rrguard-system" {
 		t.Errorf("RR Role %s/%s bound by %s/%s to %+v", role.Namespace, role.Name, binding.Namespace, binding.Name, binding.Subjects)
 	}
+	// Cluster-wide: only what metrics authentication needs (the review APIs are cluster-scoped),
+	// and the role a Prometheus is bound to for reading /metrics.
 	for _, o := range objs {
-		if k := o.GetKind(); k == "ClusterRole" || k == "ClusterRoleBinding" {
-			t.Errorf("cluster-wide RBAC: %s %s", k, o.GetName())
+		switch k, name := o.GetKind(), o.GetName(); {
+		case k == "ClusterRole" && name == "rrguard-metrics-auth-role":
+			var cr rbacv1.ClusterRole
+			decodeAs(t, objs, k, name, &cr)
+			want := []rbacv1.PolicyRule{
+				{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
+				{APIGroups: []string{"authorization.k8s.io"}, Resources: []string{"subjectaccessreviews"}, Verbs: []string{"create"}},
+			}
+			if fmt.Sprint(cr.Rules) != fmt.Sprint(want) {
+				t.Errorf("%s grants %+v, want the token and access reviews only", name, cr.Rules)
+			}
+		case k == "ClusterRole" && name == "rrguard-metrics-reader":
+			var cr rbacv1.ClusterRole
+			decodeAs(t, objs, k, name, &cr)
+			if len(cr.Rules) != 1 || fmt.Sprint(cr.Rules[0].NonResourceURLs, cr.Rules[0].Verbs, cr.Rules[0].Resources) != "[/metrics] [get] []" {
+				t.Errorf("%s grants %+v, want GET /metrics only", name, cr.Rules)
+			}
+		case k == "ClusterRoleBinding" && name == "rrguard-metrics-auth-rolebinding":
+			var b rbacv1.ClusterRoleBinding
+			decodeAs(t, objs, k, name, &b)
+			if b.RoleRef.Name != "rrguard-metrics-auth-role" || len(b.Subjects) != 1 || b.Subjects[0].Name != "rrguard-controller-manager" || b.Subjects[0].Namespace != "rrguard-system" {
+				t.Errorf("%s binds %s to %+v", name, b.RoleRef.Name, b.Subjects)
+			}
+		case k == "ClusterRole" || k == "ClusterRoleBinding":
+			t.Errorf("cluster-wide RBAC: %s %s", k, name)
 		}
+	}
+	// Metrics: HTTPS with authentication, and the ServiceMonitor sending its token.
+	if !strings.Contains(strings.Join(c.Args, " "), "--metrics-bind-address=:8443") || strings.Contains(strings.Join(c.Args, " "), "--metrics-secure=false") {
+		t.Errorf("metrics must be served securely on :8443: args %v", c.Args)
+	}
+	var mon struct {
+		Spec struct {
+			Endpoints []struct {
+				Port, Scheme, BearerTokenFile string
+			} `json:"endpoints"`
+		} `json:"spec"`
+	}
+	decodeAs(t, objs, "ServiceMonitor", "metrics-monitor", &mon)
+	if e := mon.Spec.Endpoints; len(e) != 1 || e[0].Scheme != "https" || e[0].BearerTokenFile == "" || e[0].Port != "https" {
+		t.Errorf("ServiceMonitor endpoints %+v: want https with a bearer token", e)
 	}
 	for _, r := range role.Rules {
 		for _, res := range r.Resources {

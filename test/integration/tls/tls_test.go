@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -433,4 +434,53 @@ func TestNotReadyWithoutServingCert(t *testing.T) {
 		return nil
 	})
 	_ = s
+}
+
+// rrguard check's certificate report, on cert-manager's real objects: Ready, its expiry and issuer,
+// and both webhook configurations trusting what rrguard serves; then on copies of those
+// configurations with the faults it must catch (another CA in the bundle, a host the certificate
+// does not name).
+func TestCheckReportsCertificate(t *testing.T) {
+	setup(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	r, err := serve.CheckCertificate(ctx, env.Client, ns, "serving-cert")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Err(time.Now()); err != nil || !r.Ready || r.Issuer != "Issuer/ca-issuer" || time.Until(r.NotAfter) < 24*time.Hour || len(r.Webhooks) != 2 {
+		t.Fatalf("report %+v: %v", r, err)
+	}
+	if err := r.Err(r.NotAfter.Add(time.Second)); !errors.Is(err, serve.ErrCertificate) {
+		t.Fatalf("past its expiry: %v", err)
+	}
+
+	var cert cmapi.Certificate
+	var secret corev1.Secret
+	var m admissionregistrationv1.MutatingWebhookConfiguration
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "serving-cert"}, &cert); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: cert.Spec.SecretName}, &secret); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Get(ctx, types.NamespacedName{Name: "rrguard-mutating-webhook-configuration"}, &m); err != nil {
+		t.Fatal(err)
+	}
+	otherCA := m.DeepCopy()
+	otherCA.Webhooks[0].ClientConfig.CABundle = env.Environment().WebhookInstallOptions.LocalServingCAData
+	otherHost := m.DeepCopy()
+	u := "https://rrguard.example:9443/name"
+	otherHost.Webhooks[0].ClientConfig.URL = &u
+	for _, tc := range []struct {
+		name string
+		m    admissionregistrationv1.MutatingWebhookConfiguration
+	}{{"another CA in the bundle", *otherCA}, {"a host the certificate does not name", *otherHost}} {
+		r := serve.AssessCertificate(&cert, &secret, []admissionregistrationv1.MutatingWebhookConfiguration{tc.m}, nil)
+		if err := r.Err(time.Now()); !errors.Is(err, serve.ErrCertificate) || len(r.Webhooks) != 1 || r.Webhooks[0].Trusted {
+			t.Errorf("%s: %+v, %v", tc.name, r, err)
+		} else {
+			t.Logf("%s: %v", tc.name, err)
+		}
+	}
 }

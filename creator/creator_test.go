@@ -230,8 +230,8 @@ func TestConflictsRetriedAndCounted(t *testing.T) {
 	}
 }
 
-// Conflicts that never end stop after MaxAttempts tries: a hot RR costs a bounded number of
-// requests per signal.
+// Conflicts that never end stop after 10 x MaxAttempts lost writes (a loss spends no try, see
+// creator.spendOnConflict): a hot RR costs a bounded number of requests per signal.
 func TestConflictsBounded(t *testing.T) {
 	ctx, ns, fp := setup(t)
 	mustLand(ctx, t, env.Client, testenv.NewRR(ns, fp))
@@ -241,7 +241,7 @@ func TestConflictsBounded(t *testing.T) {
 		return apierrors.NewConflict(schema.GroupResource{Group: "kubernaut.ai", Resource: "remediationrequests"}, "x", errors.New("the object has been modified"))
 	}})
 	res, err := createOrRecord(ctx, c, testenv.NewRR(ns, fp), fast)
-	if !errors.Is(err, creator.ErrGaveUp) || int(writes.Load()) != fast.MaxAttempts || res.Retries != fast.MaxAttempts {
+	if !errors.Is(err, creator.ErrGaveUp) || int(writes.Load()) != 10*fast.MaxAttempts || res.Retries != 10*fast.MaxAttempts {
 		t.Fatalf("err=%v writes=%d %+v", err, writes.Load(), res)
 	}
 }

@@ -48,8 +48,9 @@ FUZZTIME     ?= 5m
 TEST_FUZZ_EXECS ?= 10000x
 
 .PHONY: test
-test: testbin lint ## Every test: static checks, unit tests, integration tests on a real API server, a short fuzz.
+test: testbin lint ## Every test: static checks, unit tests, integration tests on a real API server, the alert rules in Prometheus, a short fuzz.
 	go test $(GO_TEST_FLAGS) -count=1 -timeout 30m ./...
+	cd test/alerts && go vet ./... && go test -count=1 ./...
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZ_EXECS)
 
 .PHONY: storm

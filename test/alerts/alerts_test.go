@@ -1,0 +1,161 @@
+// Package alerts tests config/prometheus/rules.yaml with Prometheus's own packages: every rule
+// parsed and validated as Prometheus loads it, and every alert evaluated on synthetic series,
+// firing on the series it is for and staying quiet on the ones it must ignore. It is a module of
+// its own so that Prometheus's dependencies stay out of rrguard's.
+package alerts
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/model/rulefmt"
+	"github.com/prometheus/prometheus/promql/parser"
+	"github.com/prometheus/prometheus/promql/promqltest"
+	"github.com/prometheus/prometheus/rules"
+	"sigs.k8s.io/yaml"
+)
+
+// groups reads the rule groups out of the PrometheusRule in config/prometheus and parses them as
+// Prometheus does (strict fields, every expression compiled).
+func groups(t *testing.T) *rulefmt.RuleGroups {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "config", "prometheus", "rules.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cr struct {
+		Spec map[string]any `json:"spec"`
+	}
+	if err := yaml.Unmarshal(b, &cr); err != nil {
+		t.Fatal(err)
+	}
+	spec, err := yaml.Marshal(cr.Spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rgs, errs := rulefmt.Parse(spec, false, model.UTF8Validation, parser.NewParser(parser.Options{}), slog.Default())
+	if len(errs) > 0 {
+		t.Fatalf("config/prometheus/rules.yaml does not load in Prometheus: %v", errs)
+	}
+	return rgs
+}
+
+// fires evaluates an alerting rule every minute over the series loaded (promqltest's "load"
+// syntax, from time 0) for the given span, and reports whether it is firing at the end.
+func fires(t *testing.T, r rulefmt.Rule, load string, span time.Duration) bool {
+	t.Helper()
+	storage := promqltest.LoadedStorage(t, load)
+	engine := promqltest.NewTestEngine(t, false, 0, promqltest.DefaultMaxSamplesPerQuery)
+	expr, err := parser.NewParser(parser.Options{}).ParseExpr(r.Expr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ar := rules.NewAlertingRule(r.Alert, expr, time.Duration(r.For), time.Duration(r.KeepFiringFor),
+		labels.FromMap(r.Labels), labels.FromMap(r.Annotations), labels.EmptyLabels(), "", false, slog.Default())
+	query := rules.EngineQueryFunc(engine, storage)
+	for ts := time.Duration(0); ts <= span; ts += time.Minute {
+		if _, err := ar.Eval(context.Background(), 0, time.Unix(0, 0).Add(ts), query, nil, 0); err != nil {
+			t.Fatalf("%s at %s: %v", r.Alert, ts, err)
+		}
+	}
+	for _, a := range ar.ActiveAlerts() {
+		if a.State == rules.StateFiring {
+			return true
+		}
+	}
+	return false
+}
+
+// cases: for each alert, series it must fire on and series it must ignore, over 30 minutes.
+var cases = map[string]struct{ fire, quiet string }{
+	"RRGuardAdmissionLatencyHigh": {
+		// Every decision between 1 and 2.5 s.
+		fire: `load 1m
+			rrguard_admission_duration_seconds_bucket{webhook="name",le="1"} 0+0x30
+			rrguard_admission_duration_seconds_bucket{webhook="name",le="2.5"} 0+60x30
+			rrguard_admission_duration_seconds_bucket{webhook="name",le="+Inf"} 0+60x30`,
+		quiet: `load 1m
+			rrguard_admission_duration_seconds_bucket{webhook="name",le="0.005"} 0+60x30
+			rrguard_admission_duration_seconds_bucket{webhook="name",le="1"} 0+60x30
+			rrguard_admission_duration_seconds_bucket{webhook="name",le="2.5"} 0+60x30
+			rrguard_admission_duration_seconds_bucket{webhook="name",le="+Inf"} 0+60x30`,
+	},
+	"RRGuardAdmissionErrors": {
+		fire: `load 1m
+			rrguard_admission_decisions_total{webhook="name",decision="error"} 0+10x30
+			rrguard_admission_decisions_total{webhook="name",decision="created"} 0+100x30`,
+		// Errors of the other webhook are not the naming webhook's error ratio.
+		quiet: `load 1m
+			rrguard_admission_decisions_total{webhook="check",decision="error"} 0+50x30
+			rrguard_admission_decisions_total{webhook="name",decision="created"} 0+100x30`,
+	},
+	"RRGuardDown": {
+		fire: `load 1m
+			up{job="rrguard-controller-manager-metrics-service",instance="a"} 1x30
+			up{job="rrguard-controller-manager-metrics-service",instance="b"} 0x30`,
+		quiet: `load 1m
+			up{job="rrguard-controller-manager-metrics-service",instance="a"} 1x30
+			up{job="rrguard-controller-manager-metrics-service",instance="b"} 1x30
+			up{job="rrguard-controller-manager-metrics-service",instance="c"} 0x30`,
+	},
+	"RRGuardDeletionsHeld": {
+		fire: `load 1m
+			rrguard_deletion_held_oldest_seconds{instance="a"} 400x30`,
+		quiet: `load 1m
+			rrguard_deletion_held_oldest_seconds{instance="a"} 20x30`,
+	},
+	"RRGuardUnreachableFromAPIServer": {
+		fire: `load 1m
+			apiserver_admission_webhook_rejection_count{name="name.rrguard.kubernaut.ai",type="admit",operation="CREATE",error_type="calling_webhook_error",rejection_code="0"} 0+3x30`,
+		// rrguard's own 409s are rejections without an error; another webhook's failures are not rrguard's.
+		quiet: `load 1m
+			apiserver_admission_webhook_rejection_count{name="name.rrguard.kubernaut.ai",type="admit",operation="CREATE",error_type="no_error",rejection_code="409"} 0+100x30
+			apiserver_admission_webhook_rejection_count{name="other.example.com",type="admit",operation="CREATE",error_type="calling_webhook_error",rejection_code="0"} 0+3x30`,
+	},
+	"RRGuardSlowAtAPIServer": {
+		fire: `load 1m
+			apiserver_admission_webhook_admission_duration_seconds_bucket{name="name.rrguard.kubernaut.ai",le="2.5"} 0+0x30
+			apiserver_admission_webhook_admission_duration_seconds_bucket{name="name.rrguard.kubernaut.ai",le="10"} 0+60x30
+			apiserver_admission_webhook_admission_duration_seconds_bucket{name="name.rrguard.kubernaut.ai",le="+Inf"} 0+60x30`,
+		quiet: `load 1m
+			apiserver_admission_webhook_admission_duration_seconds_bucket{name="name.rrguard.kubernaut.ai",le="0.025"} 0+60x30
+			apiserver_admission_webhook_admission_duration_seconds_bucket{name="name.rrguard.kubernaut.ai",le="2.5"} 0+60x30
+			apiserver_admission_webhook_admission_duration_seconds_bucket{name="name.rrguard.kubernaut.ai",le="+Inf"} 0+60x30`,
+	},
+}
+
+func TestEveryAlertFiresOnlyWhenItShould(t *testing.T) {
+	seen := map[string]bool{}
+	for _, g := range groups(t).Groups {
+		for _, r := range g.Rules {
+			if r.Alert == "" {
+				continue
+			}
+			seen[r.Alert] = true
+			c, ok := cases[r.Alert]
+			if !ok {
+				t.Errorf("alert %s has no test case: add series it fires on and series it ignores", r.Alert)
+				continue
+			}
+			t.Run(r.Alert, func(t *testing.T) {
+				if !fires(t, r, c.fire, 30*time.Minute) {
+					t.Errorf("did not fire on the series it is for")
+				}
+				if fires(t, r, c.quiet, 30*time.Minute) {
+					t.Errorf("fired on the series it must ignore")
+				}
+			})
+		}
+	}
+	for name := range cases {
+		if !seen[name] {
+			t.Errorf("test case for %s, which config/prometheus/rules.yaml no longer has", name)
+		}
+	}
+}

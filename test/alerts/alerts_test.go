@@ -1,14 +1,19 @@
 // Package alerts tests config/prometheus/rules.yaml with Prometheus's own packages: every rule
 // parsed and validated as Prometheus loads it, and every alert evaluated on synthetic series,
-// firing on the series it is for and staying quiet on the ones it must ignore. It is a module of
-// its own so that Prometheus's dependencies stay out of rrguard's.
+// firing on the series it is for and staying quiet on the ones it must ignore; and the Grafana
+// dashboard in config/grafana: every query parsed, referring only to metrics that exist. It is a
+// module of its own so that Prometheus's dependencies stay out of rrguard's.
 package alerts
 
 import (
 	"context"
+	"encoding/json"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -156,6 +161,117 @@ func TestEveryAlertFiresOnlyWhenItShould(t *testing.T) {
 	for name := range cases {
 		if !seen[name] {
 			t.Errorf("test case for %s, which config/prometheus/rules.yaml no longer has", name)
+		}
+	}
+}
+
+// metricNames are the metrics a query refers to.
+func metricNames(t *testing.T, expr string) []string {
+	t.Helper()
+	e, err := parser.NewParser(parser.Options{}).ParseExpr(expr)
+	if err != nil {
+		t.Fatalf("%q does not parse: %v", expr, err)
+	}
+	var names []string
+	parser.Inspect(e, func(n parser.Node, _ []parser.Node) error {
+		if vs, ok := n.(*parser.VectorSelector); ok {
+			names = append(names, vs.Name)
+		}
+		return nil
+	})
+	return names
+}
+
+// exported is every metric a query may use: rrguard's own, as its source declares them
+// (`Name: "rrguard_..."`, with a histogram's series), the API server's webhook metrics, and up.
+func exported(t *testing.T) map[string]bool {
+	t.Helper()
+	ok := map[string]bool{
+		"up": true,
+		"apiserver_admission_webhook_admission_duration_seconds_bucket": true,
+		"apiserver_admission_webhook_rejection_count":                   true,
+	}
+	declared := regexp.MustCompile(`Name:\s+"(rrguard_[a-z_]+)"`)
+	root := filepath.Join("..", "..")
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		switch {
+		case err != nil:
+			return err
+		case d.IsDir() && path != root && (d.Name() == "test" || d.Name() == "bin" || strings.HasPrefix(d.Name(), ".")):
+			return filepath.SkipDir
+		case d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go"):
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, m := range declared.FindAllStringSubmatch(string(b), -1) {
+			for _, suffix := range []string{"", "_bucket", "_sum", "_count"} {
+				ok[m[1]+suffix] = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ok) < 3+4*8 {
+		t.Fatalf("found %d metric names in rrguard's source; the declaration pattern no longer matches", len(ok))
+	}
+	return ok
+}
+
+// The dashboard shipped for Grafana's sidecar: every panel's queries parse, refer only to metrics
+// that exist, and together cover what an SRE needs to see.
+func TestDashboardQueries(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "config", "grafana", "rrguard.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatal(err)
+	}
+	ok := exported(t)
+	used := map[string]bool{}
+	for _, p := range d.Panels {
+		if len(p.Targets) == 0 {
+			t.Errorf("panel %q has no query", p.Title)
+		}
+		for _, q := range p.Targets {
+			for _, n := range metricNames(t, q.Expr) {
+				used[n] = true
+				if !ok[n] {
+					t.Errorf("panel %q: %s is not a metric rrguard or the API server exports", p.Title, n)
+				}
+			}
+		}
+	}
+	for _, need := range []string{
+		"rrguard_admission_decisions_total", "rrguard_admission_duration_seconds_bucket",
+		"apiserver_admission_webhook_admission_duration_seconds_bucket", "rrguard_decision_api_reads_count",
+		"rrguard_consistent_list_fallbacks_total", "up", "rrguard_deletions_held",
+	} {
+		if !used[need] {
+			t.Errorf("no panel shows %s", need)
+		}
+	}
+	// The alerts obey the same rule.
+	for _, g := range groups(t).Groups {
+		for _, r := range g.Rules {
+			for _, n := range metricNames(t, r.Expr) {
+				if !ok[n] {
+					t.Errorf("alert %s: %s is not a metric rrguard or the API server exports", r.Alert, n)
+				}
+			}
 		}
 	}
 }

@@ -167,7 +167,7 @@ func TestDefaultAppliesServerSide(t *testing.T) {
 	}
 	for _, k := range []string{"Deployment", "PodDisruptionBudget", "Service", "ServiceAccount", "Role", "RoleBinding",
 		"MutatingWebhookConfiguration", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "Issuer", "Certificate", "ServiceMonitor",
-		"PrometheusRule", "NetworkPolicy"} {
+		"PrometheusRule", "NetworkPolicy", "ConfigMap"} {
 		if !kinds[k] {
 			t.Errorf("config/default has no %s", k)
 		}
@@ -393,6 +393,12 @@ func TestDefaultProductionSettings(t *testing.T) {
 		} `json:"spec"`
 	}
 	decodeAs(t, objs, "ServiceMonitor", "metrics-monitor", &mon)
+	// The dashboard, for Grafana's sidecar (test/alerts checks its queries).
+	var dash corev1.ConfigMap
+	decodeAs(t, objs, "ConfigMap", "grafana-dashboard", &dash)
+	if dash.Labels["grafana_dashboard"] != "1" || !json.Valid([]byte(dash.Data["rrguard.json"])) {
+		t.Errorf("dashboard ConfigMap %s: labels %v, rrguard.json valid JSON: %v", dash.Name, dash.Labels, json.Valid([]byte(dash.Data["rrguard.json"])))
+	}
 	if e := mon.Spec.Endpoints; len(e) != 1 || e[0].Scheme != "https" || e[0].BearerTokenFile == "" || e[0].Port != "https" {
 		t.Errorf("ServiceMonitor endpoints %+v: want https with a bearer token", e)
 	}

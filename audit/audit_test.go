@@ -8,7 +8,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
@@ -22,28 +21,14 @@ var env *testenv.Env
 
 func TestMain(m *testing.M) { os.Exit(testenv.Main(m, testenv.Options{Webhooks: true}, &env)) }
 
-// offLabel marks namespaces rrguard does not judge: there, creates bypass it, as on a cluster
-// that ran without it.
-const offLabel = "rrguard.test/off"
-
 func namespaces(ctx context.Context, t *testing.T) (judged, off string) {
 	t.Helper()
-	if err := env.JudgeOnly(ctx, &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
-		{Key: offLabel, Operator: metav1.LabelSelectorOpDoesNotExist}}}); err != nil {
-		t.Fatal(err)
-	}
 	_, judged = env.TestNamespace(t, "audit", time.Minute)
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "audit-off-", Labels: map[string]string{offLabel: "true"}}}
-	if err := env.Client.Create(ctx, ns); err != nil {
+	off, err := env.UnjudgedNamespace(ctx, "audit-off", judged)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := env.WaitJudged(ctx, ns.Name, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := env.WaitJudged(ctx, judged, true); err != nil {
-		t.Fatal(err)
-	}
-	return judged, ns.Name
+	return judged, off
 }
 
 // named creates an RR under a name of the caller's (only rrguard's absence lets it stand).

@@ -92,7 +92,7 @@ func TestRepeatsCoalesce(t *testing.T) {
 	}
 	waitFor(ctx, t, "64 refused creates and the first write", func() bool { return h.refused.Load() == n && h.writes.Load() == 1 })
 	// The queue fills as each refusal returns; give the last ones time to join it.
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond)
 	if r := returned.Load(); r != 0 || count(ctx, t, ns, first.Name) != 1 {
 		t.Fatalf("%d signals returned before any write succeeded (count %d)", r, count(ctx, t, ns, first.Name))
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -209,4 +210,31 @@ func (e *Env) UseCheck(ctx context.Context, webhook bool) error {
 		return e.RemovePolicy(ctx)
 	}
 	return e.InstallPolicy(ctx)
+}
+
+// offLabel marks the namespaces UnjudgedNamespace creates.
+const offLabel = "rrguard.test/off"
+
+// UnjudgedNamespace creates a namespace that rrguard's webhook and policy leave alone (they judge
+// every namespace without offLabel from then on), as on a cluster without rrguard, and waits
+// until the API server knows it, and until judged, if given, is judged again. rrguard must be
+// serving.
+func (e *Env) UnjudgedNamespace(ctx context.Context, prefix string, judged ...string) (string, error) {
+	if err := e.JudgeOnly(ctx, &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+		{Key: offLabel, Operator: metav1.LabelSelectorOpDoesNotExist}}}); err != nil {
+		return "", err
+	}
+	off := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-", Labels: map[string]string{offLabel: "true"}}}
+	if err := e.Client.Create(ctx, off); err != nil {
+		return "", err
+	}
+	if err := e.WaitJudged(ctx, off.Name, false); err != nil {
+		return "", err
+	}
+	for _, ns := range judged {
+		if err := e.WaitJudged(ctx, ns, true); err != nil {
+			return "", err
+		}
+	}
+	return off.Name, nil
 }

@@ -12,9 +12,7 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
@@ -106,18 +104,8 @@ func TestGWDedup002WithUnmodifiedKubernaut(t *testing.T) {
 	defer stop()
 
 	// A second namespace that rrguard does not judge, for today's Kubernaut without rrguard.
-	if err := env.JudgeOnly(ctx, &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
-		{Key: "rrguard.test/off", Operator: metav1.LabelSelectorOpDoesNotExist}}}); err != nil {
-		t.Fatal(err)
-	}
-	off := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "kubernaut-off-", Labels: map[string]string{"rrguard.test/off": "true"}}}
-	if err := env.Client.Create(ctx, off); err != nil {
-		t.Fatal(err)
-	}
-	if err := env.WaitJudged(ctx, off.Name, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := env.WaitJudged(ctx, ns, true); err != nil {
+	offNS, err := env.UnjudgedNamespace(ctx, "kubernaut-off", ns)
+	if err != nil {
 		t.Fatal(err)
 	}
 
@@ -145,8 +133,8 @@ func TestGWDedup002WithUnmodifiedKubernaut(t *testing.T) {
 		{"Gateway today, five pods", ns, viaGateway(ns, signals, false)},
 		{"package creator in place of Gateway's create", ns, viaCreator},
 		{"Gateway's list-then-create without the Lease lock (as ApiFrontend and other creators do)", ns, viaGateway(ns, 1, true)},
-		{"without rrguard: Gateway today, one pod", off.Name, viaGateway(off.Name, 1, false)},
-		{"without rrguard: list-then-create without the lock", off.Name, viaGateway(off.Name, 1, true)},
+		{"without rrguard: Gateway today, one pod", offNS, viaGateway(offNS, 1, false)},
+		{"without rrguard: list-then-create without the lock", offNS, viaGateway(offNS, 1, true)},
 	}
 	results := make([]tally, len(scenarios))
 	// Interleaved, so that each scenario sees the same machine load.
@@ -158,7 +146,7 @@ func TestGWDedup002WithUnmodifiedKubernaut(t *testing.T) {
 	for i, sc := range scenarios {
 		r := results[i]
 		t.Logf("%s: %s", sc.name, r)
-		if sc.ns == off.Name {
+		if sc.ns == offNS {
 			continue
 		}
 		if r.maxRRsPerRound != 1 || r.errors != 0 {

@@ -3,6 +3,7 @@ package creator
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -84,20 +85,11 @@ func (r *recorder) record(ctx context.Context, key client.ObjectKey, id string) 
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !me.taken {
-		q.waiting = removed(q.waiting, me)
+		q.waiting = slices.DeleteFunc(q.waiting, func(r *repeat) bool { return r == me })
 		return verdict{err: ctx.Err()}
 	}
 	// A write may carry this signal after the caller has gone.
 	return verdict{err: ctx.Err(), ambiguous: true}
-}
-
-func removed(rs []*repeat, me *repeat) []*repeat {
-	for i, r := range rs {
-		if r == me {
-			return append(rs[:i], rs[i+1:]...)
-		}
-	}
-	return rs
 }
 
 // take moves the waiting repeats into batch; when none wait and batch is empty, it retires the
@@ -209,12 +201,11 @@ func withoutOwnCreate(batch []*repeat, id string, v verdict) []*repeat {
 	if id == "" {
 		return batch
 	}
-	for i, w := range batch {
-		if w.id == id {
-			v.outcome = ownCreate
-			w.done <- v
-			return append(batch[:i], batch[i+1:]...)
-		}
+	i := slices.IndexFunc(batch, func(w *repeat) bool { return w.id == id })
+	if i < 0 {
+		return batch
 	}
-	return batch
+	v.outcome = ownCreate
+	batch[i].done <- v
+	return slices.Delete(batch, i, i+1)
 }

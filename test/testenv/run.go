@@ -120,3 +120,13 @@ func (e *Env) ServeReplica(ctx context.Context, cfg *rest.Config, adjust ...func
 	}
 	return r, stop, nil
 }
+
+// At is a ServeRRGuard adjustment that serves on addr (host:port), for a replica beside the one
+// the webhook configurations name.
+func At(addr string) func(*serve.Options) {
+	return func(o *serve.Options) {
+		host, port, _ := net.SplitHostPort(addr)
+		o.Host = host
+		o.Port, _ = strconv.Atoi(port)
+	}
+}

@@ -263,10 +263,7 @@ func TestDeletionEdgeForced(t *testing.T) {
 	})
 	var answeredByB atomic.Int64
 	addrB := testenv.FreeAddr(t)
-	host, port, _ := net.SplitHostPort(addrB)
-	p, _ := strconv.Atoi(port)
-	serving(ctx, t, func(o *serve.Options) {
-		o.Host, o.Port = host, p
+	serving(ctx, t, testenv.At(addrB), func(o *serve.Options) {
 		o.AfterRead = func(context.Context, *v1alpha1.RemediationRequest) { answeredByB.Add(1) }
 	})
 	defaultAddr := net.JoinHostPort(env.ServeOptions().Host, strconv.Itoa(env.ServeOptions().Port))

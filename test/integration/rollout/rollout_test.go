@@ -52,10 +52,7 @@ func rollout(t *testing.T, keepConnections bool) *result {
 	start := func() (string, func() error) {
 		t.Helper()
 		addr := testenv.FreeAddr(t)
-		host, port, _ := net.SplitHostPort(addr)
-		p, _ := strconv.Atoi(port)
-		stop, err := env.ServeRRGuard(ctx, func(o *serve.Options) {
-			o.Host, o.Port = host, p
+		stop, err := env.ServeRRGuard(ctx, testenv.At(addr), func(o *serve.Options) {
 			o.ShutdownDelay = 2 * time.Second
 			o.KeepConnectionsWhileStopping = keepConnections
 		})

@@ -86,9 +86,7 @@ func TestThousandSignalsExactCounts(t *testing.T) {
 // replica runs one rrguard replica on addr; stop kills it.
 func replica(ctx context.Context, t *testing.T, addr string) (stop func() error) {
 	t.Helper()
-	host, port, _ := net.SplitHostPort(addr)
-	p, _ := strconv.Atoi(port)
-	stop, err := env.ServeRRGuard(ctx, func(o *serve.Options) { o.Host, o.Port = host, p })
+	stop, err := env.ServeRRGuard(ctx, testenv.At(addr))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -24,8 +25,14 @@ func TestBenchSmoke(t *testing.T) {
 	kinds := map[string]int{}
 	for _, r := range b.rows {
 		kinds[r.Kind+"/"+r.Mode]++
-		if r.Signals == 0 || r.PerSecond <= 0 || r.CPU["kube-apiserver"] <= 0 || r.CPU["etcd"] <= 0 || r.CPU["load generator"] <= 0 {
+		if r.Signals == 0 || r.PerSecond <= 0 || r.CPU["kube-apiserver"] <= 0 || r.CPU["load generator"] <= 0 {
 			t.Errorf("row %+v: no signals or no CPU read", r)
+		}
+		// etcd's CPU is read in every row; in a rrguard storm it may round to 0 (/proc counts
+		// 10 ms ticks): all but one create are refused before storage, and the repeats share a
+		// few writes.
+		if etcd, ok := r.CPU["etcd"]; !ok || (etcd <= 0 && !(r.Mode == "rrguard" && strings.HasPrefix(r.Kind, "storm"))) {
+			t.Errorf("row %+v: etcd's CPU not read", r)
 		}
 		if (r.Mode == "rrguard" && r.CPU["rrguard"] <= 0) || (r.Mode == "bare" && r.CPU["bare"] <= 0) {
 			t.Errorf("row %+v: the webhook process's CPU was not read", r)

@@ -4,7 +4,10 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 K8S_VERSION  := 1.37.2
-TESTBIN      ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/rrguard/testbin/k8s-$(K8S_VERSION)
+# -r2: kube-apiserver reports its version (Helm checks a chart's kubeVersion against it); a new
+# folder, so a machine's older build without it is not reused.
+TESTBIN      ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/rrguard/testbin/k8s-$(K8S_VERSION)-r2
+KUBE_VERSION_LDFLAGS := $(foreach kv,gitVersion=v$(K8S_VERSION) gitMajor=$(word 1,$(subst ., ,$(K8S_VERSION))) gitMinor=$(word 2,$(subst ., ,$(K8S_VERSION))) gitTreeState=clean,-X k8s.io/component-base/version.$(kv))
 export RRGUARD_TESTBIN := $(TESTBIN)
 TOOL         := go tool -modfile=test/tools/go.mod
 IMG          ?= rrguard:dev
@@ -25,7 +28,7 @@ testbin: $(TESTBIN)/kube-apiserver $(TESTBIN)/etcd ## Build kube-apiserver and e
 $(TESTBIN)/kube-apiserver:
 	@echo "building kube-apiserver v$(K8S_VERSION) into $(TESTBIN) (about 10 minutes the first time)"
 	@mkdir -p $(TESTBIN)
-	cd test/tools/testbin/kube-apiserver && go build -trimpath -ldflags='-s -w' -o $@.tmp k8s.io/kubernetes/cmd/kube-apiserver
+	cd test/tools/testbin/kube-apiserver && go build -trimpath -ldflags='-s -w $(KUBE_VERSION_LDFLAGS)' -o $@.tmp k8s.io/kubernetes/cmd/kube-apiserver
 	mv $@.tmp $@
 
 $(TESTBIN)/etcd:
@@ -48,9 +51,10 @@ FUZZTIME     ?= 5m
 TEST_FUZZ_EXECS ?= 10000x
 
 .PHONY: test
-test: testbin lint ## Every test: static checks, unit tests, integration tests on a real API server, the alert rules in Prometheus, a short fuzz.
+test: testbin lint ## Every test: static checks, unit tests, integration tests on a real API server, the alert rules in Prometheus, the Helm chart, a short fuzz.
 	go test $(GO_TEST_FLAGS) -count=1 -timeout 30m ./...
 	cd test/alerts && go vet ./... && go test -count=1 ./...
+	cd test/helm && go vet ./... && go test -count=1 -timeout 15m ./...
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZ_EXECS)
 
 .PHONY: storm

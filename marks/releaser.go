@@ -300,17 +300,26 @@ func (s *Seeder) pass(ctx context.Context) error {
 
 func ptr[T any](v T) *T { return &v }
 
-// ReleaseAll removes Finalizer from every RR in the cluster, raising each RR's mark first. It is
-// the uninstall step (`rrguard release`, run by `make undeploy` before the webhooks go): no RR
-// stays held by a controller that no longer runs. It returns how many RRs it released.
-func ReleaseAll(ctx context.Context, c client.Client, store Store) (int, error) {
-	var list v1alpha1.RemediationRequestList
-	if err := c.List(ctx, &list); err != nil {
-		return 0, err
+// ReleaseAll removes Finalizer from every RR in the namespaces (none: the whole cluster), raising
+// each RR's mark first. It is the uninstall step (`rrguard release`, run by `make undeploy` before
+// the webhooks go and by the Helm chart's post-delete hook after): no RR stays held by a
+// controller that no longer runs. It returns how many RRs it released. A list per namespace needs
+// only the Roles rrguard has there, not a cluster-wide read.
+func ReleaseAll(ctx context.Context, c client.Client, store Store, namespaces ...string) (int, error) {
+	var items []v1alpha1.RemediationRequest
+	if len(namespaces) == 0 {
+		namespaces = []string{metav1.NamespaceAll}
+	}
+	for _, ns := range namespaces {
+		var list v1alpha1.RemediationRequestList
+		if err := c.List(ctx, &list, client.InNamespace(ns)); err != nil {
+			return 0, err
+		}
+		items = append(items, list.Items...)
 	}
 	released := 0
-	for i := range list.Items {
-		rr := &list.Items[i]
+	for i := range items {
+		rr := &items[i]
 		if !slices.Contains(rr.Finalizers, Finalizer) {
 			continue
 		}

@@ -93,6 +93,7 @@ func run(args []string) int {
 // controller does, so a reinstall that keeps the marks does not reissue their names.
 func release(args []string) int {
 	fs := flag.NewFlagSet("rrguard release", flag.ExitOnError)
+	namespaces := fs.String("namespaces", os.Getenv("RR_NAMESPACES"), "comma-separated namespaces to release RRs in (default $RR_NAMESPACES; empty: every namespace)")
 	marksNS := fs.String("marks-namespace", "rrguard-system", "namespace of the high-water mark ConfigMaps")
 	timeout := fs.Duration("timeout", 5*time.Minute, "how long to try")
 	_ = fs.Parse(args)
@@ -103,7 +104,7 @@ func release(args []string) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	n, err := marks.ReleaseAll(ctx, c, marks.Store{Namespace: *marksNS, Reader: c, Writer: c})
+	n, err := marks.ReleaseAll(ctx, c, marks.Store{Namespace: *marksNS, Reader: c, Writer: c}, splitList(*namespaces)...)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "FAIL after releasing %d RRs: %v\n", n, err)
 		return 1

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -22,10 +21,7 @@ func TestMain(m *testing.M) { os.Exit(testenv.Main(m, testenv.Options{}, &env)) 
 func TestAuditCommand(t *testing.T) {
 	ctx, ns := env.TestNamespace(t, "audit-cmd", time.Minute)
 	_, empty := env.TestNamespace(t, "audit-cmd-empty", time.Minute)
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := env.WriteKubeconfig(kubeconfig); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := env.Kubeconfig(t)
 	t.Setenv("KUBECONFIG", kubeconfig)
 	fp := testenv.Fingerprint(ns)
 	for _, n := range []int64{1, 2} {

@@ -6,10 +6,12 @@ package cmenv
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
@@ -61,6 +63,24 @@ func CRDs() (string, error) {
 		return "", err
 	}
 	return filepath.Join(dir, "deploy", "crds"), nil
+}
+
+// Main is testenv.Main for tests of rrguard's install whole (config/default, the Helm chart): the
+// control plane also knows cert-manager's CRDs and types, and prometheus-operator's ServiceMonitor
+// and PrometheusRule.
+func Main(m *testing.M, env **testenv.Env) int {
+	cm, err := CRDs()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	mon, err := testenv.MonitoringCRDs()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(mon)
+	return testenv.Main(m, testenv.Options{ExtraCRDs: []string{cm, mon}, AddToScheme: []func(*runtime.Scheme) error{cmapi.AddToScheme}}, env)
 }
 
 // Start runs the controllers and the cainjector until stop is called.

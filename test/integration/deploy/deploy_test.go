@@ -26,7 +26,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/test/cmenv"
@@ -36,97 +35,33 @@ import (
 var env *testenv.Env
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
+	os.Exit(cmenv.Main(m, &env))
 }
 
-func run(m *testing.M) int {
-	cm, err := cmenv.CRDs()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	mon, err := monitoringCRDs()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(mon)
-	return testenv.Main(m, testenv.Options{ExtraCRDs: []string{cm, mon}}, &env)
-}
-
-// monitoringCRDs generates the ServiceMonitor and PrometheusRule CRDs from prometheus-operator's
-// own API types (pinned in test/tools), as prometheus-operator itself does.
-func monitoringCRDs() (string, error) {
-	root, err := testenv.Root()
-	if err != nil {
-		return "", err
-	}
-	dir, err := os.MkdirTemp("", "rrguard-monitoring-crds-")
-	if err != nil {
-		return "", err
-	}
-	cmd := exec.Command("go", "tool", "controller-gen", "crd:maxDescLen=0",
-		"paths=github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1", "output:crd:dir="+dir)
-	cmd.Dir = filepath.Join(root, "test", "tools")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("generating monitoring CRDs: %v\n%s", err, out)
-	}
-	for _, keep := range []string{"servicemonitors", "prometheusrules"} {
-		if _, err := os.Stat(filepath.Join(dir, "monitoring.coreos.com_"+keep+".yaml")); err != nil {
-			return "", err
-		}
-	}
-	return dir, nil
-}
-
-// renderWithCheckWebhook renders config/default with the validating-webhook component uncommented,
-// as the comment in config/default says to do.
+// renderWithCheckWebhook renders config/default with the validating-webhook component uncommented.
 func renderWithCheckWebhook(t *testing.T) []byte {
 	t.Helper()
-	dir := t.TempDir()
-	if out, err := exec.Command("cp", "-r", filepath.Join(env.Root, "config"), dir).CombinedOutput(); err != nil {
-		t.Fatalf("copying config: %v\n%s", err, out)
-	}
-	k := filepath.Join(dir, "config", "default", "kustomization.yaml")
-	b, err := os.ReadFile(k)
+	out, err := testenv.KustomizeWithCheckWebhook(env.Root, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
-	}
-	on := strings.Replace(string(b), "# components:\n#   - ../components/validating-webhook", "components:\n  - ../components/validating-webhook", 1)
-	if on == string(b) {
-		t.Fatal("config/default no longer has the commented validating-webhook component")
-	}
-	if err := os.WriteFile(k, []byte(on), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("kubectl", "kustomize", filepath.Join(dir, "config", "default")).Output()
-	if err != nil {
-		t.Fatalf("kubectl kustomize with the validating-webhook component: %v", err)
 	}
 	return out
 }
 
 func render(t *testing.T, dir string) []byte {
 	t.Helper()
-	out, err := exec.Command("kubectl", "kustomize", filepath.Join(env.Root, dir)).Output()
+	out, err := testenv.Kustomize(env.Root, dir)
 	if err != nil {
-		t.Fatalf("kubectl kustomize %s: %v", dir, err)
+		t.Fatal(err)
 	}
 	return out
 }
 
 func objects(t *testing.T, rendered []byte) []*unstructured.Unstructured {
 	t.Helper()
-	var objs []*unstructured.Unstructured
-	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(rendered), 4096)
-	for {
-		u := &unstructured.Unstructured{}
-		if err := dec.Decode(&u.Object); err != nil {
-			break
-		}
-		if len(u.Object) > 0 {
-			objs = append(objs, u)
-		}
+	objs, err := testenv.Objects(rendered)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return objs
 }
@@ -134,10 +69,7 @@ func objects(t *testing.T, rendered []byte) []*unstructured.Unstructured {
 func TestDefaultAppliesServerSide(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := env.WriteKubeconfig(kubeconfig); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := env.Kubeconfig(t)
 	// Kubernaut's namespace exists before rrguard is installed: rrguard's RR Role lives there.
 	if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kubernaut-system"}}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)

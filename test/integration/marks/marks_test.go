@@ -10,7 +10,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -217,10 +216,7 @@ func TestReleaseAllForUninstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Exactly what `make undeploy` runs first.
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := env.WriteKubeconfig(kubeconfig); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := env.Kubeconfig(t)
 	cmd := exec.CommandContext(ctx, "go", "run", "./cmd/rrguard", "release", "--marks-namespace", testenv.MarksNamespace)
 	cmd.Dir = env.Root
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)

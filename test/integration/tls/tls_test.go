@@ -213,9 +213,9 @@ func bringUp(t *testing.T) error {
 		cancel()
 		return err
 	}
-	mountSecret(ctx, t, "webhook-server-cert", certDir)
+	mountSecret(ctx, t, "rrguard-webhook-server-cert", certDir)
 	var secret corev1.Secret
-	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "webhook-server-cert"}, &secret); err != nil {
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "rrguard-webhook-server-cert"}, &secret); err != nil {
 		cancel()
 		return err
 	}
@@ -415,7 +415,7 @@ func TestNotReadyWithoutServingCert(t *testing.T) {
 		return samples == 5, nil
 	})
 	var secret corev1.Secret
-	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "webhook-server-cert"}, &secret); err != nil {
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: "rrguard-webhook-server-cert"}, &secret); err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range []string{"tls.crt", "tls.key"} {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -24,10 +23,7 @@ import (
 // kubectlIn runs kubectl against the test's control plane in namespace ns, with stdin as input.
 func kubectlIn(ctx context.Context, t *testing.T, ns string) func(stdin string, args ...string) (string, error) {
 	t.Helper()
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := env.WriteKubeconfig(kubeconfig); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := env.Kubeconfig(t)
 	return func(stdin string, args ...string) (string, error) {
 		cmd := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig", kubeconfig, "-n", ns}, args...)...)
 		cmd.Stdin = strings.NewReader(stdin)

@@ -309,10 +309,7 @@ func testNamesAreRewritten(t *testing.T) {
 		}
 	}
 
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := env.WriteKubeconfig(kubeconfig); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := env.Kubeconfig(t)
 	kubectl := func(args ...string) (string, error) {
 		cmd := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig", kubeconfig, "-n", ns}, args...)...)
 		b, err := cmd.CombinedOutput()

@@ -10,7 +10,7 @@
 //
 // Throughput rows (new fingerprints, 32 creators) at 0, 10k and 50k existing RRs; latency rows at
 // 1 creator; storm rows (one fingerprint, 64 senders) for rrguard and the Lease lock; memory rows
-// (rrguard's live heap, RSS and start-up with 0, 50k and 100k RRs of Kubernaut's size). Ratios
+// (rrguard's live heap, RSS and start-up with 0, 10k, 50k and 100k RRs of Kubernaut's size). Ratios
 // are paired per round, reported as median and range.
 package main
 
@@ -62,7 +62,7 @@ func main() {
 	flag.IntVar(&c.signals, "signals", 3000, "signals per throughput row (a row also ends after -row-time)")
 	flag.DurationVar(&c.rowTime, "row-time", 30*time.Second, "longest a row runs")
 	sizes := flag.String("sizes", "0,10000,50000", "RRs already in the namespace, per throughput size")
-	memSizes := flag.String("memory", "0,50000,100000", "RRs rrguard watches in the memory rows")
+	memSizes := flag.String("memory", "0,10000,50000,100000", "RRs rrguard watches in the memory rows")
 	flag.IntVar(&c.latencySignals, "latency-signals", 1000, "signals per 1-creator latency row")
 	flag.IntVar(&c.stormSignal, "storm-signals", 2000, "signals per storm row (one fingerprint, 64 senders)")
 	flag.BoolVar(&c.profile, "profile", false, "write 8 s CPU profiles of kube-apiserver and rrguard, taken during the first rrguard throughput row, to bin/bench/*.pprof")

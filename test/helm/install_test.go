@@ -88,9 +88,8 @@ func TestInstallUpgradeUninstall(t *testing.T) {
 	ch := loadChart(t)
 	base := fmt.Sprintf("rrNamespaces: [%s]\nimage: {tag: dev}\n", rrNS)
 
-	in := action.NewInstall(cfg)
-	in.ReleaseName, in.Namespace, in.CreateNamespace = releaseName, releaseNS, true
-	in.WaitStrategy, in.Timeout = kube.HookOnlyStrategy, 2*time.Minute
+	in := newInstall(cfg)
+	in.CreateNamespace = true
 	r, err := in.RunWithContext(ctx, ch, values(t, base))
 	if err != nil {
 		t.Fatalf("helm install: %v", err)
@@ -139,13 +138,7 @@ func TestInstallUpgradeUninstall(t *testing.T) {
 
 	// Uninstall, with the post-delete hook's Job run as a kubelet would: its command, as its
 	// ServiceAccount.
-	jobs := runJobs(ctx, t)
-	un := action.NewUninstall(cfg)
-	un.WaitStrategy, un.Timeout = kube.HookOnlyStrategy, 2*time.Minute
-	if _, err := un.Run(releaseName); err != nil {
-		t.Fatalf("helm uninstall: %v", err)
-	}
-	if ran := jobs.stop(); len(ran) != 1 || !strings.Contains(ran[0], "OK: released 3 RRs") {
+	if ran := uninstall(ctx, t, cfg); len(ran) != 1 || !strings.Contains(ran[0], "OK: released 3 RRs") {
 		t.Fatalf("post-delete Jobs run: %q, want one that released the 3 held RRs", ran)
 	}
 	store := marks.Store{Namespace: releaseNS, Reader: env.Client}
@@ -172,6 +165,82 @@ func TestInstallUpgradeUninstall(t *testing.T) {
 	if err := env.Client.Create(ctx, rr); err != nil {
 		t.Errorf("create after uninstall: %v", err)
 	}
+}
+
+// A kustomize install (`make deploy`) moves to Helm without a gap: `helm install --take-ownership
+// --force-conflicts` adopts config/default's objects (the same names and selectors for release rrguard), and from
+// then on `helm uninstall` removes them.
+func TestHelmAdoptsKustomizeInstall(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	kubeconfig := env.Kubeconfig(t)
+	if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kubernaut-system"}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	rendered, err := testenv.Kustomize(env.Root, "config/default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply := exec.CommandContext(ctx, "kubectl", "--kubeconfig", kubeconfig, "apply", "--server-side", "-f", "-")
+	apply.Stdin = strings.NewReader(string(rendered))
+	if out, err := apply.CombinedOutput(); err != nil {
+		t.Fatalf("kubectl apply --server-side config/default: %v\n%s", err, out)
+	}
+
+	cfg := helmConfig(t, kubeconfig)
+	if _, err := newInstall(cfg).RunWithContext(ctx, loadChart(t), values(t, "image: {tag: dev}")); err == nil || !strings.Contains(err.Error(), "exists and cannot be imported") {
+		t.Fatalf("helm install over a kustomize install without --take-ownership: %v, want refused", err)
+	}
+	in := newInstall(cfg)
+	// Without --force-conflicts Helm's server-side apply conflicts with kubectl's field manager on
+	// atomic fields (the POD_NAMESPACE fieldRef, the policy's matchConstraints) although the
+	// values are the same; forcing hands them to Helm.
+	in.TakeOwnership, in.ForceConflicts = true, true
+	r, err := in.RunWithContext(ctx, loadChart(t), values(t, "image: {tag: dev}"))
+	if err != nil {
+		t.Fatalf("helm install --take-ownership: %v", err)
+	}
+	dyn := dynamic.NewForConfigOrDie(env.Config)
+	adopted := split(t, r.(*release.Release))
+	for _, u := range adopted.objects {
+		got, err := get(ctx, dyn, u)
+		if err != nil || got.GetAnnotations()["meta.helm.sh/release-name"] != releaseName {
+			t.Errorf("%s not adopted by the release: %v", key(u), err)
+		}
+	}
+
+	if ran := uninstall(ctx, t, cfg); len(ran) != 1 {
+		t.Errorf("post-delete Jobs run: %q, want one", ran)
+	}
+	for _, u := range adopted.objects {
+		if _, err := get(ctx, dyn, u); !apierrors.IsNotFound(err) {
+			t.Errorf("after uninstall, %s: %v, want gone", key(u), err)
+		}
+	}
+	leftovers(ctx, t, "kubernaut-system")
+}
+
+// newInstall is `helm install rrguard -n rrguard-system` with the CLI's default wait (hooks only).
+func newInstall(cfg *action.Configuration) *action.Install {
+	in := action.NewInstall(cfg)
+	in.ReleaseName, in.Namespace = releaseName, releaseNS
+	in.WaitStrategy, in.Timeout = kube.HookOnlyStrategy, 2*time.Minute
+	return in
+}
+
+// uninstall is `helm uninstall rrguard` with its post-delete Job run; it returns what each Job
+// printed.
+func uninstall(ctx context.Context, t *testing.T, cfg *action.Configuration) []string {
+	t.Helper()
+	jobs := runJobs(ctx, t)
+	un := action.NewUninstall(cfg)
+	un.WaitStrategy, un.Timeout = kube.HookOnlyStrategy, 2*time.Minute
+	_, err := un.Run(releaseName)
+	ran := jobs.stop()
+	if err != nil {
+		t.Fatalf("helm uninstall: %v (Jobs printed %q)", err, ran)
+	}
+	return ran
 }
 
 func get(ctx context.Context, dyn dynamic.Interface, u *unstructured.Unstructured) (*unstructured.Unstructured, error) {

@@ -16,6 +16,7 @@ import (
 	"helm.sh/helm/v4/pkg/action"
 	"helm.sh/helm/v4/pkg/kube"
 	release "helm.sh/helm/v4/pkg/release/v1"
+	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -123,13 +124,11 @@ func TestInstallUpgradeUninstall(t *testing.T) {
 			}
 		}
 	}
-	var dep unstructured.Unstructured
-	dep.SetAPIVersion("apps/v1")
-	dep.SetKind("Deployment")
+	var dep appsv1.Deployment
 	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: releaseNS, Name: "rrguard-controller-manager"}, &dep); err != nil {
 		t.Fatal(err)
 	}
-	if n, _, _ := unstructured.NestedInt64(dep.Object, "spec", "replicas"); n != 4 {
+	if n := *dep.Spec.Replicas; n != 4 {
 		t.Errorf("replicas after upgrade: %d, want 4", n)
 	}
 	if again := waitCertificate(ctx, t, 2); !slices.Equal(again, servingSecret) {
@@ -181,9 +180,7 @@ func TestHelmAdoptsKustomizeInstall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	apply := exec.CommandContext(ctx, "kubectl", "--kubeconfig", kubeconfig, "apply", "--server-side", "-f", "-")
-	apply.Stdin = strings.NewReader(string(rendered))
-	if out, err := apply.CombinedOutput(); err != nil {
+	if out, err := testenv.Kubectl(ctx, kubeconfig, rendered, "apply", "--server-side", "-f", "-"); err != nil {
 		t.Fatalf("kubectl apply --server-side config/default: %v\n%s", err, out)
 	}
 

@@ -62,3 +62,48 @@ control-plane: rrguard
 {{- fail (printf "replicaCount (%d) must be above podDisruptionBudget.minAvailable (%d): otherwise no node drain can ever evict a replica" (int .Values.replicaCount) (int .Values.podDisruptionBudget.minAvailable)) }}
 {{- end }}
 {{- end }}
+
+{{/* What both pods share, the Deployment's and the uninstall Job's: where they may run, and the
+restricted security settings (non-root, read-only root, no capabilities, RuntimeDefault seccomp). */}}
+{{- define "rrguard.podPlacement" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{- define "rrguard.podSecurityContext" -}}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: 65532
+  runAsGroup: 65532
+  seccompProfile:
+    type: RuntimeDefault
+{{- end }}
+
+{{- define "rrguard.containerSecurityContext" -}}
+securityContext:
+  allowPrivilegeEscalation: false
+  readOnlyRootFilesystem: true
+  capabilities:
+    drop: ["ALL"]
+{{- end }}
+
+{{/* The uninstall hook's objects: created after the release's are deleted, RBAC (weight -5)
+before the Job (0), all removed once the Job succeeded. */}}
+{{- define "rrguard.releaseHook" -}}
+helm.sh/hook: post-delete
+helm.sh/hook-weight: {{ . | quote }}
+helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+{{- end }}

@@ -5,7 +5,6 @@
 package deploy
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -77,9 +76,7 @@ func TestDefaultAppliesServerSide(t *testing.T) {
 	// Both installs: with the validating webhook (applied first, then replaced by the default's
 	// objects, which the checks below look up).
 	for _, rendered := range [][]byte{renderWithCheckWebhook(t), render(t, "config/default")} {
-		cmd := exec.CommandContext(ctx, "kubectl", "--kubeconfig", kubeconfig, "apply", "--server-side", "--field-manager=rrguard-install", "-f", "-")
-		cmd.Stdin = bytes.NewReader(rendered)
-		if out, err := cmd.CombinedOutput(); err != nil {
+		if out, err := testenv.Kubectl(ctx, kubeconfig, rendered, "apply", "--server-side", "--field-manager=rrguard-install", "-f", "-"); err != nil {
 			t.Fatalf("server-side apply: %v\n%s", err, out)
 		}
 	}

@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -59,13 +58,11 @@ func TestMain(m *testing.M) {
 // kubectl runs the real kubectl against the control plane.
 func kubectl(t *testing.T, stdin []byte, args ...string) []byte {
 	t.Helper()
-	cmd := exec.Command("kubectl", append([]string{"--kubeconfig", kubeconfig}, args...)...)
-	cmd.Stdin = bytes.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
+	out, err := testenv.Kubectl(context.Background(), kubeconfig, stdin, args...)
 	if err != nil {
 		t.Fatalf("kubectl %v: %v\n%s", args, err, out)
 	}
-	return out
+	return []byte(out)
 }
 
 func eventually(t *testing.T, what string, limit time.Duration, f func() error) {

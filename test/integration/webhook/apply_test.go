@@ -3,7 +3,6 @@ package webhook
 import (
 	"context"
 	"fmt"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -25,10 +24,7 @@ func kubectlIn(ctx context.Context, t *testing.T, ns string) func(stdin string, 
 	t.Helper()
 	kubeconfig := env.Kubeconfig(t)
 	return func(stdin string, args ...string) (string, error) {
-		cmd := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig", kubeconfig, "-n", ns}, args...)...)
-		cmd.Stdin = strings.NewReader(stdin)
-		b, err := cmd.CombinedOutput()
-		return string(b), err
+		return testenv.Kubectl(ctx, kubeconfig, []byte(stdin), append([]string{"-n", ns}, args...)...)
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -309,12 +308,8 @@ func testNamesAreRewritten(t *testing.T) {
 		}
 	}
 
-	kubeconfig := env.Kubeconfig(t)
-	kubectl := func(args ...string) (string, error) {
-		cmd := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig", kubeconfig, "-n", ns}, args...)...)
-		b, err := cmd.CombinedOutput()
-		return string(b), err
-	}
+	kubectlNS := kubectlIn(ctx, t, ns)
+	kubectl := func(args ...string) (string, error) { return kubectlNS("", args...) }
 	sample := filepath.Join(env.Root, "config", "samples", "remediationrequest.yaml")
 	out, err := kubectl("create", "-f", sample, "-o", "name")
 	var sampleRR v1alpha1.RemediationRequest

@@ -99,11 +99,20 @@ func (s Store) Get(ctx context.Context, namespace, fp string) (int64, error) {
 	return e.N, err
 }
 
+// shards lists every shard ConfigMap of the store.
+func (s Store) shards(ctx context.Context) (*corev1.ConfigMapList, error) {
+	var shards corev1.ConfigMapList
+	if err := s.Reader.List(ctx, &shards, client.InNamespace(s.Namespace), client.MatchingLabels{Label: "true"}); err != nil {
+		return nil, err
+	}
+	return &shards, nil
+}
+
 // All reads every mark, keyed by EntryKey; entries it cannot parse are listed in corrupt
 // ("<shard>/<key>") instead.
 func (s Store) All(ctx context.Context) (all map[string]int64, corrupt []string, err error) {
-	var shards corev1.ConfigMapList
-	if err := s.Reader.List(ctx, &shards, client.InNamespace(s.Namespace), client.MatchingLabels{Label: "true"}); err != nil {
+	shards, err := s.shards(ctx)
+	if err != nil {
 		return nil, nil, err
 	}
 	all = map[string]int64{}

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
@@ -224,8 +223,8 @@ var errIndexNotSynced = errors.New("the RR index has not synced yet")
 
 // loadMarks tells the index every mark that exists.
 func (s *Seeder) loadMarks(ctx context.Context) error {
-	var shards corev1.ConfigMapList
-	if err := s.Store.Reader.List(ctx, &shards, client.InNamespace(s.Store.Namespace), client.MatchingLabels{Label: "true"}); err != nil {
+	shards, err := s.Store.shards(ctx)
+	if err != nil {
 		return err
 	}
 	for i := range shards.Items {
@@ -350,8 +349,8 @@ func (s *Seeder) collect(ctx context.Context, live map[string]bool) error {
 	if horizon == 0 {
 		horizon = DefaultHorizon
 	}
-	var shards corev1.ConfigMapList
-	if err := s.Store.Reader.List(ctx, &shards, client.InNamespace(s.Store.Namespace), client.MatchingLabels{Label: "true"}); err != nil {
+	shards, err := s.Store.shards(ctx)
+	if err != nil {
 		return err
 	}
 	for i := range shards.Items {

@@ -131,7 +131,7 @@ func (r *recorder) writeBatch(ctx context.Context, key client.ObjectKey, q *queu
 	v := verdict{}
 	mayHaveApplied := false
 	end := func(o outcome, err error) {
-		v.outcome, v.err, v.ambiguous, v.retries = o, err, mayHaveApplied, b.spent+b.conflicts
+		v.outcome, v.err, v.ambiguous, v.retries = o, err, mayHaveApplied, b.retries()
 		for _, w := range batch {
 			w.done <- v
 		}
@@ -160,7 +160,7 @@ func (r *recorder) writeBatch(ctx context.Context, key client.ObjectKey, q *queu
 		if !mayHaveApplied {
 			batch = r.take(key, q, batch)
 		}
-		v.ambiguous, v.retries = mayHaveApplied, b.spent+b.conflicts
+		v.ambiguous, v.retries = mayHaveApplied, b.retries()
 		batch = withoutOwnCreate(batch, cur.Annotations[SignalIDAnnotation], v)
 		if len(batch) == 0 {
 			return

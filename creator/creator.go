@@ -225,6 +225,9 @@ type budget struct {
 
 func newBudget(o Options) budget { return budget{o: o, next: o.InitialBackoff} }
 
+// retries is every write after the first: tries spent and writes lost to other writers.
+func (b *budget) retries() int { return b.spent + b.conflicts }
+
 // spend takes one try for a failure worth retrying and sleeps before it (up to a limit that
 // doubles each time), or says why there is none left.
 func (b *budget) spend(ctx context.Context, cause error) error {

@@ -2,9 +2,9 @@ package marks
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -12,11 +12,13 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
@@ -28,17 +30,31 @@ import (
 
 // Finalizer is what rrguard's mutating webhook puts on every RR it admits, in the same patch that
 // names it (no extra request): the RR cannot leave the API server before its number is covered
-// by the mark.
+// by the mark. It stays only for the hold (DefaultMinAge): then the mark covers the RR's number and
+// the finalizer has nothing left to protect, so rrguard removes it, long before Kubernaut's
+// retention deletes the RR. A finalizer present at deletion doubles the orchestrator's
+// retention_cleanup audit event (the deletionTimestamp update triggers a second reconcile that
+// deletes and audits again), and makes the deletion wait for rrguard.
 const Finalizer = "rrguard.kubernaut.ai/high-water-mark"
 
-// DefaultMinAge is how long a new RR is held before its finalizer is released, even when it is
-// deleted at once. A create decided before this RR was stored may still be in flight, carrying
-// this RR's name (rrguard's index had not seen it); that create must meet this RR in etcd and be
-// refused, not find the name free. The API server cuts every request after --request-timeout
-// (60 s by default); the index-backed decision needs the hold to exceed two of those plus the
-// index's maximum lag (10 s), see docs/design.md ("Reads"): three minutes. Kubernaut deletes RRs
-// 24 h after they complete, so in practice nothing waits.
+// DefaultMinAge is the hold: how long a new RR keeps its finalizer, even when it is deleted at
+// once. A create decided before this RR was stored may still be in flight, carrying this RR's
+// name (rrguard's index had not seen it); that create must meet this RR in etcd and be refused,
+// not find the name free. The API server cuts every request after --request-timeout (60 s by
+// default); the index-backed decision needs the hold to exceed two of those plus the index's
+// maximum lag (10 s), see docs/design.md ("Reads"): three minutes.
 const DefaultMinAge = 3 * time.Minute
+
+// Defaults of the sweep that releases RRs once they are older than the hold.
+const (
+	DefaultReleaseEvery = 10 * time.Second
+	DefaultReleaseBatch = 100
+	// releaseWorkers bound the requests a sweep round has in flight; a full round is followed by
+	// the next after at most maxRoundPause, so that an upgrade that finds thousands of RRs held
+	// for life releases them at about Batch per second instead of all at once.
+	releaseWorkers = 4
+	maxRoundPause  = time.Second
+)
 
 var (
 	raises = prometheus.NewCounter(prometheus.CounterOpts{
@@ -47,11 +63,11 @@ var (
 	})
 	released = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "rrguard_finalizers_released_total",
-		Help: "RRs whose rrguard finalizer was released after their mark was raised.",
+		Help: "RRs whose rrguard finalizer was released after their mark was raised (at the end of the hold, or at a deletion during it).",
 	})
 	held = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "rrguard_deletions_held",
-		Help: "RRs being deleted that still carry rrguard's finalizer, as of the last seeding pass.",
+		Help: "RRs being deleted that still carry rrguard's finalizer, as of the last seeding pass: RRs deleted during their hold, or any while no replica releases.",
 	})
 	collected = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "rrguard_mark_collections_total",
@@ -61,35 +77,58 @@ var (
 		Name: "rrguard_deletion_held_oldest_seconds",
 		Help: "How long the oldest deletion held by rrguard's finalizer has waited, as of the last seeding pass.",
 	})
+	backlog = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "rrguard_release_backlog",
+		Help: "RRs older than the hold that still carry rrguard's finalizer, as of the last release round (after an upgrade: those the old release held for life, going down batch by batch).",
+	})
 )
 
-func init() { metrics.Registry.MustRegister(raises, released, held, heldOldest, collected) }
+func init() { metrics.Registry.MustRegister(raises, released, held, heldOldest, collected, backlog) }
 
-// Releaser is the controller that lets deleted RRs go: for an RR being deleted that carries
-// Finalizer, it raises the fingerprint's mark to the RR's number, then removes the finalizer.
-// The order is the guarantee: at every instant, every number issued for a fingerprint is either
-// held by an RR that exists or covered by the mark. Every replica runs it (raising a mark is
-// idempotent and monotonic, and a finalizer is removed once): no leader election, no leader
-// change to reason about.
+// Facts is what the releaser and the seeder read of rrguard's RR index (package rrfacts).
+type Facts interface {
+	Synced() bool
+	Each(func(rrfacts.RR))
+	// NoteCovered records a mark seen at or above upTo (the seeding pass then skips those RRs).
+	NoteCovered(namespace, fp string, upTo int64)
+}
+
+// Releaser removes rrguard's finalizer from RRs once their number is covered: it raises the
+// fingerprint's mark to the RR's number, then removes the finalizer, when the RR is older than the
+// hold (a sweep over the index, in bounded rounds) or, for an RR deleted during its hold, when the
+// hold ends (a controller the index tells of each deletion). The order is the guarantee: at every
+// instant, every number issued for a fingerprint is either held by an RR that exists or covered by
+// the mark. Every replica runs both (raising a mark is idempotent and monotonic, and a finalizer is
+// removed once, by a patch guarded by resourceVersion): no leader election, no leader change to
+// reason about; two replicas releasing one RR cost the loser a conflict, not a second write.
 type Releaser struct {
 	// Client writes; Reader reads the RR afresh (uncached: rrguard keeps no copy of RRs, only
-	// their facts in package rrfacts, which tells the releaser of each deletion by Enqueue).
+	// their facts in package rrfacts).
 	Client client.Client
 	Reader client.Reader
 	Store  Store
-	// MinAge is DefaultMinAge when zero.
+	// Index is walked by the sweep; it must be set before the manager starts.
+	Index Facts
+	// MinAge is the hold, DefaultMinAge when zero.
 	MinAge time.Duration
+	// Every is how often the sweep looks for RRs past the hold (DefaultReleaseEvery when zero);
+	// Batch bounds the RRs one round releases (DefaultReleaseBatch when zero).
+	Every  time.Duration
+	Batch  int
 	events chan event.GenericEvent
 }
 
-// SetupWithManager registers the controller; Enqueue feeds it.
+// SetupWithManager registers the controller and the sweep; Enqueue feeds the controller.
 func (r *Releaser) SetupWithManager(mgr ctrl.Manager) error {
 	r.events = make(chan event.GenericEvent, 1024)
+	if err := mgr.Add(manager.RunnableFunc(r.sweep)); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("high-water-mark").
 		WatchesRawSource(source.Channel(r.events, &handler.EnqueueRequestForObject{})).
 		// Several replicas run in one process in tests; names are for logs and metrics only.
-		WithOptions(controller.Options{MaxConcurrentReconciles: 16, SkipNameValidation: ptr(true)}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: 16, SkipNameValidation: ptr.To(true)}).
 		Complete(r)
 }
 
@@ -100,27 +139,166 @@ func (r *Releaser) Enqueue(namespace, name string) {
 	r.events <- event.GenericEvent{Object: o}
 }
 
-// Reconcile implements reconcile.Reconciler.
+func (r *Releaser) minAge() time.Duration {
+	if r.MinAge == 0 {
+		return DefaultMinAge
+	}
+	return r.MinAge
+}
+
+// Reconcile implements reconcile.Reconciler, for RRs deleted during their hold: they wait until
+// it ends.
 func (r *Releaser) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	var rr v1alpha1.RemediationRequest
 	if err := r.Reader.Get(ctx, req.NamespacedName, &rr); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
-	if rr.DeletionTimestamp == nil || !slices.Contains(rr.Finalizers, Finalizer) {
+	if !slices.Contains(rr.Finalizers, Finalizer) {
 		return reconcile.Result{}, nil
 	}
-	minAge := r.MinAge
-	if minAge == 0 {
-		minAge = DefaultMinAge
-	}
-	if wait := minAge - time.Since(rr.CreationTimestamp.Time); wait > 0 {
+	if wait := r.minAge() - time.Since(rr.CreationTimestamp.Time); wait > 0 {
+		if rr.DeletionTimestamp == nil {
+			return reconcile.Result{}, nil // the sweep releases it when the hold ends
+		}
 		return reconcile.Result{RequeueAfter: wait}, nil
 	}
 	if err := r.Store.cover(ctx, &rr); err != nil {
 		// A conflict or a concurrent shard create: the next try reads afresh.
 		return reconcile.Result{}, err
 	}
+	r.noteCovered(&rr)
 	return reconcile.Result{}, dropFinalizer(ctx, r.Client, &rr)
+}
+
+func (r *Releaser) noteCovered(rr *v1alpha1.RemediationRequest) {
+	if n, ok := rules.Occurrence(rr.Spec.SignalFingerprint, rr.Name); ok && r.Index != nil {
+		r.Index.NoteCovered(rr.Namespace, rr.Spec.SignalFingerprint, n)
+	}
+}
+
+// sweep releases, round after round, the RRs the index shows past the hold with the finalizer on
+// (manager.Runnable; every replica runs it). A round takes at most Batch of them, raises their
+// marks one write per shard, then removes each finalizer: per RR lifetime, at most one mark write
+// (shared by the RRs of a shard in one round) and one finalizer removal, and nothing at deletion.
+func (r *Releaser) sweep(ctx context.Context) error {
+	every, batch := r.Every, r.Batch
+	if every == 0 {
+		every = DefaultReleaseEvery
+	}
+	if batch == 0 {
+		batch = DefaultReleaseBatch
+	}
+	log := ctrl.Log.WithName("marks")
+	for {
+		wait := min(every, 100*time.Millisecond) // until the index has synced
+		if r.Index.Synced() {
+			wait = every
+			due, total := r.due(time.Now(), batch)
+			if total > batch {
+				log.Info("releasing RRs past the hold in rounds", "backlog", total, "round", batch)
+			}
+			done := r.releaseRound(ctx, due)
+			backlog.Set(float64(total - done))
+			if len(due) == batch && done > 0 {
+				wait = min(every, maxRoundPause)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+// due returns up to batch RRs past the hold that carry the finalizer, and how many there are.
+func (r *Releaser) due(now time.Time, batch int) (due []rrfacts.RR, total int) {
+	cutoff := now.Add(-r.minAge())
+	r.Index.Each(func(rr rrfacts.RR) {
+		if !rr.Finalized || rr.Created.After(cutoff) {
+			return
+		}
+		total++
+		if len(due) < batch {
+			due = append(due, rr)
+		}
+	})
+	return due, total
+}
+
+// releaseRound covers and releases the RRs given; it returns how many no longer carry the
+// finalizer.
+func (r *Releaser) releaseRound(ctx context.Context, due []rrfacts.RR) int {
+	log := ctrl.Log.WithName("marks")
+	type shardKey struct{ ns, shard string }
+	want := map[shardKey]map[string]int64{}
+	for _, rr := range due {
+		if rr.N == 0 {
+			continue // Kubernaut's own names never collide with the scheme's
+		}
+		k := shardKey{rr.Namespace, ShardName(rr.Fingerprint)}
+		if want[k] == nil {
+			want[k] = map[string]int64{}
+		}
+		want[k][rr.Fingerprint] = max(want[k][rr.Fingerprint], rr.N)
+	}
+	covered := map[shardKey]bool{}
+	for k, fps := range want {
+		if err := retry.OnError(retry.DefaultBackoff, contended, func() error { return r.Store.Raise(ctx, k.ns, k.shard, fps) }); err != nil {
+			log.Error(err, "raising high-water marks before releasing RRs", "namespace", k.ns, "shard", k.shard)
+			continue
+		}
+		covered[k] = true
+		for fp, n := range fps {
+			r.Index.NoteCovered(k.ns, fp, n)
+		}
+	}
+	work := make(chan rrfacts.RR)
+	var done atomic.Int64
+	var wg sync.WaitGroup
+	for range releaseWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for rr := range work {
+				if err := r.releaseAged(ctx, rr); err != nil {
+					if ctx.Err() == nil {
+						log.Error(err, "releasing an RR past the hold", "namespace", rr.Namespace, "name", rr.Name)
+					}
+					continue
+				}
+				done.Add(1)
+			}
+		}()
+	}
+	for _, rr := range due {
+		if rr.N != 0 && !covered[shardKey{rr.Namespace, ShardName(rr.Fingerprint)}] {
+			continue
+		}
+		work <- rr
+	}
+	close(work)
+	wg.Wait()
+	return int(done.Load())
+}
+
+// releaseAged removes the finalizer of an RR whose mark the round has raised, once a fresh read
+// confirms it is the same RR, past the hold.
+func (r *Releaser) releaseAged(ctx context.Context, f rrfacts.RR) error {
+	return retry.OnError(retry.DefaultBackoff, apierrors.IsConflict, func() error {
+		var rr v1alpha1.RemediationRequest
+		if err := r.Reader.Get(ctx, client.ObjectKey{Namespace: f.Namespace, Name: f.Name}, &rr); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+		if !slices.Contains(rr.Finalizers, Finalizer) {
+			return nil
+		}
+		if n, _ := rules.Occurrence(rr.Spec.SignalFingerprint, rr.Name); rr.Spec.SignalFingerprint != f.Fingerprint || n != f.N ||
+			time.Since(rr.CreationTimestamp.Time) < r.minAge() {
+			return fmt.Errorf("%s/%s is not the RR the index showed past the hold", rr.Namespace, rr.Name)
+		}
+		return dropFinalizer(ctx, r.Client, &rr)
+	})
 }
 
 // cover raises the mark of rr's fingerprint to rr's number (rrguard's names only: Kubernaut's own
@@ -151,153 +329,6 @@ func dropFinalizer(ctx context.Context, c client.Client, rr *v1alpha1.Remediatio
 
 // contended is a write that lost to another writer of the same object: worth a fresh read.
 func contended(err error) bool { return apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) }
-
-// Seeder raises the marks of the RRs that carry no finalizer (created before rrguard had one, or
-// by an older replica during an upgrade) to their numbers, so that deleting them cannot free their
-// names. A replica answers admission only once its first pass is done (Ready).
-type Seeder struct {
-	// Index is rrguard's watch of RRs: the pass reads it, not the API server.
-	Index interface {
-		Synced() bool
-		Each(func(rrfacts.RR))
-		NoteMarked(keys ...string)
-		LoadedMarks()
-	}
-	Store  Store
-	seeded atomic.Bool
-	// Every is how often a pass repeats after the first (to cover RRs an older replica admits
-	// during a rolling upgrade); 30 s when zero.
-	Every time.Duration
-	// Horizon: a mark raised longer ago than this, whose fingerprint has no RR left, is removed
-	// (DefaultHorizon when zero). Every GCEvery (1 h when zero) a pass looks for such marks.
-	Horizon, GCEvery time.Duration
-	lastGC           time.Time
-}
-
-// DefaultHorizon is how long Kubernaut's DataStorage keeps audit events (2,555 days): after it, the
-// name's old correlation data is gone, unless a legal hold keeps it longer.
-const DefaultHorizon = 2555 * 24 * time.Hour
-
-// Ready fails until the first pass has completed: a replica decides only once its marks are
-// seeded.
-func (s *Seeder) Ready() error {
-	if !s.seeded.Load() {
-		return errors.New("high-water marks not seeded yet")
-	}
-	return nil
-}
-
-// Start implements manager.Runnable: a pass at once (after the cache syncs), then periodically.
-func (s *Seeder) Start(ctx context.Context) error {
-	every := s.Every
-	if every == 0 {
-		every = 30 * time.Second
-	}
-	for {
-		if err := s.pass(ctx); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if !errors.Is(err, errIndexNotSynced) {
-				ctrl.Log.WithName("marks").Error(err, "seeding high-water marks")
-			}
-		} else {
-			s.seeded.Store(true)
-		}
-		wait := every
-		if !s.seeded.Load() {
-			wait = 100 * time.Millisecond
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(wait):
-		}
-	}
-}
-
-// NeedLeaderElection implements manager.LeaderElectionRunnable: every replica seeds.
-func (s *Seeder) NeedLeaderElection() bool { return false }
-
-var errIndexNotSynced = errors.New("the RR index has not synced yet")
-
-// loadMarks tells the index every mark that exists.
-func (s *Seeder) loadMarks(ctx context.Context) error {
-	shards, err := s.Store.shards(ctx)
-	if err != nil {
-		return err
-	}
-	for i := range shards.Items {
-		keys := make([]string, 0, len(shards.Items[i].Data))
-		for k := range shards.Items[i].Data {
-			keys = append(keys, k)
-		}
-		s.Index.NoteMarked(keys...)
-	}
-	s.Index.LoadedMarks()
-	return nil
-}
-
-func (s *Seeder) pass(ctx context.Context) error {
-	if !s.Index.Synced() {
-		return errIndexNotSynced
-	}
-	// namespace -> shard -> fingerprint -> highest number
-	want := map[string]map[string]map[string]int64{}
-	live := map[string]bool{}
-	var heldNow int
-	var oldest time.Duration
-	s.Index.Each(func(rr rrfacts.RR) {
-		live[EntryKey(rr.Namespace, rr.Fingerprint)] = true
-		if rr.Finalized {
-			if !rr.DeletedAt.IsZero() {
-				heldNow++
-				oldest = max(oldest, time.Since(rr.DeletedAt))
-			}
-			return
-		}
-		if rr.N == 0 {
-			return // Kubernaut's own names never collide with the scheme's
-		}
-		shard := ShardName(rr.Fingerprint)
-		if want[rr.Namespace] == nil {
-			want[rr.Namespace] = map[string]map[string]int64{}
-		}
-		if want[rr.Namespace][shard] == nil {
-			want[rr.Namespace][shard] = map[string]int64{}
-		}
-		want[rr.Namespace][shard][rr.Fingerprint] = max(want[rr.Namespace][shard][rr.Fingerprint], rr.N)
-	})
-	if !s.seeded.Load() {
-		// The index learns which fingerprints have marks once, after its watch began; from
-		// then on it sees every deletion itself.
-		if err := s.loadMarks(ctx); err != nil {
-			return err
-		}
-	}
-	held.Set(float64(heldNow))
-	heldOldest.Set(oldest.Seconds())
-	gcEvery := s.GCEvery
-	if gcEvery == 0 {
-		gcEvery = time.Hour
-	}
-	if time.Since(s.lastGC) >= gcEvery {
-		if err := s.collect(ctx, live); err != nil {
-			return err
-		}
-		s.lastGC = time.Now()
-	}
-	for ns, shards := range want {
-		for shard, fps := range shards {
-			if err := retry.OnError(retry.DefaultBackoff, contended, func() error { return s.Store.Raise(ctx, ns, shard, fps) }); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-func ptr[T any](v T) *T { return &v }
 
 // ReleaseAll removes Finalizer from every RR in the namespaces (none: the whole cluster), raising
 // each RR's mark first. It is the uninstall step (`rrguard release`, run by `make undeploy` before
@@ -340,38 +371,3 @@ func ReleaseAll(ctx context.Context, c client.Client, store Store, namespaces ..
 	return released, nil
 }
 
-// collect removes the marks older than the horizon whose fingerprint has no RR left in the index
-// (live: entry keys of the fingerprints that have). An index that lags can only keep a mark
-// longer (it may still show a deleted RR), and an RR it missed carries a number of its own, above
-// the mark, that numbering follows anyway.
-func (s *Seeder) collect(ctx context.Context, live map[string]bool) error {
-	horizon := s.Horizon
-	if horizon == 0 {
-		horizon = DefaultHorizon
-	}
-	shards, err := s.Store.shards(ctx)
-	if err != nil {
-		return err
-	}
-	for i := range shards.Items {
-		cm := &shards.Items[i]
-		changed := false
-		for k, v := range cm.Data {
-			e, err := parseEntry(v)
-			if err != nil || live[k] || time.Since(e.Raised) < horizon {
-				continue
-			}
-			delete(cm.Data, k)
-			changed = true
-		}
-		if !changed {
-			continue
-		}
-		// Guarded by the resourceVersion read: a raise in between wins, and the next pass retries.
-		if err := s.Store.Writer.Update(ctx, cm); err != nil && !apierrors.IsConflict(err) {
-			return err
-		}
-		collected.Inc()
-	}
-	return nil
-}

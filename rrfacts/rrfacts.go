@@ -34,6 +34,12 @@ type Fact struct {
 	Status rules.Status
 	// Finalized: the RR carries the finalizer the index was told to look for (rrguard's).
 	Finalized bool
+	// Covered: this process has seen the fingerprint's high-water mark at or above N (see
+	// NoteCovered). An RR without the finalizer and not Covered may have a number no mark
+	// covers yet.
+	Covered bool
+	// Created is the RR's creationTimestamp.
+	Created time.Time
 	// DeletedAt is when deletion was asked for; zero while the RR is not being deleted.
 	DeletedAt time.Time
 }
@@ -107,12 +113,14 @@ type entry struct {
 	n         int64
 	status    rules.Status
 	finalized bool
+	covered   bool
+	created   int64 // unix seconds
 	deletedAt int64 // unix seconds; 0 when not being deleted
 	g         *group
 }
 
 func (e *entry) fact() Fact {
-	f := Fact{Name: e.name, N: e.n, Status: e.status, Finalized: e.finalized}
+	f := Fact{Name: e.name, N: e.n, Status: e.status, Finalized: e.finalized, Covered: e.covered, Created: time.Unix(e.created, 0)}
 	if f.Name == "" {
 		f.Name = rules.Name(e.g.fp, e.n)
 	}
@@ -309,6 +317,23 @@ func (ix *Index) NoteMarked(keys ...string) {
 	}
 }
 
+// NoteCovered records that the high-water mark of fingerprint fp of namespace is at least upTo:
+// every RR of it numbered upTo or lower is Covered from now on, and stays so while it exists (a
+// mark never goes down while its fingerprint has an RR).
+func (ix *Index) NoteCovered(namespace, fp string, upTo int64) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	if nsf := ix.nss[namespace]; nsf != nil {
+		if g := nsf.byFP[fp]; g != nil {
+			for _, e := range g.entries {
+				if e.n > 0 && e.n <= upTo {
+					e.covered = true
+				}
+			}
+		}
+	}
+}
+
 // LoadedMarks says that every mark that existed before the index's watch began has been noted:
 // from now on MayBeMarked can say no.
 func (ix *Index) LoadedMarks() {
@@ -438,6 +463,7 @@ func (ix *Index) put(o *object) bool {
 		nsf.byName[name] = e
 	}
 	e.status = statusOf(o)
+	e.created = o.Meta.CreationTimestamp.Unix()
 	e.finalized = ix.o.Finalizer != "" && slices.Contains(o.Meta.Finalizers, ix.o.Finalizer)
 	e.deletedAt = 0
 	if o.Meta.DeletionTimestamp != nil {
@@ -584,6 +610,21 @@ func (f *feed) Replace(items []any, _ string) error {
 	var deleting []*object
 	f.ix.apply(func() {
 		deleting = deleting[:0]
+		// What this process knows of the marks outlives a relist: a mark does not go down while
+		// its fingerprint has an RR, so an RR still listed under the same fingerprint stays covered.
+		covered := map[string]map[string]string{} // namespace -> name -> fingerprint
+		for ns, nsf := range f.ix.nss {
+			if f.namespace == metav1.NamespaceAll || ns == f.namespace {
+				for name, e := range nsf.byName {
+					if e.covered {
+						if covered[ns] == nil {
+							covered[ns] = map[string]string{}
+						}
+						covered[ns][name] = e.g.fp
+					}
+				}
+			}
+		}
 		for ns, nsf := range f.ix.nss {
 			if f.namespace == metav1.NamespaceAll || ns == f.namespace {
 				// An RR missing from the new list was deleted while the watch was down: its
@@ -598,6 +639,9 @@ func (f *feed) Replace(items []any, _ string) error {
 		for _, o := range objs {
 			if f.ix.put(o) {
 				deleting = append(deleting, o)
+			}
+			if fp, ok := covered[o.Meta.Namespace][o.Meta.Name]; ok && fp == o.Spec.SignalFingerprint {
+				f.ix.nss[o.Meta.Namespace].byName[o.Meta.Name].covered = true
 			}
 		}
 	})

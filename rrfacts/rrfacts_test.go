@@ -362,3 +362,42 @@ func TestAwaitFresh(t *testing.T) {
 		t.Fatalf("waited %s past a 200 ms window", d)
 	}
 }
+
+// What the releaser and the seeder read: the creation time, and Covered, which NoteCovered sets
+// for the numbers at or below the mark seen, and which survives a relist of the same RR.
+func TestCoveredAndCreated(t *testing.T) {
+	ix, f := testIndex(time.Hour)
+	f.noteCall()
+	_ = f.Replace(nil, "1")
+	one, two := kubernautRR("ns", 1, "Completed"), kubernautRR("ns", 1, "")
+	two["metadata"].(map[string]any)["name"] = rules.Name(fingerprint(1), 2)
+	created := time.Date(2026, 11, 30, 7, 0, 5, 0, time.UTC)
+	one["metadata"].(map[string]any)["creationTimestamp"] = created.Format(time.RFC3339)
+	_ = f.Add(decode(t, one))
+	_ = f.Add(decode(t, two))
+	facts := func() map[int64]Fact {
+		out := map[int64]Fact{}
+		ix.Each(func(rr RR) { out[rr.N] = rr.Fact })
+		return out
+	}
+	if got := facts(); !got[1].Created.Equal(created) || got[1].Covered || got[2].Covered {
+		t.Fatalf("before any mark: %+v", got)
+	}
+	ix.NoteCovered("ns", fingerprint(1), 1)
+	ix.NoteCovered("other", fingerprint(1), 2)
+	if got := facts(); !got[1].Covered || got[2].Covered {
+		t.Fatalf("mark 1 in ns (and 2 in another namespace) seen: %+v", got)
+	}
+	// A relist keeps what was known of the RR it lists again, and nothing of one it does not.
+	f.noteCall()
+	_ = f.Replace([]any{decode(t, one), decode(t, two)}, "2")
+	if got := facts(); !got[1].Covered || got[2].Covered {
+		t.Fatalf("after a relist: %+v", got)
+	}
+	f.noteCall()
+	_ = f.Replace([]any{decode(t, two)}, "3")
+	_ = f.Add(decode(t, one))
+	if got := facts(); got[1].Covered {
+		t.Fatalf("an RR gone across a relist and seen again must be verified again: %+v", got)
+	}
+}

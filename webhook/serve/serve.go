@@ -55,9 +55,15 @@ type Options struct {
 	// MarksNamespace holds the high-water mark ConfigMaps (package marks): rrguard's own
 	// namespace.
 	MarksNamespace string
-	// ReleaseMinAge holds a deleted RR at least this long after its creation before releasing
-	// it; marks.DefaultMinAge when zero.
+	// ReleaseMinAge is the hold: an RR keeps rrguard's finalizer this long after its creation
+	// (deleted or not), then its mark covers it and the finalizer goes; marks.DefaultMinAge when
+	// zero.
 	ReleaseMinAge time.Duration
+	// ReleaseEvery is how often the sweep looks for RRs past the hold (marks.DefaultReleaseEvery
+	// when zero); ReleaseBatch bounds the RRs one round releases (marks.DefaultReleaseBatch when
+	// zero).
+	ReleaseEvery time.Duration
+	ReleaseBatch int
 	// SeedEvery repeats the seeding of marks from RRs without rrguard's finalizer; 30 s when zero.
 	SeedEvery time.Duration
 	// MarkHorizon removes marks older than it whose fingerprint has no RR left
@@ -142,7 +148,8 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		return nil, err
 	}
 	store := marks.Store{Namespace: o.MarksNamespace, Reader: marksReader, Writer: mgr.GetClient()}
-	releaser := &marks.Releaser{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Store: store, MinAge: o.ReleaseMinAge}
+	releaser := &marks.Releaser{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Store: store,
+		MinAge: o.ReleaseMinAge, Every: o.ReleaseEvery, Batch: o.ReleaseBatch}
 	if err := releaser.SetupWithManager(mgr); err != nil {
 		return nil, err
 	}
@@ -157,6 +164,7 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		return nil, err
 	}
 	r.index = index
+	releaser.Index = index
 	seeder := &marks.Seeder{Index: index, Store: store, Every: o.SeedEvery, Horizon: o.MarkHorizon, GCEvery: o.MarkGCEvery}
 	if err := mgr.Add(seeder); err != nil {
 		return nil, err

@@ -370,4 +370,3 @@ func ReleaseAll(ctx context.Context, c client.Client, store Store, namespaces ..
 	}
 	return released, nil
 }
-

@@ -87,6 +87,10 @@ bench-quick: testbin ## The short benchmark (under 5 minutes): one size, shorter
 bench-marks: testbin ## Names for life at scale: creates with 100k high-water marks against none, interleaved; marks' bytes and objects.
 	go run ./test/bench/marks $(BENCH_MARKS_FLAGS)
 
+.PHONY: bench-deletions
+bench-deletions: testbin ## Deleting RRs: past the hold with rrguard up and down, and held, against no rrguard, interleaved.
+	go run ./test/bench/deletions $(BENCH_DELETIONS_FLAGS)
+
 .PHONY: build
 build: ## Build bin/rrguard.
 	CGO_ENABLED=0 go build -trimpath -o bin/rrguard ./cmd/rrguard

@@ -33,7 +33,17 @@ const (
 	NotCoveredByMark Kind = "not-covered-by-mark"
 	// CorruptMark: a mark entry rrguard cannot read (numbering refuses to guess).
 	CorruptMark Kind = "corrupt-mark"
+	// HeldPastTheHold: an RR that still carries rrguard's finalizer well after its hold ended
+	// (ReleaseSlack past it): no replica is releasing it, so deleting it waits for rrguard, and
+	// Kubernaut's orchestrator audits that deletion twice. The guarantee holds; the cost is the
+	// trail's.
+	HeldPastTheHold Kind = "held-past-the-hold"
 )
+
+// ReleaseSlack is how long past its hold an RR may still carry the finalizer before the audit
+// reports it: rrguard sweeps every 10 s, and an upgrade from a release that held RRs for life
+// releases about 100 per second.
+const ReleaseSlack = 5 * time.Minute
 
 // Finding is one thing the audit found.
 type Finding struct {
@@ -57,6 +67,7 @@ type rr struct {
 	name, fp  string
 	inFlight  bool
 	finalizer bool
+	age       time.Duration
 }
 
 type key struct{ ns, fp string }
@@ -69,6 +80,8 @@ type Options struct {
 	Marks marks.Store
 	// PageSize of the RR lists (500 when zero): a namespace of 100,000 RRs is read in pages.
 	PageSize int64
+	// Hold is rrguard's --release-min-age (marks.DefaultMinAge when zero).
+	Hold time.Duration
 	// Now is time.Now when nil.
 	Now func() time.Time
 }
@@ -100,7 +113,8 @@ func Run(ctx context.Context, c client.Reader, o Options) (Report, error) {
 				item := &list.Items[i]
 				k := key{item.Namespace, item.Spec.SignalFingerprint}
 				byKey[k] = append(byKey[k], rr{name: item.Name, fp: item.Spec.SignalFingerprint,
-					inFlight: rules.InFlight(item, t), finalizer: slices.Contains(item.Finalizers, marks.Finalizer)})
+					inFlight: rules.InFlight(item, t), finalizer: slices.Contains(item.Finalizers, marks.Finalizer),
+					age: t.Sub(item.CreationTimestamp.Time)})
 			}
 			if cont = list.Continue; cont == "" {
 				break
@@ -111,13 +125,17 @@ func Run(ctx context.Context, c client.Reader, o Options) (Report, error) {
 	if err != nil {
 		return Report{}, fmt.Errorf("reading the high-water marks in %s: %w", o.Marks.Namespace, err)
 	}
-	r := assess(byKey, all, corrupt)
+	hold := o.Hold
+	if hold == 0 {
+		hold = marks.DefaultMinAge
+	}
+	r := assess(byKey, all, corrupt, hold)
 	r.Namespaces = o.Namespaces
 	return r, nil
 }
 
 // assess finds, per namespace and fingerprint, what the guarantee rules out.
-func assess(byKey map[key][]rr, markOf map[string]int64, corrupt []string) Report {
+func assess(byKey map[key][]rr, markOf map[string]int64, corrupt []string, hold time.Duration) Report {
 	r := Report{Fingerprints: len(byKey), Findings: []Finding{}}
 	keys := make([]key, 0, len(byKey))
 	for k := range byKey {
@@ -137,6 +155,12 @@ func assess(byKey map[key][]rr, markOf map[string]int64, corrupt []string) Repor
 		for _, x := range rrs {
 			if x.inFlight {
 				inFlight = append(inFlight, x.name)
+			}
+		}
+		for _, x := range rrs {
+			if x.finalizer && x.age > hold+ReleaseSlack {
+				r.Findings = append(r.Findings, Finding{Kind: HeldPastTheHold, Namespace: k.ns, Fingerprint: k.fp, Names: []string{x.name},
+					Detail: fmt.Sprintf("carries rrguard's finalizer %s after its creation, past the %s hold: no rrguard replica is releasing it; its deletion would wait for one", x.age.Round(time.Second), hold)})
 			}
 		}
 		if len(inFlight) > 1 {

@@ -73,6 +73,15 @@ func TestAudit(t *testing.T) {
 		t.Fatal(err)
 	}
 	named(ctx, t, off, b, rules.Name(b, 5))
+	// An RR the old release held for life, seen an hour later: held past the hold, and nothing
+	// else (it is covered until its finalizer goes).
+	c := testenv.Fingerprint(off + "c")
+	heldRR := testenv.NewRR(off, c)
+	heldRR.GenerateName, heldRR.Name, heldRR.Finalizers = "", rules.Name(c, 1), []string{marks.Finalizer}
+	if err := env.Client.Create(ctx, heldRR); err != nil {
+		t.Fatal(err)
+	}
+	inAnHour := func() time.Time { return time.Now().Add(time.Hour) }
 
 	clean, err := audit.Run(ctx, env.Client, audit.Options{Namespaces: []string{judged}, Marks: store, PageSize: 1})
 	if err != nil {
@@ -83,7 +92,7 @@ func TestAudit(t *testing.T) {
 	}
 
 	// Pages of one: the audit reads every page.
-	r, err := audit.Run(ctx, env.Client, audit.Options{Namespaces: []string{off}, Marks: store, PageSize: 1})
+	r, err := audit.Run(ctx, env.Client, audit.Options{Namespaces: []string{off}, Marks: store, PageSize: 1, Now: inAnHour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,10 +104,11 @@ func TestAudit(t *testing.T) {
 		audit.DuplicateInFlight: {"legacy-1", rules.Name(a, 1)},
 		audit.ForeignName:       {"legacy-1"},
 		audit.NotCoveredByMark:  {rules.Name(a, 1), rules.Name(b, 5)},
+		audit.HeldPastTheHold:   {rules.Name(c, 1)},
 	}
 	slices.Sort(got[audit.NotCoveredByMark])
 	slices.Sort(want[audit.NotCoveredByMark])
-	if r.RRs != 4 || r.Fingerprints != 2 || len(got) != len(want) {
+	if r.RRs != 5 || r.Fingerprints != 3 || len(got) != len(want) {
 		t.Fatalf("around rrguard: %d RRs, %d fingerprints, findings %+v", r.RRs, r.Fingerprints, r.Findings)
 	}
 	for k, names := range want {

@@ -171,6 +171,7 @@ func auditCmd(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	namespaces := fs.String("namespaces", os.Getenv("RR_NAMESPACES"), "comma-separated namespaces to audit (default $RR_NAMESPACES; empty: every namespace)")
 	marksNS := fs.String("marks-namespace", "rrguard-system", "namespace of the high-water mark ConfigMaps")
+	hold := fs.Duration("release-min-age", marks.DefaultMinAge, "rrguard's --release-min-age: an RR that still carries the finalizer 5 minutes past it is reported")
 	output := fs.String("o", "text", "output: text or json")
 	timeout := fs.Duration("timeout", 5*time.Minute, "how long to try")
 	if err := fs.Parse(args); err != nil {
@@ -187,7 +188,7 @@ func auditCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	r, err := audit.Run(ctx, c, audit.Options{Namespaces: splitList(*namespaces), Marks: marks.Store{Namespace: *marksNS, Reader: c}})
+	r, err := audit.Run(ctx, c, audit.Options{Namespaces: splitList(*namespaces), Marks: marks.Store{Namespace: *marksNS, Reader: c}, Hold: *hold})
 	if err != nil {
 		fmt.Fprintln(stderr, "FAIL:", err)
 		return 2

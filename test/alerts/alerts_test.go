@@ -115,6 +115,14 @@ var cases = map[string]struct{ fire, quiet string }{
 		quiet: `load 1m
 			rrguard_deletion_held_oldest_seconds{instance="a"} 20x30`,
 	},
+	"RRGuardReleaseBacklog": {
+		fire: `load 1m
+			rrguard_release_backlog{instance="a"} 0x5 3x30
+			rrguard_release_backlog{instance="b"} 0x35`,
+		// An upgrade's backlog going down round by round clears well within the 15 minutes.
+		quiet: `load 1m
+			rrguard_release_backlog{instance="a"} 900 600 300 0x30`,
+	},
 	"RRGuardUnreachableFromAPIServer": {
 		fire: `load 1m
 			apiserver_admission_webhook_rejection_count{name="name.rrguard.kubernaut.ai",type="admit",operation="CREATE",error_type="calling_webhook_error",rejection_code="0"} 0+3x30`,

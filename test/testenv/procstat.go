@@ -2,10 +2,13 @@ package testenv
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 )
 
 // clockTicks is USER_HZ, the unit of /proc/<pid>/stat's CPU times (100 on Linux).
@@ -77,4 +80,45 @@ func ChildPID(comm string) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("no child process %q", comm)
+}
+
+// ControlPlane finds this process's kube-apiserver and etcd children, and this process as "self".
+func ControlPlane() (map[string]int, error) {
+	out := map[string]int{"self": os.Getpid()}
+	for _, name := range []string{"kube-apiserver", "etcd"} {
+		pid, err := ChildPID(name)
+		if err != nil {
+			return nil, fmt.Errorf("control plane processes not found: %w", err)
+		}
+		out[name] = pid
+	}
+	return out, nil
+}
+
+// CPUMillis reads the user+system CPU of each process, in milliseconds; a process it cannot read
+// is left out.
+func CPUMillis(pids map[string]int) map[string]int64 {
+	out := map[string]int64{}
+	for name, pid := range pids {
+		if s, err := CPUSeconds(pid); err == nil {
+			out[name] = int64(math.Round(s * 1000))
+		}
+	}
+	return out
+}
+
+// Parallel runs f(0..n-1) on workers goroutines and waits for all.
+func Parallel(n, workers int, f func(i int)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				f(i)
+			}
+		}()
+	}
+	wg.Wait()
 }

@@ -10,25 +10,20 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"math"
 	"os"
 	"runtime"
 	"slices"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/watch"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
-	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/marks"
 	"github.com/rrguard/rrguard/test/testenv"
 	"github.com/rrguard/rrguard/webhook/serve"
@@ -94,7 +89,7 @@ func run(nfp, nfew, creates, rounds, workers int) error {
 	fmt.Printf("marks: %d ConfigMaps, %d entries, %d bytes as stored (protobuf), %d bytes per entry, largest shard %d bytes\n",
 		len(list.Items), entries, protoBytes, protoBytes/max(entries, 1), maxShard)
 
-	pids, err := controlPlane()
+	pids, err := testenv.ControlPlane()
 	if err != nil {
 		return err
 	}
@@ -117,14 +112,14 @@ func run(nfp, nfew, creates, rounds, workers int) error {
 			if err != nil {
 				return err
 			}
-			cpu0 := cpuTimes(pids)
+			cpu0 := testenv.CPUMillis(pids)
 			w0 := time.Now()
 			if err := createRow(ctx, c, creates, workers, &seq); err != nil {
 				_ = stop()
 				return err
 			}
 			wall := time.Since(w0)
-			cpu1 := cpuTimes(pids)
+			cpu1 := testenv.CPUMillis(pids)
 			_ = stop()
 			per := func(k string) float64 { return float64(cpu1[k]-cpu0[k]) / float64(creates) }
 			rw := row{perSec: float64(creates) / wall.Seconds(), apiMS: per("kube-apiserver"), etcdMS: per("etcd"), selfMS: per("self"),
@@ -159,84 +154,6 @@ func run(nfp, nfew, creates, rounds, workers int) error {
 	}
 	slices.Sort(ratios)
 	fmt.Printf("\ncreates/s with %d marks / with %d, paired per round: median %.2f (range %.2f-%.2f)\n", nfp, nfew, ratios[len(ratios)/2], ratios[0], ratios[len(ratios)-1])
-	return deletionLatency(ctx, env, 1000, 16)
-}
-
-// deletionLatency completes n RRs and deletes them from workers goroutines, as retention does, with
-// rrguard up, and reports the time from each DELETE sent to the API server's Deleted event.
-func deletionLatency(ctx context.Context, env *testenv.Env, n, workers int) error {
-	stop, err := env.ServeRRGuard(ctx, func(o *serve.Options) { o.MarksNamespace = "marks-full" })
-	if err != nil {
-		return err
-	}
-	defer stop()
-	c := env.Client
-	var list v1alpha1.RemediationRequestList
-	if err := c.List(ctx, &list, client.InNamespace("bench"), client.Limit(int64(n))); err != nil {
-		return err
-	}
-	for i := range list.Items {
-		patch := client.RawPatch(types.MergePatchType, []byte(`{"status":{"overallPhase":"Completed"}}`))
-		if err := c.Status().Patch(ctx, &list.Items[i], patch); err != nil {
-			return err
-		}
-	}
-	wc, err := client.NewWithWatch(env.Config, client.Options{Scheme: c.Scheme()})
-	if err != nil {
-		return err
-	}
-	var since v1alpha1.RemediationRequestList
-	if err := c.List(ctx, &since, client.InNamespace("bench"), client.Limit(1)); err != nil {
-		return err
-	}
-	// From now on only: no initial events for the RRs already there.
-	w, err := wc.Watch(ctx, &v1alpha1.RemediationRequestList{}, client.InNamespace("bench"),
-		&client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: since.ResourceVersion}})
-	if err != nil {
-		return err
-	}
-	defer w.Stop()
-	var mu sync.Mutex
-	asked := map[string]time.Time{}
-	var lat []time.Duration
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for ev := range w.ResultChan() {
-			rr, ok := ev.Object.(*v1alpha1.RemediationRequest)
-			if !ok || ev.Type != watch.Deleted {
-				continue
-			}
-			mu.Lock()
-			if t, ok := asked[rr.Name]; ok {
-				lat = append(lat, time.Since(t))
-			}
-			finished := len(lat) == len(list.Items)
-			mu.Unlock()
-			if finished {
-				return
-			}
-		}
-	}()
-	parallel(len(list.Items), workers, func(i int) {
-		rr := &list.Items[i]
-		mu.Lock()
-		asked[rr.Name] = time.Now()
-		mu.Unlock()
-		_ = c.Delete(ctx, rr)
-	})
-	select {
-	case <-done:
-	case <-time.After(2 * time.Minute):
-		return fmt.Errorf("only %d of %d deletions completed", len(lat), len(list.Items))
-	}
-	if len(lat) < len(list.Items) {
-		return fmt.Errorf("the watch ended after %d of %d deletions", len(lat), len(list.Items))
-	}
-	slices.Sort(lat)
-	q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
-	fmt.Printf("\nretention-like deletions with rrguard up (%d RRs, %d deleters): from DELETE sent to gone: p50 %s, p99 %s, max %s\n",
-		len(lat), workers, q(0.5).Round(time.Millisecond), q(0.99).Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond))
 	return nil
 }
 
@@ -284,7 +201,7 @@ func createRow(ctx context.Context, c client.Client, n, workers int, seq *int) e
 	*seq += n
 	var firstErr error
 	var mu sync.Mutex
-	parallel(n, workers, func(i int) {
+	testenv.Parallel(n, workers, func(i int) {
 		if err := c.Create(ctx, testenv.NewRR("bench", testenv.Fingerprint("create/"+strconv.Itoa(base+i)))); err != nil {
 			mu.Lock()
 			if firstErr == nil {
@@ -296,42 +213,5 @@ func createRow(ctx context.Context, c client.Client, n, workers int, seq *int) e
 	return firstErr
 }
 
-// parallel runs f(0..n-1) on workers goroutines and waits for all.
-func parallel(n, workers int, f func(i int)) {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
-				f(i)
-			}
-		}()
-	}
-	wg.Wait()
-}
 
-// controlPlane finds this process's kube-apiserver and etcd children.
-func controlPlane() (map[string]int, error) {
-	out := map[string]int{"self": os.Getpid()}
-	for _, name := range []string{"kube-apiserver", "etcd"} {
-		pid, err := testenv.ChildPID(name)
-		if err != nil {
-			return nil, fmt.Errorf("control plane processes not found: %w", err)
-		}
-		out[name] = pid
-	}
-	return out, nil
-}
 
-// cpuTimes reads utime+stime of each process, in milliseconds.
-func cpuTimes(pids map[string]int) map[string]int64 {
-	out := map[string]int64{}
-	for name, pid := range pids {
-		if s, err := testenv.CPUSeconds(pid); err == nil {
-			out[name] = int64(math.Round(s * 1000))
-		}
-	}
-	return out
-}

@@ -264,10 +264,10 @@ func deleteAll(ctx context.Context, env *testenv.Env, pids map[string]int, ns st
 		return row{}, fmt.Errorf("only %d of %d deletions completed", len(lat), len(rrs))
 	}
 	slices.Sort(lat)
-	q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))].Round(time.Millisecond) }
+	q := func(p float64) time.Duration {
+		return lat[min(len(lat)-1, int(p*float64(len(lat))))].Round(time.Millisecond)
+	}
 	per := func(k string) float64 { return float64(cpu1[k]-cpu0[k]) / float64(len(rrs)) }
 	return row{p50: q(0.5), p99: q(0.99), perSec: float64(len(rrs)) / wall.Seconds(),
 		apiMS: per("kube-apiserver"), etcdMS: per("etcd"), selfMS: per("self")}, nil
 }
-
-

@@ -212,6 +212,3 @@ func createRow(ctx context.Context, c client.Client, n, workers int, seq *int) e
 	})
 	return firstErr
 }
-
-
-

@@ -3,11 +3,21 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
-K8S_VERSION  := 1.37.2
-# -r2: kube-apiserver reports its version (Helm checks a chart's kubeVersion against it); a new
-# folder, so a machine's older build without it is not reused.
-TESTBIN      ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/rrguard/testbin/k8s-$(K8S_VERSION)-r2
-KUBE_VERSION_LDFLAGS := $(foreach kv,gitVersion=v$(K8S_VERSION) gitMajor=$(word 1,$(subst ., ,$(K8S_VERSION))) gitMinor=$(word 2,$(subst ., ,$(K8S_VERSION))) gitTreeState=clean,-X k8s.io/component-base/version.$(kv))
+# The Kubernetes minors rrguard is tested on (make test-k8s: all of them; make test: the newest and
+# the oldest), one patch release each. A release's kube-apiserver module and the etcd it ships with
+# are in test/tools/testbin (written by its gen.sh).
+K8S_VERSIONS := 1.32.13 1.33.13 1.34.4 1.35.4 1.36.3 1.37.2
+K8S_OLDEST   := $(firstword $(K8S_VERSIONS))
+K8S_NEWEST   := $(lastword $(K8S_VERSIONS))
+K8S_VERSION  ?= $(K8S_NEWEST)
+ETCD_VERSION  = $(shell cat test/tools/testbin/kube-apiserver/$(K8S_VERSION)/etcd-version)
+TESTBIN_ROOT := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/rrguard/testbin
+# testbin-dir K8S_VERSION: the folder envtest runs from. -r3: etcd is the release's own; a new
+# folder, so a machine's older build (etcd 3.6.16 beside 1.37.2) is not reused.
+testbin-dir   = $(TESTBIN_ROOT)/k8s-$(1)-r3
+TESTBIN      ?= $(call testbin-dir,$(K8S_VERSION))
+ETCD_DIR      = $(TESTBIN_ROOT)/etcd-$(ETCD_VERSION)
+KUBE_VERSION_LDFLAGS = $(foreach kv,gitVersion=v$(K8S_VERSION) gitMajor=$(word 1,$(subst ., ,$(K8S_VERSION))) gitMinor=$(word 2,$(subst ., ,$(K8S_VERSION))) gitTreeState=clean,-X k8s.io/component-base/version.$(kv))
 export RRGUARD_TESTBIN := $(TESTBIN)
 TOOL         := go tool -modfile=test/tools/go.mod
 IMG          ?= rrguard:dev
@@ -23,17 +33,23 @@ manifests: ## Generate deepcopy code and the CRD into config/crd.
 	$(TOOL) controller-gen crd paths=./apis/... output:crd:artifacts:config=config/crd/bases
 
 .PHONY: testbin
-testbin: $(TESTBIN)/kube-apiserver $(TESTBIN)/etcd ## Build kube-apiserver and etcd into the per-user cache (once).
+testbin: $(TESTBIN)/kube-apiserver $(TESTBIN)/etcd ## Build kube-apiserver and etcd of K8S_VERSION (default the newest) into the per-user cache (once).
 
 $(TESTBIN)/kube-apiserver:
+	@test -f test/tools/testbin/kube-apiserver/$(K8S_VERSION)/go.mod || { echo "K8S_VERSION=$(K8S_VERSION): not one of $(K8S_VERSIONS) (test/tools/testbin/gen.sh adds a release)"; exit 1; }
 	@echo "building kube-apiserver v$(K8S_VERSION) into $(TESTBIN) (about 10 minutes the first time)"
 	@mkdir -p $(TESTBIN)
-	cd test/tools/testbin/kube-apiserver && go build -trimpath -ldflags='-s -w $(KUBE_VERSION_LDFLAGS)' -o $@.tmp k8s.io/kubernetes/cmd/kube-apiserver
+	cd test/tools/testbin/kube-apiserver/$(K8S_VERSION) && go build -trimpath -ldflags='-s -w $(KUBE_VERSION_LDFLAGS)' -o $@.tmp k8s.io/kubernetes/cmd/kube-apiserver
 	mv $@.tmp $@
 
-$(TESTBIN)/etcd:
+# etcd is built once per etcd version (1.32 and 1.33 ship the same) and linked into each folder.
+$(TESTBIN)/etcd: $(ETCD_DIR)/etcd
 	@mkdir -p $(TESTBIN)
-	cd test/tools/testbin/etcd && go build -trimpath -ldflags='-s -w' -o $@.tmp .
+	ln -f $< $@
+
+$(TESTBIN_ROOT)/etcd-%/etcd:
+	@mkdir -p $(@D)
+	cd test/tools/testbin/etcd/$* && go build -trimpath -ldflags='-s -w' -o $@.tmp .
 	mv $@.tmp $@
 
 .PHONY: lint

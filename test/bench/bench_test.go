@@ -16,10 +16,10 @@ func TestBenchSmoke(t *testing.T) {
 		t.Skip("starts a control plane and builds two binaries")
 	}
 	dir := t.TempDir()
-	cfg := config{rounds: 1, creators: 4, signals: 60, rowTime: 20 * time.Second, sizes: []int{0}, memSizes: []int{0, 300},
-		// 200 latency signals (about 1.5 s): with 20, a row took 0.15 s and the load generator's
-		// CPU, counted by /proc in 10 ms ticks, could read 0 on a busy machine.
-		latencySignals: 200, stormSignal: 60, out: filepath.Join(dir, "results.json"), binDir: dir}
+	// Rows of at least about a second: /proc counts CPU in 10 ms ticks, and in rows of 0.1 s
+	// (20 latency signals, a storm of 60) the load generator's CPU read 0 on a busy machine.
+	cfg := config{rounds: 1, creators: 4, signals: 200, rowTime: 20 * time.Second, sizes: []int{0}, memSizes: []int{0, 300},
+		latencySignals: 200, stormSignal: 600, out: filepath.Join(dir, "results.json"), binDir: dir}
 	b, err := runBench(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,7 @@
-// Module kube-apiserver builds k8s.io/kubernetes' kube-apiserver for envtest.
+// Module 1.37.2 builds k8s.io/kubernetes' kube-apiserver v1.37.2 for envtest (written by ../../gen.sh).
 // k8s.io/kubernetes points its staging modules at ./staging, which is not in
 // the module zip, so each is replaced by its published release.
-module github.com/rrguard/rrguard/test/tools/testbin/kube-apiserver
+module github.com/rrguard/rrguard/test/tools/testbin/kube-apiserver/1.37.2
 
 go 1.26.0
 

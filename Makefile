@@ -73,6 +73,11 @@ test: testbin lint ## Every test: static checks, unit tests, integration tests o
 	cd test/helm && go vet ./... && go test -count=1 -timeout 15m ./...
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZ_EXECS)
 
+.PHONY: test-k8s
+test-k8s: lint ## Every suite that talks to an API server, on each release of K8S_VERSIONS in turn (builds what is missing); a table of release x suite.
+	@for v in $(K8S_VERSIONS); do $(MAKE) --no-print-directory testbin K8S_VERSION=$$v; done
+	go run ./test/matrix -testbin-root $(TESTBIN_ROOT) -versions "$(K8S_VERSIONS)" $(if $(SUITES),-suites $(SUITES))
+
 .PHONY: storm
 storm: testbin ## The storm tests at full length: the completion storm runs a minute (`make test` runs 10 s).
 	RRGUARD_STORM_DURATION=$(or $(STORM_DURATION),60s) go test -count=1 -v -timeout 30m ./test/integration/storm/

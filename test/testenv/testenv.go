@@ -74,7 +74,7 @@ func BinDir() string {
 	if err != nil {
 		cache = os.TempDir()
 	}
-	return filepath.Join(cache, "rrguard", "testbin", "k8s-"+K8sVersion+"-r2")
+	return filepath.Join(cache, "rrguard", "testbin", "k8s-"+K8sVersion+"-r3")
 }
 
 // Root finds the checkout's root: the nearest folder above the working directory whose go.mod

@@ -98,6 +98,7 @@ type Replica struct {
 	index    *rrfacts.Index
 	stopping atomic.Bool
 	delay    time.Duration
+	api      APIServer
 }
 
 // New builds a replica against the API server of cfg.
@@ -170,8 +171,20 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		return nil, err
 	}
 	r.seeder = seeder
+	probeNS := ""
+	if len(o.RRNamespaces) > 0 {
+		probeNS = o.RRNamespaces[0]
+	}
+	probeCtx, cancel := context.WithTimeout(context.Background(), 70*time.Second)
+	defer cancel()
+	api, err := ProbeAPIServer(probeCtx, cfg, mgr.GetAPIReader(), probeNS)
+	if err != nil {
+		return nil, err
+	}
+	api.report()
+	r.api = api
 	namer := &webhook.Namer{
-		Lister: webhook.APILister{Reader: mgr.GetAPIReader()}, Marks: store, Finalizer: marks.Finalizer,
+		Lister: webhook.APILister{Reader: mgr.GetAPIReader(), ScanNamespace: !api.SelectableFingerprint}, Marks: store, Finalizer: marks.Finalizer,
 		Ready: seeder.Ready, AfterRead: o.AfterRead,
 	}
 	if !o.ConsistentListOnly {
@@ -235,6 +248,9 @@ func (o Options) indexMaxLag() time.Duration {
 	}
 	return l
 }
+
+// APIServer is what the replica's start-up probe found.
+func (r *Replica) APIServer() APIServer { return r.api }
 
 // Index is the replica's RR index (tests hold it back on purpose).
 func (r *Replica) Index() *rrfacts.Index { return r.index }

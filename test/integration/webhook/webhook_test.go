@@ -26,8 +26,9 @@ import (
 var (
 	env     *testenv.Env
 	stopRRG func() error
-	// consistentListOnly is the lister mode of the replica the suite runs against.
-	consistentListOnly bool
+	// consistentListOnly is the lister mode of the replica the suite runs against; scanning, that
+	// the CRD declares no selectable field, so the consistent read scans the namespace.
+	consistentListOnly, scanning bool
 )
 
 func TestMain(m *testing.M) {
@@ -37,7 +38,8 @@ func TestMain(m *testing.M) {
 
 // suite is every test of rrguard's behaviour through the API server; TestWebhook runs it once
 // with each way of deciding (from the RR index where that is safe, the default; consistent reads
-// only), since the guarantee must hold with either.
+// only, by field selector or, for a CRD without the selectable field, by a scan of the namespace),
+// since the guarantee must hold with each.
 var suite = []struct {
 	name string
 	fn   func(*testing.T)
@@ -64,9 +66,11 @@ func TestWebhook(t *testing.T) {
 		name               string
 		consistentListOnly bool
 		checkWebhook       bool
-	}{{"index", false, false}, {"consistent-list", true, false}, {"index-check-webhook", false, true}} {
+		scan               bool
+	}{{"index", false, false, false}, {"consistent-list", true, false, false}, {"consistent-scan", true, false, true},
+		{"index-check-webhook", false, true, false}} {
 		t.Run(mode.name, func(t *testing.T) {
-			useMode(t, mode.consistentListOnly)
+			useMode(t, mode.consistentListOnly, mode.scan)
 			if err := env.UseCheck(context.Background(), mode.checkWebhook); err != nil {
 				t.Fatal(err)
 			}
@@ -82,16 +86,32 @@ func TestWebhook(t *testing.T) {
 	}
 }
 
-// useMode makes the suite's replica run in the given lister mode from now on.
-func useMode(t *testing.T, listOnly bool) {
+// useMode makes the suite's replica run in the given lister mode from now on; scan takes the
+// selectable field off the CRD for the length of the test.
+func useMode(t *testing.T, listOnly, scan bool) {
 	t.Helper()
-	if stopRRG != nil && consistentListOnly != listOnly {
+	if stopRRG != nil && (consistentListOnly != listOnly || scanning != scan) {
 		if err := stopRRG(); err != nil {
 			t.Fatal(err)
 		}
 		stopRRG = nil
 	}
-	consistentListOnly = listOnly
+	consistentListOnly, scanning = listOnly, scan
+	if scan {
+		if err := env.SelectableFingerprint(context.Background(), false); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if stopRRG != nil {
+				_ = stopRRG()
+				stopRRG = nil
+			}
+			scanning = false
+			if err := env.SelectableFingerprint(context.Background(), true); err != nil {
+				t.Error(err)
+			}
+		})
+	}
 }
 
 // serving makes sure rrguard serves for the test (a previous test may have stopped it).
@@ -100,7 +120,7 @@ func serving(t *testing.T) {
 	if stopRRG != nil {
 		return
 	}
-	stop, err := env.ServeRRGuard(context.Background(), func(o *serve.Options) {
+	r, stop, err := env.ServeReplica(context.Background(), env.Config, func(o *serve.Options) {
 		testenv.IndexTrusted(o)
 		o.ConsistentListOnly = consistentListOnly
 	})
@@ -108,6 +128,15 @@ func serving(t *testing.T) {
 		t.Fatal(err)
 	}
 	stopRRG = stop
+	// The probe at start-up must have seen what the CRD declares, and said so.
+	feature, err := testenv.Metric("rrguard_api_server_feature", map[string]string{"feature": "selectable-fingerprint"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.APIServer().SelectableFingerprint == scanning || (feature.GetGauge().GetValue() == 1) == scanning {
+		t.Fatalf("the replica probed selectable-fingerprint %v (metric %v) with the CRD declaring it: %v",
+			r.APIServer().SelectableFingerprint, feature.GetGauge().GetValue(), !scanning)
+	}
 }
 
 // replaced stops the suite's replica for a test that runs one of its own.

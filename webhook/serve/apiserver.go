@@ -1,0 +1,120 @@
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/util/version"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	"github.com/rrguard/rrguard/webhook"
+)
+
+// The Kubernetes releases rrguard is tested on (make test-k8s); the chart's kubeVersion says the
+// same.
+const (
+	OldestMinor = 32
+	NewestMinor = 37
+)
+
+// ErrUntestedRelease is the refusal to start on an API server older than OldestMinor: rrguard's
+// guarantee is argued and tested against the API servers of the tested range only.
+var ErrUntestedRelease = errors.New("kube-apiserver older than the oldest release rrguard is tested on")
+
+var apiServerFeature = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+	Name: "rrguard_api_server_feature",
+	Help: "What the API server offers that rrguard relies on, probed at start-up (1 on, 0 off): tested-release (its minor is in the tested range), selectable-fingerprint (the RR CRD declares spec.signalFingerprint selectable; off, a consistent read lists the whole namespace).",
+}, []string{"feature"})
+
+func init() { metrics.Registry.MustRegister(apiServerFeature) }
+
+// APIServer is what the start-up probe found.
+type APIServer struct {
+	GitVersion string
+	// Tested: the release is in the tested range (a newer one is served, with a warning).
+	Tested bool
+	// SelectableFingerprint: the consistent List filters by fingerprint server-side.
+	SelectableFingerprint bool
+}
+
+// CheckRelease says whether rrguard may run on an API server of gitVersion: an error below the
+// tested range, tested false above it.
+func CheckRelease(gitVersion string) (tested bool, err error) {
+	v, err := version.ParseGeneric(gitVersion)
+	if err != nil {
+		return false, fmt.Errorf("the API server's version %q: %w", gitVersion, err)
+	}
+	switch {
+	case v.Major() != 1:
+		return false, fmt.Errorf("the API server's version %q: not Kubernetes 1.x", gitVersion)
+	case v.Minor() < OldestMinor:
+		return false, fmt.Errorf("%w: %s, tested on 1.%d to 1.%d (CRD selectable fields, which the consistent read by fingerprint uses, are GA from 1.32)",
+			ErrUntestedRelease, gitVersion, OldestMinor, NewestMinor)
+	}
+	return v.Minor() <= NewestMinor, nil
+}
+
+// ProbeAPIServer reads the API server's version and whether it filters RRs by fingerprint, retrying
+// transient errors for up to a minute. namespace is one rrguard judges ("" for all).
+func ProbeAPIServer(ctx context.Context, cfg *rest.Config, r client.Reader, namespace string) (APIServer, error) {
+	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		return APIServer{}, err
+	}
+	var a APIServer
+	var last error
+	err = wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
+		info, err := dc.ServerVersion()
+		if err != nil {
+			last = err
+			return false, nil
+		}
+		a.GitVersion = info.GitVersion
+		if a.Tested, err = CheckRelease(info.GitVersion); err != nil {
+			return false, err
+		}
+		switch err := webhook.ProbeSelectableFingerprint(ctx, r, namespace); {
+		case err == nil:
+			a.SelectableFingerprint = true
+		case errors.Is(err, webhook.ErrNoSelectableFingerprint):
+			a.SelectableFingerprint = false
+		default:
+			last = err
+			return false, nil
+		}
+		return true, nil
+	})
+	if err != nil && last != nil && !errors.Is(err, ErrUntestedRelease) {
+		err = fmt.Errorf("probing the API server: %w", last)
+	}
+	return a, err
+}
+
+// report logs and exports what the probe found: every feature that is off, and what it costs.
+func (a APIServer) report() {
+	log := ctrl.Log.WithName("apiserver")
+	gauge := func(b bool) float64 {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	apiServerFeature.WithLabelValues("tested-release").Set(gauge(a.Tested))
+	apiServerFeature.WithLabelValues("selectable-fingerprint").Set(gauge(a.SelectableFingerprint))
+	if !a.Tested {
+		log.Info("the API server is newer than the newest release rrguard is tested on", "version", a.GitVersion, "tested", fmt.Sprintf("1.%d-1.%d", OldestMinor, NewestMinor))
+	}
+	if !a.SelectableFingerprint {
+		log.Info("feature off: the RemediationRequest CRD does not declare spec.signalFingerprint selectable; "+
+			"a consistent read lists the whole namespace in pages and filters (it ships every RR of the namespace to rrguard, instead of the fingerprint's)",
+			"version", a.GitVersion)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/version"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -58,8 +59,10 @@ type Env struct {
 	Config *rest.Config
 	Client client.Client
 	Root   string // the checkout's root folder
-	env    *envtest.Environment
-	reaper *reaper
+	// Release is the kube-apiserver's (from its --version), for tests of what differs by release.
+	Release *version.Version
+	env     *envtest.Environment
+	reaper  *reaper
 	// onStop run before the control plane stops: rrguard replicas, controllers of a test.
 	onStop []func() error
 }
@@ -142,6 +145,17 @@ func Start(o Options) (*Env, error) {
 		return nil, err
 	}
 	env.ControlPlane.GetAPIServer().CertDir = certDir
+	release, err := binaryRelease(filepath.Join(bin, "kube-apiserver"))
+	if err != nil {
+		return nil, err
+	}
+	// A test fixture, not something rrguard needs: the test that renames an apply with a
+	// MutatingAdmissionPolicy needs the API served, and before 1.36 it is off by default.
+	if mapVersion := mutatingAdmissionPolicyVersion(release.Minor()); mapVersion != "v1" {
+		args := env.ControlPlane.GetAPIServer().Configure()
+		args.Append("feature-gates", "MutatingAdmissionPolicy=true")
+		args.Append("runtime-config", "admissionregistration.k8s.io/"+mapVersion+"=true")
+	}
 	// A graceful stop under load drains in-flight requests first; envtest's 20 s is short for it.
 	env.ControlPlaneStopTimeout = 90 * time.Second
 	// Keep the reaper ahead of the processes it guards: it learns their PIDs after they start.
@@ -172,7 +186,7 @@ func Start(o Options) (*Env, error) {
 		rp.stop()
 		return nil, err
 	}
-	e := &Env{Config: cfg, Client: c, Root: root, env: env, reaper: rp}
+	e := &Env{Config: cfg, Client: c, Root: root, env: env, reaper: rp, Release: release}
 	e.OnStop(func() error { return os.RemoveAll(certDir) })
 	if err := c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: MarksNamespace}}); err != nil {
 		_ = e.Stop()

@@ -199,7 +199,8 @@ func names(items []v1alpha1.RemediationRequest) []string {
 func testServerSideApplyRenamedByOtherMutationRefused(t *testing.T) {
 	ctx, ns := setup(t)
 	kubectl := kubectlIn(ctx, t, ns)
-	policy := fmt.Sprintf(`apiVersion: admissionregistration.k8s.io/v1
+	// The policy's API is alpha in 1.32, beta in 1.34, GA in 1.36: testenv serves it on each.
+	policy := fmt.Sprintf(`apiVersion: admissionregistration.k8s.io/%[2]s
 kind: MutatingAdmissionPolicy
 metadata: {name: rename-%[1]s}
 spec:
@@ -215,12 +216,12 @@ spec:
     jsonPatch:
       expression: "[JSONPatch{op: 'replace', path: '/metadata/name', value: object.metadata.name + '-renamed'}]"
 ---
-apiVersion: admissionregistration.k8s.io/v1
+apiVersion: admissionregistration.k8s.io/%[2]s
 kind: MutatingAdmissionPolicyBinding
 metadata: {name: rename-%[1]s}
 spec:
   policyName: rename-%[1]s
-`, ns)
+`, ns, env.MutatingAdmissionPolicyVersion())
 	if out, err := kubectl(policy, "apply", "-f", "-"); err != nil {
 		t.Fatalf("installing the renaming policy: %v\n%s", err, out)
 	}

@@ -66,11 +66,21 @@ FUZZTIME     ?= 5m
 # no deadline.
 TEST_FUZZ_EXECS ?= 10000x
 
+# The suites make test runs on the oldest release too: those that exercise what differs between
+# releases (selectable fields and the scan fallback, ValidatingAdmissionPolicy, MutatingAdmissionPolicy,
+# server-side apply's create path, watch-list and the RR index, CRD validation, the chart's
+# kubeVersion with Helm 4 and 3).
+OLDEST_SUITES ?= webhook,crd,kubernaut,marks,helm,helm3
+
 .PHONY: test
-test: testbin lint ## Every test: static checks, unit tests, integration tests on a real API server, the alert rules in Prometheus, the Helm chart, a short fuzz.
+test: lint ## Every test: static checks, unit tests, integration tests on the newest API server (and the version-dependent ones on the oldest), alerts, the Helm chart with Helm 4 and 3, a short fuzz.
+	@$(MAKE) --no-print-directory testbin K8S_VERSION=$(K8S_NEWEST)
+	@$(MAKE) --no-print-directory testbin K8S_VERSION=$(K8S_OLDEST)
 	go test $(GO_TEST_FLAGS) -count=1 -timeout 30m ./...
 	cd test/alerts && go vet ./... && go test -count=1 ./...
 	cd test/helm && go vet ./... && go test -count=1 -timeout 15m ./...
+	cd test/helm3 && go vet ./... && go test -count=1 -timeout 15m ./...
+	go run ./test/matrix -testbin-root $(TESTBIN_ROOT) -versions $(K8S_OLDEST) -suites $(OLDEST_SUITES)
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZ_EXECS)
 
 .PHONY: test-k8s

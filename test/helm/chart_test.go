@@ -403,3 +403,32 @@ metrics: {secure: false}
 		t.Errorf("hooks rendered with releaseOnUninstall false: %v", kinds(off.hooks))
 	}
 }
+
+// The chart installs on the tested releases only, and says so when rendered offline: without
+// --kube-version Helm assumes a release of its own choosing, which the range may refuse.
+func TestKubeVersionRange(t *testing.T) {
+	ch := loadChart(t)
+	for _, c := range []struct {
+		v  string
+		ok bool
+	}{{"v1.31.9", false}, {"v1.32.0", true}, {"v1.34.4", true}, {"v1.37.2", true}, {"v1.38.0", false}} {
+		in := action.NewInstall(action.NewConfiguration())
+		in.DryRunStrategy, in.ReleaseName, in.Namespace, in.Replace = action.DryRunClient, releaseName, releaseNS, true
+		kv, err := common.ParseKubeVersion(c.v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in.KubeVersion = kv
+		_, err = in.RunWithContext(context.Background(), ch, nil)
+		switch {
+		case c.ok && err != nil:
+			t.Errorf("Kubernetes %s: %v", c.v, err)
+		case !c.ok && (err == nil || !strings.Contains(err.Error(), "incompatible with Kubernetes "+c.v)):
+			t.Errorf("Kubernetes %s: %v, want the chart refusing it", c.v, err)
+		}
+	}
+	in := action.NewInstall(action.NewConfiguration())
+	in.DryRunStrategy, in.ReleaseName, in.Namespace, in.Replace = action.DryRunClient, releaseName, releaseNS, true
+	_, err := in.RunWithContext(context.Background(), ch, nil)
+	t.Logf("helm template without --kube-version (Helm 4): %v", err)
+}

@@ -19,7 +19,7 @@ import (
 )
 
 // Suites are the packages that start a control plane, by the name the table gives them. test/helm
-// is a module of its own.
+// and test/helm3 are modules of their own.
 var Suites = []suite{
 	{"webhook", ".", "./test/integration/webhook"},
 	{"crd", ".", "./test/integration/crd"},
@@ -35,6 +35,7 @@ var Suites = []suite{
 	{"cmd", ".", "./cmd/rrguard"},
 	{"bench-smoke", ".", "./test/bench"},
 	{"helm", "test/helm", "./..."},
+	{"helm3", "test/helm3", "./..."},
 }
 
 type suite struct{ name, dir, pkg string }
@@ -86,7 +87,7 @@ func main() {
 		results[v] = map[string]result{}
 		start := time.Now()
 		// One go test per module: its packages run side by side, as in make test.
-		for _, dir := range []string{".", "test/helm"} {
+		for _, dir := range []string{".", "test/helm", "test/helm3"} {
 			var group []suite
 			for _, s := range suites {
 				if s.dir == dir {

@@ -22,6 +22,9 @@ type Proxy struct {
 	heldOut  atomic.Int64 // chunks held for the whole delay so far
 	stale    atomic.Int64 // chunks forwarded to a backend no longer in the list
 	wg       sync.WaitGroup
+	mu       sync.Mutex
+	conns    map[net.Conn]bool // both ends of every open connection, for Close
+	closed   bool
 }
 
 // NewProxy listens on addr and forwards each connection to the next backend in turn. A backend
@@ -32,7 +35,7 @@ func NewProxy(addr string, backends ...string) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{ln: ln}
+	p := &Proxy{ln: ln, conns: map[net.Conn]bool{}}
 	p.SetBackends(backends...)
 	p.wg.Add(1)
 	go p.serve()
@@ -61,11 +64,36 @@ func (p *Proxy) Delayed() int64 { return p.delayed.Load() }
 // HeldOut is how many chunks have been held for the whole delay so far.
 func (p *Proxy) HeldOut() int64 { return p.heldOut.Load() }
 
-// Close stops accepting and waits for open connections to end.
+// Close stops accepting and closes every open connection, as a Service that is gone does. (The API
+// server keeps idle connections to a webhook open for 90 s: waiting for them to end made every
+// test that used a proxy wait that long.)
 func (p *Proxy) Close() error {
 	err := p.ln.Close()
+	p.mu.Lock()
+	p.closed = true
+	for c := range p.conns {
+		_ = c.Close()
+	}
+	p.mu.Unlock()
 	p.wg.Wait()
 	return err
+}
+
+// track records c as open until the returned func; a connection accepted while Close runs is
+// closed at once.
+func (p *Proxy) track(c net.Conn) (untrack func()) {
+	p.mu.Lock()
+	p.conns[c] = true
+	if p.closed {
+		_ = c.Close()
+	}
+	p.mu.Unlock()
+	return func() {
+		p.mu.Lock()
+		delete(p.conns, c)
+		p.mu.Unlock()
+		_ = c.Close()
+	}
 }
 
 func (p *Proxy) serve() {
@@ -78,14 +106,14 @@ func (p *Proxy) serve() {
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			defer conn.Close()
+			defer p.track(conn)()
 			backends := *p.backends.Load()
 			backend := backends[p.next.Add(1)%uint64(len(backends))]
 			up, err := net.DialTimeout("tcp", backend, time.Second)
 			if err != nil {
 				return
 			}
-			defer up.Close()
+			defer p.track(up)()
 			done := make(chan struct{}, 2)
 			go func() { p.copyDelayed(up, conn, backend); done <- struct{}{} }()
 			go func() { _, _ = io.Copy(conn, up); done <- struct{}{} }()

@@ -122,6 +122,10 @@ bench-marks: testbin ## Names for life at scale: creates with 100k high-water ma
 bench-deletions: testbin ## Deleting RRs: past the hold with rrguard up and down, and held, against no rrguard, interleaved.
 	go run ./test/bench/deletions $(BENCH_DELETIONS_FLAGS)
 
+.PHONY: bench-reads
+bench-reads: testbin ## A consistent read of one fingerprint at 10k RRs: by field selector, and by the namespace scan a CRD without the selectable field gets.
+	go run ./test/bench/reads $(BENCH_READS_FLAGS)
+
 .PHONY: build
 build: ## Build bin/rrguard.
 	CGO_ENABLED=0 go build -trimpath -o bin/rrguard ./cmd/rrguard

@@ -138,6 +138,16 @@ func check(args []string) int {
 		return 1
 	}
 	fmt.Printf("OK: rrguard answered through the API server; a new RR in %s would be named %s (dry run, nothing stored)\n", *ns, name)
+	if cfg, err := ctrl.GetConfig(); err == nil {
+		api, err := serve.ProbeAPIServer(ctx, cfg, c, *ns)
+		switch {
+		case err != nil:
+			fmt.Fprintln(os.Stderr, "FAIL:", err)
+			return 1
+		default:
+			fmt.Println(apiServerLine(api))
+		}
+	}
 	if *certificate == "" {
 		return 0
 	}
@@ -207,6 +217,19 @@ func auditCmd(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// apiServerLine says what the API server offers rrguard, and what each feature that is off costs.
+func apiServerLine(a serve.APIServer) string {
+	tested := fmt.Sprintf("tested (1.%d to 1.%d)", serve.OldestMinor, serve.NewestMinor)
+	if !a.Tested {
+		tested = fmt.Sprintf("newer than tested (1.%d to 1.%d)", serve.OldestMinor, serve.NewestMinor)
+	}
+	sel := "spec.signalFingerprint selectable: consistent reads filter server-side"
+	if !a.SelectableFingerprint {
+		sel = "spec.signalFingerprint NOT selectable: consistent reads list the whole namespace and filter"
+	}
+	return fmt.Sprintf("API server %s: %s; %s", a.GitVersion, tested, sel)
 }
 
 func splitList(s string) []string {

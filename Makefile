@@ -25,7 +25,7 @@ GO_TEST_FLAGS ?=
 
 .PHONY: help
 help: ## List targets.
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 .PHONY: manifests
 manifests: ## Generate deepcopy code and the CRD into config/crd.

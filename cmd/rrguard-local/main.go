@@ -64,9 +64,9 @@ func run(demo bool, port int, metricsAddr, probeAddr, ns string) error {
 	defer cancel()
 	if _, err := env.ServeRRGuard(ctx, func(o *serve.Options) {
 		o.MetricsAddr, o.ProbeAddr = metricsAddr, probeAddr
-		// Production timings (a 3 min release hold, a 60 s request bound, a 10 s index lag), so
-		// that decisions use the RR index as they do in a cluster.
-		o.ReleaseMinAge, o.RequestTimeout, o.IndexMaxLag = 0, 0, 0
+		// Production timings (a 3 min release hold swept every 10 s, a 60 s request bound, a 10 s
+		// index lag), so that decisions use the RR index and RRs are released as in a cluster.
+		o.ReleaseMinAge, o.ReleaseEvery, o.RequestTimeout, o.IndexMaxLag = 0, 0, 0, 0
 		if demo {
 			o.MetricsAddr, o.ProbeAddr = "0", "0"
 		}

@@ -245,6 +245,9 @@ func (r *Releaser) releaseRound(ctx context.Context, due []rrfacts.RR) int {
 	covered := map[shardKey]bool{}
 	for k, fps := range want {
 		if err := retry.OnError(retry.DefaultBackoff, contended, func() error { return r.Store.Raise(ctx, k.ns, k.shard, fps) }); err != nil {
+			if ctx.Err() != nil {
+				return 0 // stopping
+			}
 			log.Error(err, "raising high-water marks before releasing RRs", "namespace", k.ns, "shard", k.shard)
 			continue
 		}

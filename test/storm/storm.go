@@ -28,6 +28,10 @@ type Options struct {
 	Signals      int // spread round-robin over Fingerprints
 	// Duration, when set, keeps every worker sending until it has passed; Signals is then ignored.
 	Duration time.Duration
+	// Enough, with Duration, keeps the storm going past Duration until it reports true (checked
+	// every 100 ms, for at most 6 x Duration): a test whose storm must reach a state (numbers
+	// above 2, say) takes longer on a slow machine instead of failing.
+	Enough func() bool
 	Workers  int
 	// Processes is how many creator processes the workers are spread over, each with a Creator
 	// of its own (1 when unset): repeats coalesce within a process and contend across them.
@@ -133,17 +137,31 @@ func Run(ctx context.Context, c client.Client, o Options) Summary {
 	}
 	if o.Duration > 0 {
 		deadline := time.NewTimer(o.Duration)
+		limit := time.NewTimer(6 * o.Duration)
+		var check <-chan time.Time
 	send:
 		for i := 0; ; i++ {
 			select {
 			case work <- i:
 			case <-deadline.C:
+				if o.Enough == nil || o.Enough() {
+					break send
+				}
+				tick := time.NewTicker(100 * time.Millisecond)
+				defer tick.Stop()
+				check = tick.C
+			case <-check:
+				if o.Enough() {
+					break send
+				}
+			case <-limit.C:
 				break send
 			case <-ctx.Done():
 				break send
 			}
 		}
 		deadline.Stop()
+		limit.Stop()
 	} else {
 		for i := range o.Signals {
 			work <- i

@@ -291,7 +291,7 @@ func TestStormWithCompletionsAndDeletions(t *testing.T) {
 	}
 
 	completerCtx, stopCompleter := context.WithCancel(ctx)
-	var completed, deleted atomic.Int64
+	var completed, deleted, highestSeen atomic.Int64
 	completerDone := make(chan struct{})
 	go func() {
 		defer close(completerDone)
@@ -304,6 +304,9 @@ func TestStormWithCompletionsAndDeletions(t *testing.T) {
 			}
 			for i := range list.Items {
 				rr := &list.Items[i]
+				if n, ok := rules.Occurrence(rr.Spec.SignalFingerprint, rr.Name); ok && n > highestSeen.Load() {
+					highestSeen.Store(n)
+				}
 				switch {
 				case rr.DeletionTimestamp != nil:
 				case rules.InFlight(rr, time.Now()):
@@ -320,8 +323,11 @@ func TestStormWithCompletionsAndDeletions(t *testing.T) {
 			return false, nil
 		})
 	}()
+	// On a busy machine 10 s may not get that far: the storm then goes on until it has numbered
+	// an RR -3 and deleted ten (at most a minute).
 	s := storm.Run(ctx, env.Client, storm.Options{Namespace: ns, Fingerprints: fingerprints(ns, 50), Duration: d, Workers: 64,
-		Creator: creator.Options{MaxAttempts: 30}})
+		Creator: creator.Options{MaxAttempts: 30},
+		Enough:  func() bool { return highestSeen.Load() >= 3 && deleted.Load() >= 10 }})
 	stopCompleter()
 	<-completerDone
 	t.Log(s)

@@ -31,8 +31,8 @@ type Options struct {
 	// Enough, with Duration, keeps the storm going past Duration until it reports true (checked
 	// every 100 ms, for at most 6 x Duration): a test whose storm must reach a state (numbers
 	// above 2, say) takes longer on a slow machine instead of failing.
-	Enough func() bool
-	Workers  int
+	Enough  func() bool
+	Workers int
 	// Processes is how many creator processes the workers are spread over, each with a Creator
 	// of its own (1 when unset): repeats coalesce within a process and contend across them.
 	Processes int

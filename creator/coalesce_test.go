@@ -82,7 +82,7 @@ func TestRepeatsCoalesce(t *testing.T) {
 	var returned atomic.Int32
 	results := make([]creator.Result, n)
 	errs := make([]error, n)
-	for i := range n {
+	signal := func(i int) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -90,7 +90,15 @@ func TestRepeatsCoalesce(t *testing.T) {
 			returned.Add(1)
 		}()
 	}
-	waitFor(ctx, t, "64 refused creates and the first write", func() bool { return h.refused.Load() == n && h.writes.Load() == 1 })
+	// The first repeat's write begins (and is held) before the other 63 are sent: sent all at
+	// once, a busy machine could queue all 64 before the writer took its first batch, and then
+	// nothing joins a write under way.
+	signal(0)
+	waitFor(ctx, t, "the first refused create and its write", func() bool { return h.refused.Load() == 1 && h.writes.Load() == 1 })
+	for i := 1; i < n; i++ {
+		signal(i)
+	}
+	waitFor(ctx, t, "64 refused creates", func() bool { return h.refused.Load() == n })
 	// The queue fills as each refusal returns; give the last ones time to join it.
 	time.Sleep(500 * time.Millisecond)
 	if r := returned.Load(); r != 0 || count(ctx, t, ns, first.Name) != 1 {
@@ -99,7 +107,7 @@ func TestRepeatsCoalesce(t *testing.T) {
 	close(h.gate)
 	wg.Wait()
 	// Each signal is 1/size of its batch, so the shares add up to the number of batches: two,
-	// the first (whatever had queued when its write began) and everyone else.
+	// the first (the first signal alone) and everyone else.
 	batches := 0.0
 	for i := range n {
 		if errs[i] != nil || results[i].New || results[i].Ambiguous || results[i].Name != first.Name || results[i].Batch == 0 {

@@ -104,6 +104,8 @@ func main() {
 			}
 		}
 		took[v] = time.Since(start)
+		// Each release's column as soon as it is done: a long run stopped midway keeps its results.
+		report(os.Stdout, []string{v}, suites, results, took)
 	}
 	report(os.Stdout, vs, suites, results, took)
 	if failed {

@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -46,8 +47,9 @@ func decodeCreate(req admission.Request) (rr *v1alpha1.RemediationRequest, skip 
 // reason, details); the API server hands that status to the client unchanged but for a prefix
 // on the message.
 func deny(err error) admission.Response {
-	status, ok := err.(apierrors.APIStatus)
-	if !ok {
+	// errors.As, not a type assertion: a StatusError wrapped on its way up keeps its code.
+	var status apierrors.APIStatus
+	if !errors.As(err, &status) {
 		status = apierrors.NewInternalError(err)
 	}
 	st := status.Status()

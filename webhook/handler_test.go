@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -235,5 +236,24 @@ func TestNamerPatchAddsFinalizer(t *testing.T) {
 	got, _ := json.Marshal(resp.Patches)
 	if want := `[{"op":"add","path":"/metadata/finalizers","value":["example.com/f"]}]`; !resp.Allowed || string(got) != want {
 		t.Fatalf("apply: patch %s, want %s", got, want)
+	}
+}
+
+// A typed status wrapped on its way up keeps its code and reason; only an untyped error is a 500.
+func TestDenyUnwraps(t *testing.T) {
+	dup := Duplicate("ns", &v1alpha1.RemediationRequest{ObjectMeta: metav1.ObjectMeta{Name: rules.Name(fp, 3)}})
+	for _, c := range []struct {
+		err    error
+		code   int32
+		reason metav1.StatusReason
+	}{
+		{dup, 409, metav1.StatusReasonAlreadyExists},
+		{fmt.Errorf("deciding: %w", dup), 409, metav1.StatusReasonAlreadyExists},
+		{errors.New("plain"), 500, metav1.StatusReasonInternalError},
+	} {
+		st := deny(c.err).Result
+		if st.Code != c.code || st.Reason != c.reason {
+			t.Errorf("deny(%v) = %d %s, want %d %s", c.err, st.Code, st.Reason, c.code, c.reason)
+		}
 	}
 }

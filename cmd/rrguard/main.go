@@ -69,6 +69,10 @@ func run(args []string) int {
 	log := ctrl.Log.WithName("rrguard")
 	o.RRNamespaces = splitList(*rrNamespaces)
 
+	if err := o.IndexSafety(); err != nil {
+		log.Error(err, "refusing to start")
+		return 1
+	}
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
 		log.Error(err, "no Kubernetes configuration")

@@ -6,17 +6,21 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net/http"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
@@ -128,7 +132,7 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		PprofBindAddress:       o.PprofAddr,
 		// Every replica serves; there is nothing to lead.
 		LeaderElection:          false,
-		GracefulShutdownTimeout: ptr(30 * time.Second),
+		GracefulShutdownTimeout: ptr.To(30 * time.Second),
 	})
 	if err != nil {
 		return nil, err
@@ -154,9 +158,21 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	if err := releaser.SetupWithManager(mgr); err != nil {
 		return nil, err
 	}
+	// With an unsafe lag the index still feeds the releaser and the seeder; it only stops deciding.
+	indexDecides, maxLag := !o.ConsistentListOnly, time.Duration(0)
+	if err := o.IndexSafety(); err != nil {
+		indexDecides = false
+		ctrl.Log.WithName("rrguard").Info("WARNING: the RR index will not decide; every create is decided from consistent reads", "reason", err.Error())
+	}
+	if indexDecides {
+		_, maxLag, _ = o.lagInputs()
+		indexDeciding.Set(1)
+	} else {
+		indexDeciding.Set(0)
+	}
 	index, err := rrfacts.New(cfg, rrfacts.Options{
 		Namespaces: o.RRNamespaces, Finalizer: marks.Finalizer, MarkKey: marks.EntryKey,
-		MaxLag: o.indexMaxLag(), OnDeleting: releaser.Enqueue,
+		MaxLag: maxLag, OnDeleting: releaser.Enqueue,
 	})
 	if err != nil {
 		return nil, err
@@ -187,7 +203,7 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		Lister: webhook.APILister{Reader: mgr.GetAPIReader(), ScanNamespace: !api.SelectableFingerprint}, Marks: store, Finalizer: marks.Finalizer,
 		Ready: seeder.Ready, AfterRead: o.AfterRead,
 	}
-	if !o.ConsistentListOnly {
+	if indexDecides {
 		namer.Index = index
 	}
 	if len(o.RRNamespaces) > 0 {
@@ -230,24 +246,43 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	return r, nil
 }
 
-// indexMaxLag is the index's MaxLag: zero (never trusted) unless the release hold covers two
-// request timeouts and the lag (docs/design.md, "Reads").
-func (o Options) indexMaxLag() time.Duration {
-	t, l, h := o.RequestTimeout, o.IndexMaxLag, o.ReleaseMinAge
-	if t == 0 {
-		t = 60 * time.Second
+// ErrIndexLagUnsafe says the hold is too short for the RR index to decide: the argument in
+// docs/design.md ("Reads") needs ReleaseMinAge > 2 x RequestTimeout + IndexMaxLag.
+var ErrIndexLagUnsafe = errors.New("the release hold is too short for the RR index to decide")
+
+// IndexSafety is nil when the RR index may decide with these options (or is not asked to:
+// ConsistentListOnly), else an ErrIndexLagUnsafe that gives the three durations. The rrguard
+// binary refuses to start on it; New serves without the index, says so in its log and in
+// rrguard_index_deciding.
+func (o Options) IndexSafety() error {
+	t, l, h := o.lagInputs()
+	if o.ConsistentListOnly || h > 2*t+l {
+		return nil
 	}
-	if l == 0 {
-		l = 10 * time.Second
-	}
-	if h == 0 {
-		h = marks.DefaultMinAge
-	}
-	if h <= 2*t+l {
-		return 0
-	}
-	return l
+	return fmt.Errorf("%w: --release-min-age %v must exceed 2 x --request-timeout %v + --index-max-lag %v; "+
+		"lengthen the hold, or set --consistent-list-only to decide every create from consistent reads", ErrIndexLagUnsafe, h, t, l)
 }
+
+func (o Options) lagInputs() (timeout, lag, hold time.Duration) {
+	timeout, lag, hold = o.RequestTimeout, o.IndexMaxLag, o.ReleaseMinAge
+	if timeout == 0 {
+		timeout = 60 * time.Second
+	}
+	if lag == 0 {
+		lag = 10 * time.Second
+	}
+	if hold == 0 {
+		hold = marks.DefaultMinAge
+	}
+	return timeout, lag, hold
+}
+
+var indexDeciding = prometheus.NewGauge(prometheus.GaugeOpts{
+	Name: "rrguard_index_deciding",
+	Help: "1 when the RR index decides the creates it can vouch for, 0 when every create is decided from consistent reads (--consistent-list-only, or a hold too short for the index: see the start-up log).",
+})
+
+func init() { metrics.Registry.MustRegister(indexDeciding) }
 
 // APIServer is what the replica's start-up probe found.
 func (r *Replica) APIServer() APIServer { return r.api }
@@ -257,9 +292,6 @@ func (r *Replica) Index() *rrfacts.Index { return r.index }
 
 // Seeded reports whether the replica has seeded its marks and decides.
 func (r *Replica) Seeded() error { return r.seeder.Ready() }
-
-// Manager exposes the controller-runtime manager, for tests that look inside.
-func (r *Replica) Manager() manager.Manager { return r.mgr }
 
 // Run serves until ctx is done, then fails readiness, waits ShutdownDelay, and stops.
 func (r *Replica) Run(ctx context.Context) error {
@@ -308,5 +340,3 @@ func (r *Replica) drained(h http.Handler, keepConnections bool) http.Handler {
 		h.ServeHTTP(w, req.WithContext(ctx))
 	})
 }
-
-func ptr[T any](v T) *T { return &v }

@@ -25,21 +25,19 @@ import (
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/webhook/decision"
 )
 
-// Fact is what the index knows of one RR.
+// Fact is what the index knows of one RR: what a decision reads of it, and what the releaser
+// needs.
 type Fact struct {
-	Name   string
-	N      int64 // occurrence number under the naming rule; 0 for any other name
-	Status rules.Status
+	decision.Fact
 	// Finalized: the RR carries the finalizer the index was told to look for (rrguard's).
 	Finalized bool
 	// Covered: this process has seen the fingerprint's high-water mark at or above N (see
 	// NoteCovered). An RR without the finalizer and not Covered may have a number no mark
 	// covers yet.
 	Covered bool
-	// Created is the RR's creationTimestamp.
-	Created time.Time
 	// DeletedAt is when deletion was asked for; zero while the RR is not being deleted.
 	DeletedAt time.Time
 }
@@ -111,7 +109,8 @@ type group struct {
 type entry struct {
 	name      string // only for names outside the scheme
 	n         int64
-	status    rules.Status
+	until     int64  // unix seconds of decision.Fact.Until; 0 for the zero time
+	phase     string // shares the known phase strings (statusOf)
 	finalized bool
 	covered   bool
 	created   int64 // unix seconds
@@ -120,7 +119,11 @@ type entry struct {
 }
 
 func (e *entry) fact() Fact {
-	f := Fact{Name: e.name, N: e.n, Status: e.status, Finalized: e.finalized, Covered: e.covered, Created: time.Unix(e.created, 0)}
+	f := Fact{Fact: decision.Fact{Name: e.name, N: e.n, Phase: e.phase, Created: time.Unix(e.created, 0)},
+		Finalized: e.finalized, Covered: e.covered}
+	if e.until != 0 {
+		f.Until = time.Unix(e.until, 0)
+	}
 	if f.Name == "" {
 		f.Name = rules.Name(e.g.fp, e.n)
 	}
@@ -220,7 +223,7 @@ func (ix *Index) feedFor(namespace string) *feed {
 // before then, which includes every RR created before c minus the API server's bound on a
 // create (its request timeout). Lookup requires that c be within MaxLag of now. What a caller
 // may conclude from the answer, and why that is enough, is argued in docs/design.md ("Reads").
-func (ix *Index) Lookup(namespace, fp string, now time.Time) ([]Fact, error) {
+func (ix *Index) Lookup(namespace, fp string, now time.Time) ([]decision.Fact, error) {
 	f := ix.feedFor(namespace)
 	if f == nil {
 		return nil, &Untrusted{Reason: ReasonNotWatched}
@@ -244,9 +247,9 @@ func (ix *Index) Lookup(namespace, fp string, now time.Time) ([]Fact, error) {
 	if g == nil {
 		return nil, nil
 	}
-	out := make([]Fact, len(g.entries))
+	out := make([]decision.Fact, len(g.entries))
 	for i, e := range g.entries {
-		out[i] = e.fact()
+		out[i] = e.fact().Fact
 	}
 	return out, nil
 }
@@ -462,7 +465,11 @@ func (ix *Index) put(o *object) bool {
 		g.entries = append(g.entries, e)
 		nsf.byName[name] = e
 	}
-	e.status = statusOf(o)
+	st := statusOf(o)
+	e.phase, e.until = string(st.Phase), 0
+	if u := st.Until(); !u.IsZero() {
+		e.until = u.Unix()
+	}
 	e.created = o.Meta.CreationTimestamp.Unix()
 	e.finalized = ix.o.Finalizer != "" && slices.Contains(o.Meta.Finalizers, ix.o.Finalizer)
 	e.deletedAt = 0

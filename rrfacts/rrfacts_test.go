@@ -122,8 +122,13 @@ func TestDecodeKeepsDecisionFields(t *testing.T) {
 		t.Fatal(err)
 	}
 	facts, err := ix.Lookup("kubernaut-system", fingerprint(7), time.Now())
-	if err != nil || len(facts) != 1 || facts[0].N != 1 || !facts[0].Finalized || facts[0].DeletedAt.IsZero() {
+	if err != nil || len(facts) != 1 || facts[0].N != 1 || facts[0].Phase != "Completed" || facts[0].InFlight(time.Now()) {
 		t.Fatalf("facts %+v, %v", facts, err)
+	}
+	var all []RR
+	ix.Each(func(rr RR) { all = append(all, rr) })
+	if len(all) != 1 || !all[0].Finalized || all[0].DeletedAt.IsZero() {
+		t.Fatalf("releaser's facts %+v", all)
 	}
 }
 
@@ -134,6 +139,9 @@ func TestInFlightAgreesWithTheRule(t *testing.T) {
 	outcomes := []string{"", "Remediated", "ManualReviewRequired", "Inconclusive"}
 	now := time.Now()
 	rnd := rand.New(rand.NewPCG(1, 2))
+	ix, f := testIndex(time.Hour)
+	f.noteCall()
+	_ = f.Replace(nil, "1")
 	for i := range 2000 {
 		raw := kubernautRR("ns", i, phases[rnd.IntN(len(phases))])
 		st := raw["status"].(map[string]any)
@@ -152,7 +160,15 @@ func TestInFlightAgreesWithTheRule(t *testing.T) {
 		if err := json.Unmarshal(b, &typed); err != nil {
 			t.Fatal(err)
 		}
-		if got, want := statusOf(decode(t, raw)).InFlight(now), rules.InFlight(&typed, now); got != want {
+		// As the index stores it: one instant per RR, in whole seconds.
+		if err := f.Add(decode(t, raw)); err != nil {
+			t.Fatal(err)
+		}
+		facts, err := ix.Lookup("ns", typed.Spec.SignalFingerprint, now)
+		if err != nil || len(facts) != 1 {
+			t.Fatalf("lookup: %v, %v", facts, err)
+		}
+		if got, want := facts[0].InFlight(now), rules.InFlight(&typed, now); got != want {
 			t.Fatalf("status %s: index says in flight %v, the rule %v", b, got, want)
 		}
 	}
@@ -181,7 +197,7 @@ func TestLookupOnlyWhileFresh(t *testing.T) {
 		t.Fatal(err)
 	}
 	facts, err := ix.Lookup("ns", fingerprint(1), time.Now().Add(3*time.Second))
-	if err != nil || len(facts) != 1 || !facts[0].Status.InFlight(time.Now()) {
+	if err != nil || len(facts) != 1 || !facts[0].InFlight(time.Now()) {
 		t.Fatalf("after a create: %+v, %v", facts, err)
 	}
 	// A zero lag never vouches.

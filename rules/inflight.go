@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/webhook/decision"
 )
 
 // terminal lists the phases after which Kubernaut does no more work on an RR. Every other
@@ -38,20 +39,22 @@ func StatusOf(rr *v1alpha1.RemediationRequest) Status {
 	return s
 }
 
-// InFlight is the in-flight rule: whether an RR in this state blocks a new RR of its fingerprint
-// at time now.
-func (s Status) InFlight(now time.Time) bool {
+// Until is the in-flight rule: the instant up to which an RR in this state blocks a new RR of
+// its fingerprint (decision.Forever while Kubernaut still works on it, the zero time once it
+// does not). It depends on the RR alone, not on the clock, so the index keeps one instant per RR.
+func (s Status) Until() time.Time {
 	switch {
 	case s.Deleting:
-		return false
-	case !terminal[s.Phase]:
-		return true
-	case s.ManualReview:
-		return true
+		return time.Time{}
+	case !terminal[s.Phase], s.ManualReview:
+		return decision.Forever
 	default:
-		return !s.NextAllowed.IsZero() && s.NextAllowed.After(now)
+		return s.NextAllowed // zero when unset: not in flight
 	}
 }
+
+// InFlight reports whether an RR in this state blocks a new RR of its fingerprint at now.
+func (s Status) InFlight(now time.Time) bool { return now.Before(s.Until()) }
 
 // InFlight applies the in-flight rule to rr.
 func InFlight(rr *v1alpha1.RemediationRequest, now time.Time) bool {

@@ -1,9 +1,8 @@
 package webhook
 
 import (
+	"errors"
 	"fmt"
-	"math"
-	"sort"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/webhook/decision"
 )
 
 var (
@@ -24,39 +24,43 @@ var (
 // Decide names a new RR or refuses it. existing holds the RRs of the namespace that carry the
 // new RR's fingerprint, read consistently; RRs of other fingerprints are ignored. mark is the
 // fingerprint's high-water mark (package marks): the highest number of a deleted RR, read after
-// existing. The new number is 1 + max(highest number among existing, mark), so a name is never
-// issued twice. The error is always an *apierrors.StatusError: Invalid (422) for a bad
-// fingerprint, AlreadyExists (409) naming the RR in flight for a duplicate.
+// existing. The error is always an *apierrors.StatusError: Invalid (422) for a bad fingerprint or
+// exhausted numbers, AlreadyExists (409) naming the RR in flight for a duplicate.
 func Decide(rr *v1alpha1.RemediationRequest, existing []v1alpha1.RemediationRequest, mark int64, now time.Time) (string, error) {
 	fp := rr.Spec.SignalFingerprint
+	facts := make([]decision.Fact, 0, len(existing))
+	for i := range existing {
+		if existing[i].Spec.SignalFingerprint == fp {
+			facts = append(facts, FactOf(fp, &existing[i]))
+		}
+	}
+	return decideFacts(rr, facts, mark, now)
+}
+
+// FactOf is what a decision reads of an RR of fingerprint fp, as the index keeps it.
+func FactOf(fp string, rr *v1alpha1.RemediationRequest) decision.Fact {
+	n, _ := rules.Occurrence(fp, rr.Name)
+	return decision.Fact{Name: rr.Name, N: n, Until: rules.StatusOf(rr).Until(),
+		Phase: string(rr.Status.OverallPhase), Created: rr.CreationTimestamp.Time}
+}
+
+// decideFacts is Decide from facts, whichever source (index or read) they came from.
+func decideFacts(rr *v1alpha1.RemediationRequest, facts []decision.Fact, mark int64, now time.Time) (string, error) {
 	if err := ValidateFingerprint(rr); err != nil {
 		return "", err
 	}
-	var newest int64
-	var blocking []*v1alpha1.RemediationRequest
-	for i := range existing {
-		e := &existing[i]
-		if e.Spec.SignalFingerprint != fp {
-			continue
-		}
-		// A terminating RR still holds its name, so it still counts for numbering.
-		if n, ok := rules.Occurrence(fp, e.Name); ok && n > newest {
-			newest = n
-		}
-		if rules.InFlight(e, now) {
-			blocking = append(blocking, e)
-		}
-	}
-	if len(blocking) > 0 {
-		return "", Duplicate(rr.Namespace, newestOf(fp, blocking))
-	}
-	newest = max(newest, mark)
-	if newest == math.MaxInt64 {
+	out, err := decision.Decide(facts, mark, now)
+	switch {
+	case errors.Is(err, decision.ErrExhausted):
 		return "", apierrors.NewInvalid(groupKind, rr.Name, field.ErrorList{
-			field.Invalid(fingerprintPath, fp, "occurrence numbers of this fingerprint are exhausted"),
+			field.Invalid(fingerprintPath, rr.Spec.SignalFingerprint, "occurrence numbers of this fingerprint are exhausted"),
 		})
+	case err != nil:
+		return "", err
+	case out.Duplicate != nil:
+		return "", Duplicate(rr.Namespace, *out.Duplicate)
 	}
-	return rules.Name(fp, newest+1), nil
+	return rules.Name(rr.Spec.SignalFingerprint, out.Next), nil
 }
 
 // ValidateFingerprint refuses an RR whose fingerprint the naming rule cannot use.
@@ -73,29 +77,11 @@ func ValidateFingerprint(rr *v1alpha1.RemediationRequest) error {
 	return nil
 }
 
-// newestOf picks the RR a creator should record its repeat on when several are in flight (only
-// legacy RRs or an orchestrator reopening an old RR can make more than one): the most recent.
-func newestOf(fp string, rrs []*v1alpha1.RemediationRequest) *v1alpha1.RemediationRequest {
-	sort.Slice(rrs, func(i, j int) bool {
-		ni, _ := rules.Occurrence(fp, rrs[i].Name)
-		nj, _ := rules.Occurrence(fp, rrs[j].Name)
-		if ni != nj {
-			return ni > nj
-		}
-		ti, tj := rrs[i].CreationTimestamp, rrs[j].CreationTimestamp
-		if !ti.Equal(&tj) {
-			return tj.Before(&ti)
-		}
-		return rrs[i].Name > rrs[j].Name
-	})
-	return rrs[0]
-}
-
 // Duplicate is the answer to a create while inflight is in flight: the same status the API server
 // gives for a name collision (409 AlreadyExists, details naming the RR), so a creator handles both
 // paths with apierrors.IsAlreadyExists and reads the RR's name from the details.
-func Duplicate(namespace string, inflight *v1alpha1.RemediationRequest) *apierrors.StatusError {
-	phase := string(inflight.Status.OverallPhase)
+func Duplicate(namespace string, inflight decision.Fact) *apierrors.StatusError {
+	phase := inflight.Phase
 	if phase == "" {
 		phase = "new"
 	}

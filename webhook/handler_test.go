@@ -16,6 +16,7 @@ import (
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/webhook/decision"
 )
 
 // listerFunc adapts a function to Lister, for handler tests that need no API server.
@@ -241,7 +242,7 @@ func TestNamerPatchAddsFinalizer(t *testing.T) {
 
 // A typed status wrapped on its way up keeps its code and reason; only an untyped error is a 500.
 func TestDenyUnwraps(t *testing.T) {
-	dup := Duplicate("ns", &v1alpha1.RemediationRequest{ObjectMeta: metav1.ObjectMeta{Name: rules.Name(fp, 3)}})
+	dup := Duplicate("ns", decision.Fact{Name: rules.Name(fp, 3)})
 	for _, c := range []struct {
 		err    error
 		code   int32
@@ -254,6 +255,39 @@ func TestDenyUnwraps(t *testing.T) {
 		st := deny(c.err).Result
 		if st.Code != c.code || st.Reason != c.reason {
 			t.Errorf("deny(%v) = %d %s, want %d %s", c.err, st.Code, st.Reason, c.code, c.reason)
+		}
+	}
+}
+
+// factIndex is an Index that vouches for the facts of fixed RRs, as the RR index keeps them.
+type factIndex []v1alpha1.RemediationRequest
+
+func (x factIndex) Lookup(_, fp string, _ time.Time) ([]decision.Fact, error) {
+	var out []decision.Fact
+	for i := range x {
+		out = append(out, FactOf(fp, &x[i]))
+	}
+	return out, nil
+}
+func (factIndex) MayBeMarked(string, string) bool                        { return true }
+func (factIndex) AwaitFresh(context.Context, string, time.Duration) bool { return true }
+
+// With several RRs in flight (legacy names, so no number to rank them), a decision from the index
+// and one from a consistent read name the same RR in the 409: the latest created, not the
+// greatest name.
+func TestIndexAndReadNameTheSameDuplicate(t *testing.T) {
+	rrs := []v1alpha1.RemediationRequest{
+		rr("zzz-legacy-old", created(-time.Hour)),
+		rr("aaa-legacy-new", created(-time.Minute)),
+		rr(rules.Name(fp, 2), phase(v1alpha1.PhaseCompleted)),
+	}
+	for name, n := range map[string]*Namer{
+		"index": {Index: factIndex(rrs), Lister: staticLister()},
+		"read":  {Lister: staticLister(rrs...)},
+	} {
+		resp := n.Handle(context.Background(), createReq(rrJSON))
+		if resp.Allowed || resp.Result.Code != 409 || resp.Result.Details.Name != "aaa-legacy-new" {
+			t.Errorf("%s: %+v, want 409 naming aaa-legacy-new", name, resp.Result)
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/rrfacts"
+	"github.com/rrguard/rrguard/webhook/decision"
 )
 
 // Namer is the mutating webhook: it gives each new RR the scheme's name, or refuses it as a
@@ -43,7 +44,7 @@ type Namer struct {
 // Index is rrguard's watch of RRs (package rrfacts): the facts of a fingerprint's RRs, or an
 // *rrfacts.Untrusted error when it cannot vouch for them.
 type Index interface {
-	Lookup(namespace, fingerprint string, now time.Time) ([]rrfacts.Fact, error)
+	Lookup(namespace, fingerprint string, now time.Time) ([]decision.Fact, error)
 	// MayBeMarked is false only for a fingerprint that surely has no high-water mark.
 	MayBeMarked(namespace, fingerprint string) bool
 	// AwaitFresh waits, up to max, for an index that was not fresh to become so (see rrfacts).
@@ -165,25 +166,19 @@ func (h *Namer) decide(ctx context.Context, rr *v1alpha1.RemediationRequest, now
 			return "", readError{err}
 		default:
 			t := now()
-			var blocking []rrfacts.Fact
-			for _, f := range facts {
-				if f.Status.InFlight(t) {
-					blocking = append(blocking, f)
-				}
-			}
-			if len(blocking) > 0 {
-				return "", Duplicate(ns, newestFact(fp, blocking))
+			if slices.ContainsFunc(facts, func(f decision.Fact) bool { return f.InFlight(t) }) {
+				return decideFacts(rr, facts, 0, t)
 			}
 			if len(facts) == 0 {
 				if !h.Index.MayBeMarked(ns, fp) {
-					return Decide(rr, nil, 0, now())
+					return decideFacts(rr, nil, 0, now())
 				}
 				reads++
 				mark, err := h.mark(ctx, ns, fp)
 				if err != nil {
 					return "", err
 				}
-				return Decide(rr, nil, mark, now())
+				return decideFacts(rr, nil, mark, now())
 			}
 		}
 	}
@@ -200,17 +195,6 @@ func (h *Namer) decide(ctx context.Context, rr *v1alpha1.RemediationRequest, now
 		return "", err
 	}
 	return Decide(rr, existing, mark, now())
-}
-
-// newestFact picks, as newestOf does, the RR a creator should record its repeat on, from facts of
-// the index (which keep no creation time: the name breaks ties).
-func newestFact(fp string, facts []rrfacts.Fact) *v1alpha1.RemediationRequest {
-	rrs := make([]*v1alpha1.RemediationRequest, len(facts))
-	for i, f := range facts {
-		rrs[i] = &v1alpha1.RemediationRequest{}
-		rrs[i].Name, rrs[i].Status.OverallPhase = f.Name, f.Status.Phase
-	}
-	return newestOf(fp, rrs)
 }
 
 func (h *Namer) mark(ctx context.Context, ns, fp string) (int64, error) {

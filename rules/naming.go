@@ -1,6 +1,8 @@
 package rules
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"strconv"
 	"strings"
 )
@@ -15,10 +17,21 @@ const (
 	fingerprintLen = 64
 )
 
+// NameFor is the naming rule for any key: prefix, the first KeyLen characters of the key's hex
+// form, "-", and the occurrence number. keyHex must be lowercase hex of KeyLen characters or more
+// (HashKey's, or an RR's fingerprint).
+func NameFor(prefix, keyHex string, n int64) string {
+	return prefix + keyHex[:KeyLen] + "-" + strconv.FormatInt(n, 10)
+}
+
 // Name is the name the RR with the given fingerprint and occurrence number must carry.
 // The fingerprint must have passed ValidFingerprint.
-func Name(fingerprint string, n int64) string {
-	return namePrefix + fingerprint[:KeyLen] + "-" + strconv.FormatInt(n, 10)
+func Name(fingerprint string, n int64) string { return NameFor(namePrefix, fingerprint, n) }
+
+// HashKey is the hex form of a key that is not hex already: its SHA-256.
+func HashKey(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:])
 }
 
 // Occurrence returns n when name is the scheme's name for fingerprint, and false for any other
@@ -27,7 +40,15 @@ func Occurrence(fingerprint, name string) (int64, bool) {
 	if !ValidFingerprint(fingerprint) {
 		return 0, false
 	}
-	rest, ok := strings.CutPrefix(name, namePrefix+fingerprint[:KeyLen]+"-")
+	return OccurrenceFor(namePrefix, fingerprint, name)
+}
+
+// OccurrenceFor is Occurrence for any key's prefix and hex form (as NameFor takes them).
+func OccurrenceFor(prefix, keyHex, name string) (int64, bool) {
+	if len(keyHex) < KeyLen {
+		return 0, false
+	}
+	rest, ok := strings.CutPrefix(name, prefix+keyHex[:KeyLen]+"-")
 	if !ok || rest == "" || rest[0] == '0' || len(rest) > 19 {
 		return 0, false
 	}
@@ -44,12 +65,12 @@ func Occurrence(fingerprint, name string) (int64, bool) {
 }
 
 // ValidFingerprint reports whether fp is a lowercase hex SHA-256, as Kubernaut's CRD requires.
-func ValidFingerprint(fp string) bool {
-	if len(fp) != fingerprintLen {
-		return false
-	}
-	for i := 0; i < len(fp); i++ {
-		c := fp[i]
+func ValidFingerprint(fp string) bool { return len(fp) == fingerprintLen && IsHex(fp) }
+
+// IsHex reports whether s is lowercase hex.
+func IsHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
 		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
 			return false
 		}

@@ -1,0 +1,178 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// UniquenessPolicySpec declares "at most one in flight per key" for one resource.
+type UniquenessPolicySpec struct {
+	// Target is the resource whose creates are judged.
+	Target Target `json:"target"`
+
+	// MatchConditions, as an admission webhook's: every one must be true of the new object for
+	// the policy to judge it; a create that fails one is left alone (e.g. Jobs a CronJob owns).
+	// Each is CEL over `object`.
+	// +optional
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=16
+	MatchConditions []MatchCondition `json:"matchConditions,omitempty"`
+
+	// Key is what at most one object in flight may share.
+	Key Key `json:"key"`
+
+	// InFlight is CEL over `object` giving whether the object is in flight: a bool, or a
+	// timestamp up to which it is (for a rule that ends at a time, such as a cooldown). It is
+	// evaluated when the object changes, never per create, so it must not depend on the clock;
+	// the engine compares a timestamp with the time of each create. An object being deleted is
+	// never in flight.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=4096
+	InFlight string `json:"inFlight"`
+
+	// Phase, optional, is CEL over `object` giving a string shown in a refused create's message
+	// (the RR's overallPhase); "new" when empty.
+	// +optional
+	// +kubebuilder:validation:MaxLength=1024
+	Phase string `json:"phase,omitempty"`
+
+	// NamesForLife keeps a key's occurrence numbers from being issued twice after its objects are
+	// deleted (rrguard's marks and its finalizer). On by default.
+	// +optional
+	// +kubebuilder:default=true
+	NamesForLife *bool `json:"namesForLife,omitempty"`
+
+	// Message leads the answer to a refused create: the details name the object in flight, and
+	// the message goes on ": <resource> <namespace>/<name> (phase <phase>); <hint>".
+	// +optional
+	// +kubebuilder:validation:MaxLength=512
+	Message string `json:"message,omitempty"`
+
+	// Hint ends the answer to a refused create (what the creator should do instead).
+	// +optional
+	// +kubebuilder:validation:MaxLength=512
+	Hint string `json:"hint,omitempty"`
+}
+
+// Target names a resource as a webhook rule does.
+type Target struct {
+	// Group is the API group; "" for the core group.
+	// +optional
+	Group string `json:"group,omitempty"`
+	// Versions the policy judges; the key and rules read the object as the API server sends it
+	// in the version requested.
+	// +kubebuilder:validation:MinItems=1
+	Versions []string `json:"versions"`
+	// Resource is the plural resource name (as in a webhook rule), no subresource.
+	// +kubebuilder:validation:MinLength=1
+	Resource string `json:"resource"`
+	// Namespaces judged; empty: every namespace but those rrguard never judges.
+	// +optional
+	Namespaces []string `json:"namespaces,omitempty"`
+}
+
+// MatchCondition is a named CEL condition.
+type MatchCondition struct {
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	Name string `json:"name"`
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=4096
+	Expression string `json:"expression"`
+}
+
+// KeyEncoding says how a key becomes part of a name.
+// +kubebuilder:validation:Enum=Hex;SHA256
+type KeyEncoding string
+
+const (
+	// KeyHex: the key is already lowercase hex, at least 32 characters (a SHA-256 such as the
+	// RR fingerprint); its first 32 characters go into the name as they are.
+	KeyHex KeyEncoding = "Hex"
+	// KeySHA256: the key is any non-empty string; the first 32 hex characters of its SHA-256 go
+	// into the name.
+	KeySHA256 KeyEncoding = "SHA256"
+)
+
+// Key is the uniqueness key and the names made from it.
+type Key struct {
+	// Expression is CEL over `object` giving the key, a string. A create whose object gives an
+	// error or an empty key is refused (422).
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=4096
+	Expression string `json:"expression"`
+	// Encoding: Hex or SHA256 (default).
+	// +optional
+	// +kubebuilder:default=SHA256
+	Encoding KeyEncoding `json:"encoding,omitempty"`
+	// NamePrefix starts every name: <namePrefix><32 hex characters>-<n>. Lowercase letters,
+	// digits and "-", starting with a letter, at most 11 characters, so that a name fits in 63.
+	// +kubebuilder:validation:Pattern=`^[a-z][-a-z0-9]{0,10}$`
+	NamePrefix string `json:"namePrefix"`
+}
+
+// Condition types a policy's status carries.
+const (
+	// ConditionCompiled: every expression compiled, within the cost budget.
+	ConditionCompiled = "Compiled"
+	// ConditionWatching: rrguard watches the target and its index has synced.
+	ConditionWatching = "Watching"
+	// ConditionEnforced: creates of the target are judged.
+	ConditionEnforced = "Enforced"
+)
+
+// ConsistentRead says how a decision reads the target when its index cannot vouch for itself.
+type ConsistentRead string
+
+const (
+	// ReadFieldSelector lists the key's objects by a selectable field (the RR's fingerprint).
+	ReadFieldSelector ConsistentRead = "FieldSelector"
+	// ReadLabelSelector lists them by label selector: the key is made of labels.
+	ReadLabelSelector ConsistentRead = "LabelSelector"
+	// ReadNamespaceScan lists the namespace in pages and keeps the key's objects.
+	ReadNamespaceScan ConsistentRead = "NamespaceScan"
+)
+
+// UniquenessPolicyStatus is what rrguard reports of a policy.
+type UniquenessPolicyStatus struct {
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// ConsistentRead is how a decision reads the target when the index cannot vouch for itself.
+	// +optional
+	ConsistentRead ConsistentRead `json:"consistentRead,omitempty"`
+	// Objects is the number of objects of the target in the index.
+	// +optional
+	Objects int64 `json:"objects,omitempty"`
+}
+
+// UniquenessPolicy keeps at most one object in flight per key for one resource.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,shortName=up
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Resource",type=string,JSONPath=`.spec.target.resource`
+// +kubebuilder:printcolumn:name="Compiled",type=string,JSONPath=`.status.conditions[?(@.type=="Compiled")].status`
+// +kubebuilder:printcolumn:name="Enforced",type=string,JSONPath=`.status.conditions[?(@.type=="Enforced")].status`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Enforced")].reason`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type UniquenessPolicy struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec UniquenessPolicySpec `json:"spec"`
+	// +optional
+	Status UniquenessPolicyStatus `json:"status,omitempty"`
+}
+
+// UniquenessPolicyList lists UniquenessPolicies.
+//
+// +kubebuilder:object:root=true
+type UniquenessPolicyList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []UniquenessPolicy `json:"items"`
+}

@@ -1,0 +1,364 @@
+// Package policy compiles a UniquenessPolicy (apis/rrguard/v1alpha1) into what the engine runs:
+// its match conditions, key, in-flight rule and phase as CEL programs built with the API server's
+// own CEL library and environment (k8s.io/apiserver/pkg/cel/environment, with its cost limits),
+// as ValidatingAdmissionPolicy builds its own; and the naming rule for its key (package rules).
+//
+// A policy that does not compile, whose estimated cost is over budget, or that names a target
+// rrguard refuses to judge, is an *Error saying which field and why, and is never enforced.
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/cel-go/cel"
+	"github.com/google/cel-go/checker"
+	"github.com/google/cel-go/common/types"
+	"github.com/google/cel-go/common/types/ref"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/apimachinery/pkg/util/version"
+	celconfig "k8s.io/apiserver/pkg/apis/cel"
+	"k8s.io/apiserver/pkg/cel/environment"
+	"k8s.io/apiserver/pkg/cel/library"
+
+	"github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
+	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/webhook/decision"
+)
+
+// Reasons an *Error gives; a policy's status shows them.
+const (
+	ReasonInvalid         = "InvalidSpec"
+	ReasonCompileError    = "CompileError"
+	ReasonOverBudget      = "CostBudgetExceeded"
+	ReasonForbiddenTarget = "ForbiddenTarget"
+)
+
+// Error is why a policy cannot be enforced.
+type Error struct {
+	Reason string
+	Errs   field.ErrorList
+}
+
+func (e *Error) Error() string { return e.Reason + ": " + e.Errs.ToAggregate().Error() }
+
+// ErrForbiddenTarget is wrapped by the *Error of a policy whose target rrguard never judges.
+var ErrForbiddenTarget = errors.New("forbidden target")
+
+func (e *Error) Unwrap() error {
+	if e.Reason == ReasonForbiddenTarget {
+		return ErrForbiddenTarget
+	}
+	return nil
+}
+
+// Compiled is a policy ready to judge objects. It is safe for concurrent use.
+type Compiled struct {
+	Policy        string // the policy's name
+	GroupResource schema.GroupResource
+	Versions      []string
+	Namespaces    []string
+	NamesForLife  bool
+	// Read is how a decision reads the key's objects when the index cannot vouch for itself;
+	// LabelKeys are the labels a LabelSelector read requires.
+	Read      v1alpha1.ConsistentRead
+	LabelKeys []string
+
+	match          []named
+	key            cel.Program
+	hex            bool
+	prefix         string
+	inFlight       cel.Program
+	inFlightIsTime bool
+	phase          cel.Program
+	message, hint  string
+}
+
+type named struct {
+	name string
+	prog cel.Program
+}
+
+// CompatibilityVersion is the Kubernetes release whose CEL library policies may use: the oldest
+// rrguard is tested on, so a policy that compiles here means the same on every supported cluster.
+var CompatibilityVersion = version.MajorMinor(1, 32)
+
+// SizeBound is the size rrguard's cost estimate assumes for every list, map and string of an
+// object (policies type `object` as dyn, so nothing else bounds them). An expression whose
+// estimate at that size exceeds the API server's per-expression limit is refused; a bigger object
+// is still judged, with that limit enforced at run time.
+const SizeBound = 1024
+
+var envSet = func() *environment.EnvSet {
+	s, err := environment.MustBaseEnvSet(CompatibilityVersion).Extend(environment.VersionedOptions{
+		IntroducedVersion: version.MajorMinor(1, 0),
+		EnvOptions:        []cel.EnvOption{cel.Variable("object", cel.DynType)},
+	})
+	if err != nil {
+		panic(err) // static declarations
+	}
+	return s
+}()
+
+// Compile checks p and builds its programs. judgedNamespace, when set, is rrguard's own
+// namespace, which no policy may name.
+func Compile(p *v1alpha1.UniquenessPolicy, rrguardNamespace string) (*Compiled, error) {
+	spec := field.NewPath("spec")
+	t := p.Spec.Target
+	c := &Compiled{
+		Policy:        p.Name,
+		GroupResource: schema.GroupResource{Group: t.Group, Resource: t.Resource},
+		Versions:      t.Versions,
+		Namespaces:    t.Namespaces,
+		NamesForLife:  p.Spec.NamesForLife == nil || *p.Spec.NamesForLife,
+		prefix:        p.Spec.Key.NamePrefix,
+		hex:           p.Spec.Key.Encoding == v1alpha1.KeyHex,
+		message:       p.Spec.Message,
+		hint:          p.Spec.Hint,
+	}
+	if err := forbidden(t, rrguardNamespace, spec.Child("target")); err != nil {
+		return nil, err
+	}
+	var invalid field.ErrorList
+	if len(t.Versions) == 0 {
+		invalid = append(invalid, field.Required(spec.Child("target", "versions"), ""))
+	}
+	if t.Resource == "" || strings.Contains(t.Resource, "/") || t.Resource == "*" {
+		invalid = append(invalid, field.Invalid(spec.Child("target", "resource"), t.Resource, "must be one resource, no subresource, no wildcard"))
+	}
+	if !validPrefix(c.prefix) {
+		invalid = append(invalid, field.Invalid(spec.Child("key", "namePrefix"), c.prefix,
+			"must start with a lowercase letter, hold only lowercase letters, digits and '-', and be at most 11 characters"))
+	}
+	if e := p.Spec.Key.Encoding; e != "" && e != v1alpha1.KeyHex && e != v1alpha1.KeySHA256 {
+		invalid = append(invalid, field.NotSupported(spec.Child("key", "encoding"), e, []string{string(v1alpha1.KeyHex), string(v1alpha1.KeySHA256)}))
+	}
+	if len(invalid) > 0 {
+		return nil, &Error{Reason: ReasonInvalid, Errs: invalid}
+	}
+
+	var compileErrs, costErrs field.ErrorList
+	compile := func(path *field.Path, expr string, want ...*cel.Type) (cel.Program, *cel.Type) {
+		prog, out, err := compileExpr(expr, want...)
+		switch {
+		case errors.Is(err, errOverBudget):
+			costErrs = append(costErrs, field.Invalid(path, expr, err.Error()))
+		case err != nil:
+			compileErrs = append(compileErrs, field.Invalid(path, expr, err.Error()))
+		}
+		return prog, out
+	}
+	for i, m := range p.Spec.MatchConditions {
+		prog, _ := compile(spec.Child("matchConditions").Index(i).Child("expression"), m.Expression, cel.BoolType)
+		c.match = append(c.match, named{name: m.Name, prog: prog})
+	}
+	c.key, _ = compile(spec.Child("key", "expression"), p.Spec.Key.Expression, cel.StringType)
+	var out *cel.Type
+	c.inFlight, out = compile(spec.Child("inFlight"), p.Spec.InFlight, cel.BoolType, cel.TimestampType)
+	c.inFlightIsTime = out != nil && out.IsExactType(cel.TimestampType)
+	if p.Spec.Phase != "" {
+		c.phase, _ = compile(spec.Child("phase"), p.Spec.Phase, cel.StringType)
+	}
+	switch {
+	case len(compileErrs) > 0:
+		return nil, &Error{Reason: ReasonCompileError, Errs: append(compileErrs, costErrs...)}
+	case len(costErrs) > 0:
+		return nil, &Error{Reason: ReasonOverBudget, Errs: costErrs}
+	}
+	c.Read, c.LabelKeys = consistentRead(p.Spec.Key.Expression)
+	return c, nil
+}
+
+var errOverBudget = errors.New("estimated cost exceeds the budget")
+
+func compileExpr(expr string, want ...*cel.Type) (cel.Program, *cel.Type, error) {
+	env := envSet.NewExpressionsEnv()
+	ast, issues := env.Compile(expr)
+	if issues != nil && issues.Err() != nil {
+		return nil, nil, fmt.Errorf("compilation failed: %s", issues.String())
+	}
+	out := ast.OutputType()
+	ok := out.IsExactType(cel.DynType)
+	for _, w := range want {
+		ok = ok || out.IsExactType(w)
+	}
+	if !ok {
+		names := make([]string, len(want))
+		for i, w := range want {
+			names[i] = w.String()
+		}
+		return nil, nil, fmt.Errorf("must evaluate to %s, not %s", strings.Join(names, " or "), out)
+	}
+	est, err := env.EstimateCost(ast, &library.CostEstimator{SizeEstimator: sizeBound{}})
+	if err != nil {
+		return nil, nil, fmt.Errorf("cost estimate failed: %v", err)
+	}
+	if est.Max > celconfig.PerCallLimit {
+		return nil, nil, fmt.Errorf("%w: %d units at objects of %d-element lists, maps and strings, over the API server's per-expression limit of %d; bound the iteration (e.g. no nested comprehension over the object)",
+			errOverBudget, est.Max, SizeBound, celconfig.PerCallLimit)
+	}
+	prog, err := env.Program(ast, cel.InterruptCheckFrequency(celconfig.CheckFrequency))
+	if err != nil {
+		return nil, nil, fmt.Errorf("program instantiation failed: %v", err)
+	}
+	return prog, out, nil
+}
+
+// sizeBound bounds every size the checker cannot know (see SizeBound).
+type sizeBound struct{}
+
+func (sizeBound) EstimateSize(checker.AstNode) *checker.SizeEstimate {
+	return &checker.SizeEstimate{Min: 0, Max: SizeBound}
+}
+
+func (sizeBound) EstimateCallCost(string, string, *checker.AstNode, []checker.AstNode) *checker.CallEstimate {
+	return nil
+}
+
+func validPrefix(p string) bool {
+	if p == "" || len(p) > 11 || p[0] < 'a' || p[0] > 'z' {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		if c := p[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+// EvalError is an expression that failed on one object (a missing field, a wrong type, the
+// per-expression cost limit): for a create, the object's fault, answered 422.
+type EvalError struct {
+	Field string
+	Err   error
+}
+
+func (e *EvalError) Error() string { return e.Field + ": " + e.Err.Error() }
+func (e *EvalError) Unwrap() error { return e.Err }
+
+// ErrEmptyKey: the key expression gave "".
+var ErrEmptyKey = errors.New("the key is empty")
+
+// ErrNotHex: a Hex key that is not lowercase hex of at least 32 characters.
+var ErrNotHex = fmt.Errorf("the key must be lowercase hex of at least %d characters (encoding Hex)", rules.KeyLen)
+
+// Matches reports whether every match condition holds for obj; a condition that fails to
+// evaluate is an *EvalError (admission webhooks' matchConditions fail closed too).
+func (c *Compiled) Matches(ctx context.Context, obj map[string]any) (bool, error) {
+	for i, m := range c.match {
+		v, err := eval(ctx, m.prog, obj)
+		if err != nil {
+			return false, &EvalError{Field: fmt.Sprintf("spec.matchConditions[%d] (%s)", i, m.name), Err: err}
+		}
+		if b, ok := v.Value().(bool); !ok || !b {
+			return false, typeErr(ok, i, m.name, v)
+		}
+	}
+	return true, nil
+}
+
+func typeErr(ok bool, i int, name string, v ref.Val) error {
+	if ok {
+		return nil
+	}
+	return &EvalError{Field: fmt.Sprintf("spec.matchConditions[%d] (%s)", i, name), Err: fmt.Errorf("gave %s, not bool", v.Type())}
+}
+
+// Key is obj's key in hex form (see rules.NameFor), and the key as the expression gave it.
+func (c *Compiled) Key(ctx context.Context, obj map[string]any) (keyHex, key string, err error) {
+	v, err := eval(ctx, c.key, obj)
+	if err != nil {
+		return "", "", &EvalError{Field: "spec.key.expression", Err: err}
+	}
+	key, ok := v.Value().(string)
+	switch {
+	case !ok:
+		return "", "", &EvalError{Field: "spec.key.expression", Err: fmt.Errorf("gave %s, not string", v.Type())}
+	case key == "":
+		return "", "", &EvalError{Field: "spec.key.expression", Err: ErrEmptyKey}
+	case !c.hex:
+		return rules.HashKey(key), key, nil
+	case len(key) < rules.KeyLen || !rules.IsHex(key):
+		return "", key, &EvalError{Field: "spec.key.expression", Err: ErrNotHex}
+	}
+	return key, key, nil
+}
+
+// Fact is what the engine keeps of an existing object: the in-flight instant and the phase (an
+// object being deleted is not in flight, whatever the rule says). name and keyHex place it.
+func (c *Compiled) Fact(ctx context.Context, obj map[string]any, name, keyHex string, created time.Time, deleting bool) (decision.Fact, error) {
+	f := decision.Fact{Name: name, Created: created}
+	f.N, _ = rules.OccurrenceFor(c.prefix, keyHex, name)
+	if c.phase != nil {
+		v, err := eval(ctx, c.phase, obj)
+		if err != nil {
+			return f, &EvalError{Field: "spec.phase", Err: err}
+		}
+		if s, ok := v.Value().(string); ok {
+			f.Phase = s
+		}
+	}
+	if deleting {
+		return f, nil
+	}
+	v, err := eval(ctx, c.inFlight, obj)
+	if err != nil {
+		// An object the rule cannot read stays in flight: erring towards refusing a second one.
+		f.Until = decision.Forever
+		return f, &EvalError{Field: "spec.inFlight", Err: err}
+	}
+	switch x := v.Value().(type) {
+	case bool:
+		if x {
+			f.Until = decision.Forever
+		}
+	case time.Time:
+		f.Until = x
+	default:
+		f.Until = decision.Forever
+		return f, &EvalError{Field: "spec.inFlight", Err: fmt.Errorf("gave %s, not bool or timestamp", v.Type())}
+	}
+	return f, nil
+}
+
+// Name is the name of occurrence n of the key keyHex.
+func (c *Compiled) Name(keyHex string, n int64) string { return rules.NameFor(c.prefix, keyHex, n) }
+
+// Occurrence is n when name is occurrence n of keyHex under this policy.
+func (c *Compiled) Occurrence(keyHex, name string) (int64, bool) {
+	return rules.OccurrenceFor(c.prefix, keyHex, name)
+}
+
+// DuplicateMessage is the message of a refused create's 409; kind is the target's (the
+// admission request's).
+func (c *Compiled) DuplicateMessage(kind, namespace string, inflight decision.Fact) string {
+	phase := inflight.Phase
+	if phase == "" {
+		phase = "new"
+	}
+	msg := c.message
+	if msg == "" {
+		msg = "an object of this key is already in flight"
+	}
+	hint := c.hint
+	if hint == "" {
+		hint = "use it instead of creating another"
+	}
+	return fmt.Sprintf("%s: %s %s/%s (phase %s); %s", msg, kind, namespace, inflight.Name, phase, hint)
+}
+
+func eval(ctx context.Context, prog cel.Program, obj map[string]any) (ref.Val, error) {
+	v, _, err := prog.ContextEval(ctx, map[string]any{"object": obj})
+	if err != nil {
+		return nil, err
+	}
+	if types.IsError(v) {
+		return nil, fmt.Errorf("%v", v)
+	}
+	return v, nil
+}

@@ -1,0 +1,121 @@
+package policy
+
+import (
+	"slices"
+
+	"github.com/google/cel-go/common/ast"
+	"github.com/google/cel-go/common/types"
+
+	"github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
+)
+
+// consistentRead chooses how a decision reads the key's objects when the index cannot vouch for
+// itself:
+//
+//   - LabelSelector when the key reads the object only through labels named by constants
+//     (object.metadata.labels['repo'], object.metadata.labels.branch), unguarded: an object
+//     lacking one of them has no key (the expression fails on it), so listing the objects that
+//     carry all of them, then evaluating the key, finds every object of the key;
+//   - FieldSelector when the key is one field path (object.spec.signalFingerprint): the engine
+//     lists by it where the API server declares it selectable and scans otherwise;
+//   - NamespaceScan for any other key.
+func consistentRead(expr string) (v1alpha1.ConsistentRead, []string) {
+	parsed, iss := envSet.NewExpressionsEnv().Parse(expr)
+	if iss != nil && iss.Err() != nil {
+		return v1alpha1.ReadNamespaceScan, nil
+	}
+	root := parsed.NativeRep().Expr()
+	if _, ok := labelAccess(root); !ok && isFieldPath(root) {
+		return v1alpha1.ReadFieldSelector, nil
+	}
+	var labels []string
+	pure := true
+	var walk func(e ast.Expr)
+	walk = func(e ast.Expr) {
+		if !pure || e == nil {
+			return
+		}
+		if k, ok := labelAccess(e); ok {
+			if !slices.Contains(labels, k) {
+				labels = append(labels, k)
+			}
+			return
+		}
+		switch e.Kind() {
+		case ast.IdentKind:
+			if e.AsIdent() == "object" {
+				pure = false
+			}
+		case ast.SelectKind:
+			walk(e.AsSelect().Operand())
+		case ast.CallKind:
+			c := e.AsCall()
+			if c.IsMemberFunction() {
+				walk(c.Target())
+			}
+			for _, a := range c.Args() {
+				walk(a)
+			}
+		case ast.ListKind:
+			for _, x := range e.AsList().Elements() {
+				walk(x)
+			}
+		case ast.MapKind, ast.StructKind, ast.ComprehensionKind:
+			pure = false // rare in a key; not worth proving
+		}
+	}
+	walk(root)
+	if !pure || len(labels) == 0 {
+		return v1alpha1.ReadNamespaceScan, nil
+	}
+	slices.Sort(labels)
+	return v1alpha1.ReadLabelSelector, labels
+}
+
+// labelAccess matches object.metadata.labels['k'] and object.metadata.labels.k (not has()).
+func labelAccess(e ast.Expr) (string, bool) {
+	switch e.Kind() {
+	case ast.CallKind:
+		c := e.AsCall()
+		if c.FunctionName() != "_[_]" || len(c.Args()) != 2 || !isLabels(c.Args()[0]) || c.Args()[1].Kind() != ast.LiteralKind {
+			return "", false
+		}
+		k, ok := c.Args()[1].AsLiteral().(types.String)
+		return string(k), ok
+	case ast.SelectKind:
+		s := e.AsSelect()
+		if s.IsTestOnly() || !isLabels(s.Operand()) {
+			return "", false
+		}
+		return s.FieldName(), true
+	}
+	return "", false
+}
+
+func isLabels(e ast.Expr) bool {
+	return selects(e, "labels", func(m ast.Expr) bool {
+		return selects(m, "metadata", func(o ast.Expr) bool { return o.Kind() == ast.IdentKind && o.AsIdent() == "object" })
+	})
+}
+
+func selects(e ast.Expr, fieldName string, operand func(ast.Expr) bool) bool {
+	if e.Kind() != ast.SelectKind {
+		return false
+	}
+	s := e.AsSelect()
+	return !s.IsTestOnly() && s.FieldName() == fieldName && operand(s.Operand())
+}
+
+// isFieldPath matches object.a.b... with at least two fields, no index, no has().
+func isFieldPath(e ast.Expr) bool {
+	depth := 0
+	for e.Kind() == ast.SelectKind {
+		s := e.AsSelect()
+		if s.IsTestOnly() {
+			return false
+		}
+		depth++
+		e = s.Operand()
+	}
+	return depth >= 2 && e.Kind() == ast.IdentKind && e.AsIdent() == "object"
+}

@@ -319,6 +319,9 @@ func (c *Compiled) Fact(ctx context.Context, obj map[string]any, name, keyHex st
 		}
 	case time.Time:
 		f.Until = x
+		if x.Year() >= 9999 { // the way to write "until it changes" as a time
+			f.Until = decision.Forever
+		}
 	default:
 		f.Until = decision.Forever
 		return f, &EvalError{Field: "spec.inFlight", Err: fmt.Errorf("gave %s, not bool or timestamp", v.Type())}

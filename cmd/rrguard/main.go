@@ -1,7 +1,8 @@
 // Command rrguard serves the admission webhooks that keep one RemediationRequest in flight per
 // signal fingerprint. `rrguard check` verifies an install from the outside; `rrguard audit` reports,
 // read-only, what the guarantee rules out among existing RRs; `rrguard release` frees every RR of
-// rrguard's finalizer before an uninstall.
+// rrguard's finalizer before an uninstall; `rrguard policy test` evaluates a UniquenessPolicy against
+// object files, offline.
 package main
 
 import (
@@ -33,6 +34,9 @@ func main() {
 	}
 	if len(os.Args) > 1 && os.Args[1] == "release" {
 		os.Exit(release(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "policy" {
+		os.Exit(policyCmd(os.Args[2:], os.Stdout, os.Stderr))
 	}
 	if len(os.Args) > 1 && os.Args[1] == "audit" {
 		os.Exit(auditCmd(os.Args[2:], os.Stdout, os.Stderr))

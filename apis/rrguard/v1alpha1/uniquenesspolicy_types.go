@@ -22,7 +22,8 @@ type UniquenessPolicySpec struct {
 	Key Key `json:"key"`
 
 	// InFlight is CEL over `object` giving whether the object is in flight: a bool, or a
-	// timestamp up to which it is (for a rule that ends at a time, such as a cooldown). It is
+	// timestamp up to which it is (for a rule that ends at a time, such as a cooldown; a time in
+	// year 9999 or later means "until the object changes"). It is
 	// evaluated when the object changes, never per create, so it must not depend on the clock;
 	// the engine compares a timestamp with the time of each create. An object being deleted is
 	// never in flight.

@@ -1,0 +1,131 @@
+package policy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+
+	"github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
+	"github.com/rrguard/rrguard/webhook/decision"
+)
+
+// Result is what the engine would do with one object created in order (Simulate).
+type Result struct {
+	Object    string // resource namespace/name (or generateName)
+	Matched   bool
+	Key       string
+	KeyHex    string
+	InFlight  bool   // the object as written is in flight at now
+	Until     string // when the rule gave a time, that time
+	Name      string // the name it would get; empty when refused or left alone
+	Duplicate string // the object in flight it would be refused for
+	Err       error  // an expression failed on it: the 422 a create would get
+}
+
+// Simulate runs creates of objs, in order, through the decision core against an empty cluster
+// with no marks: each admitted object joins its key's objects with its own in-flight verdict, so
+// a file with a finished run and then a new one shows -1 and -2. Nothing is read or written.
+func (c *Compiled) Simulate(ctx context.Context, objs []*unstructured.Unstructured, now time.Time) []Result {
+	type nsKey struct{ ns, keyHex string }
+	stored := map[nsKey][]decision.Fact{}
+	out := make([]Result, 0, len(objs))
+	for _, u := range objs {
+		r := Result{Object: fmt.Sprintf("%s %s/%s", c.GroupResource, u.GetNamespace(), displayName(u))}
+		obj := u.Object
+		matched, err := c.Matches(ctx, obj)
+		r.Matched = matched
+		if err != nil || !matched {
+			r.Err = err
+			out = append(out, r)
+			continue
+		}
+		if r.KeyHex, r.Key, r.Err = c.Key(ctx, obj); r.Err != nil {
+			out = append(out, r)
+			continue
+		}
+		f, err := c.Fact(ctx, obj, "", r.KeyHex, now, u.GetDeletionTimestamp() != nil)
+		r.Err, r.InFlight = err, f.InFlight(now)
+		if c.inFlightIsTime && !f.Until.IsZero() && !f.Until.Equal(decision.Forever) {
+			r.Until = f.Until.UTC().Format(time.RFC3339)
+		}
+		k := nsKey{u.GetNamespace(), r.KeyHex}
+		o, err := decision.Decide(stored[k], 0, now)
+		switch {
+		case err != nil:
+			r.Err = err
+		case o.Duplicate != nil:
+			r.Duplicate = o.Duplicate.Name
+		default:
+			r.Name = c.Name(r.KeyHex, o.Next)
+			f.Name, f.N = r.Name, o.Next
+			stored[k] = append(stored[k], f)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func displayName(u *unstructured.Unstructured) string {
+	if n := u.GetName(); n != "" {
+		return n
+	}
+	if g := u.GetGenerateName(); g != "" {
+		return g + "*"
+	}
+	return "(no name)"
+}
+
+// ReadObjects reads YAML or JSON documents (separated by ---), unwrapping Lists. Numbers are
+// read as the API server sends them (integers as int64).
+func ReadObjects(r io.Reader) ([]*unstructured.Unstructured, error) {
+	dec := utilyaml.NewYAMLOrJSONDecoder(r, 4096)
+	var out []*unstructured.Unstructured
+	for i := 1; ; i++ {
+		var raw json.RawMessage
+		err := dec.Decode(&raw)
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("document %d: %w", i, err)
+		}
+		if len(bytes.TrimSpace(raw)) == 0 || string(bytes.TrimSpace(raw)) == "null" {
+			continue
+		}
+		u := &unstructured.Unstructured{}
+		if err := u.UnmarshalJSON(raw); err != nil {
+			return nil, fmt.Errorf("document %d: %w", i, err)
+		}
+		if u.IsList() {
+			l, err := u.ToList()
+			if err != nil {
+				return nil, fmt.Errorf("document %d: %w", i, err)
+			}
+			for j := range l.Items {
+				out = append(out, &l.Items[j])
+			}
+			continue
+		}
+		out = append(out, u)
+	}
+}
+
+// ReadPolicy reads one UniquenessPolicy document (YAML or JSON), refusing unknown fields.
+func ReadPolicy(b []byte) (*v1alpha1.UniquenessPolicy, error) {
+	var p v1alpha1.UniquenessPolicy
+	if err := yaml.UnmarshalStrict(b, &p); err != nil {
+		return nil, err
+	}
+	if gvk := p.GroupVersionKind(); gvk != v1alpha1.GroupVersion.WithKind("UniquenessPolicy") {
+		return nil, fmt.Errorf("not a UniquenessPolicy of %s: apiVersion %q, kind %q", v1alpha1.GroupVersion, p.APIVersion, p.Kind)
+	}
+	return &p, nil
+}

@@ -88,9 +88,6 @@ type Index struct {
 	// marked and marksLoaded: see MayBeMarked.
 	marked      *marked
 	marksLoaded bool
-
-	hold    bool
-	delayed []func()
 }
 
 type nsFacts struct {
@@ -369,46 +366,6 @@ func (ix *Index) Len() int {
 	return n
 }
 
-// HoldBack makes the index lag on purpose, for tests of what a lagging index may decide: from
-// now on, what the watch delivers is kept aside instead of applied, while the index still counts
-// as complete (as an index whose events are late, but not later than MaxLag, would). Release
-// applies what was kept, in order.
-func (ix *Index) HoldBack() {
-	ix.mu.Lock()
-	ix.hold = true
-	ix.mu.Unlock()
-}
-
-// Release ends HoldBack.
-func (ix *Index) Release() {
-	ix.mu.Lock()
-	delayed := ix.delayed
-	ix.hold, ix.delayed = false, nil
-	for _, apply := range delayed {
-		apply()
-	}
-	ix.mu.Unlock()
-	// What was kept aside notified nobody: tell the releaser about every deletion now.
-	if ix.o.OnDeleting != nil {
-		ix.Each(func(rr RR) {
-			if rr.Finalized && !rr.DeletedAt.IsZero() {
-				go ix.o.OnDeleting(rr.Namespace, rr.Name)
-			}
-		})
-	}
-}
-
-// apply runs change under the lock, or keeps it for Release while held back.
-func (ix *Index) apply(change func()) {
-	ix.mu.Lock()
-	defer ix.mu.Unlock()
-	if ix.hold {
-		ix.delayed = append(ix.delayed, change)
-		return
-	}
-	change()
-}
-
 var phases = map[string]v1alpha1.Phase{}
 
 func init() {
@@ -583,8 +540,9 @@ func (f *feed) upsert(obj any) (*object, error) {
 	if err != nil {
 		return nil, err
 	}
-	var deleting bool
-	f.ix.apply(func() { deleting = f.ix.put(o) })
+	f.ix.mu.Lock()
+	deleting := f.ix.put(o)
+	f.ix.mu.Unlock()
 	if deleting {
 		f.notify([]*object{o})
 	}
@@ -600,7 +558,9 @@ func (f *feed) Delete(obj any) error {
 	if err != nil {
 		return err
 	}
-	f.ix.apply(func() { f.ix.drop(o.Meta.Namespace, o.Meta.Name) })
+	f.ix.mu.Lock()
+	f.ix.drop(o.Meta.Namespace, o.Meta.Name)
+	f.ix.mu.Unlock()
 	return nil
 }
 
@@ -615,43 +575,42 @@ func (f *feed) Replace(items []any, _ string) error {
 		objs = append(objs, o)
 	}
 	var deleting []*object
-	f.ix.apply(func() {
-		deleting = deleting[:0]
-		// What this process knows of the marks outlives a relist: a mark does not go down while
-		// its fingerprint has an RR, so an RR still listed under the same fingerprint stays covered.
-		covered := map[string]map[string]string{} // namespace -> name -> fingerprint
-		for ns, nsf := range f.ix.nss {
-			if f.namespace == metav1.NamespaceAll || ns == f.namespace {
-				for name, e := range nsf.byName {
-					if e.covered {
-						if covered[ns] == nil {
-							covered[ns] = map[string]string{}
-						}
-						covered[ns][name] = e.g.fp
+	f.ix.mu.Lock()
+	// What this process knows of the marks outlives a relist: a mark does not go down while
+	// its fingerprint has an RR, so an RR still listed under the same fingerprint stays covered.
+	covered := map[string]map[string]string{} // namespace -> name -> fingerprint
+	for ns, nsf := range f.ix.nss {
+		if f.namespace == metav1.NamespaceAll || ns == f.namespace {
+			for name, e := range nsf.byName {
+				if e.covered {
+					if covered[ns] == nil {
+						covered[ns] = map[string]string{}
 					}
+					covered[ns][name] = e.g.fp
 				}
 			}
 		}
-		for ns, nsf := range f.ix.nss {
-			if f.namespace == metav1.NamespaceAll || ns == f.namespace {
-				// An RR missing from the new list was deleted while the watch was down: its
-				// fingerprint may have a mark. Every fingerprint of the old list counts as such
-				// (a relist is rare; a needless mark read is cheap).
-				for fp := range nsf.byFP {
-					f.ix.marked.add(f.ix.o.MarkKey(ns, fp))
-				}
-				delete(f.ix.nss, ns)
+	}
+	for ns, nsf := range f.ix.nss {
+		if f.namespace == metav1.NamespaceAll || ns == f.namespace {
+			// An RR missing from the new list was deleted while the watch was down: its
+			// fingerprint may have a mark. Every fingerprint of the old list counts as such
+			// (a relist is rare; a needless mark read is cheap).
+			for fp := range nsf.byFP {
+				f.ix.marked.add(f.ix.o.MarkKey(ns, fp))
 			}
+			delete(f.ix.nss, ns)
 		}
-		for _, o := range objs {
-			if f.ix.put(o) {
-				deleting = append(deleting, o)
-			}
-			if fp, ok := covered[o.Meta.Namespace][o.Meta.Name]; ok && fp == o.Spec.SignalFingerprint {
-				f.ix.nss[o.Meta.Namespace].byName[o.Meta.Name].covered = true
-			}
+	}
+	for _, o := range objs {
+		if f.ix.put(o) {
+			deleting = append(deleting, o)
 		}
-	})
+		if fp, ok := covered[o.Meta.Namespace][o.Meta.Name]; ok && fp == o.Spec.SignalFingerprint {
+			f.ix.nss[o.Meta.Namespace].byName[o.Meta.Name].covered = true
+		}
+	}
+	f.ix.mu.Unlock()
 	f.mu.Lock()
 	start := f.callStart
 	f.synced = true

@@ -35,10 +35,7 @@ type Namer struct {
 	Judged func(namespace string) bool
 	// Ready, when set and failing, answers 503: a replica decides only once its marks are seeded.
 	Ready func() error
-	// AfterRead, when set, runs between a decision's reads and its answer: tests hold a decision
-	// there to force interleavings.
-	AfterRead func(ctx context.Context, rr *v1alpha1.RemediationRequest)
-	Now       func() time.Time // time.Now when nil
+	Now   func() time.Time // time.Now when nil
 }
 
 // Index is rrguard's watch of RRs (package rrfacts): the facts of a fingerprint's RRs, or an
@@ -104,9 +101,6 @@ func (h *Namer) handle(ctx context.Context, req admission.Request) (admission.Re
 		now = h.Now
 	}
 	name, err := h.decide(ctx, rr, now)
-	if h.AfterRead != nil {
-		h.AfterRead(ctx, rr)
-	}
 	var unavailable readError
 	if errors.As(err, &unavailable) {
 		// Not the client's fault, and worth a retry: 503, never a guess.

@@ -20,7 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/rrguard/rrguard/certs"
-	"github.com/rrguard/rrguard/test/testenv"
+	"github.com/rrguard/rrguard/internal/localcp"
 	"github.com/rrguard/rrguard/webhook/serve"
 )
 
@@ -39,7 +39,7 @@ func main() {
 }
 
 func run(demo bool, port int, metricsAddr, probeAddr, ns string) error {
-	root, err := testenv.Root()
+	root, err := localcp.Root()
 	if err != nil {
 		return err
 	}
@@ -49,7 +49,7 @@ func run(demo bool, port int, metricsAddr, probeAddr, ns string) error {
 		return err
 	}
 	fmt.Println("starting kube-apiserver and etcd ...")
-	env, err := testenv.Start(testenv.Options{Webhooks: true, Serving: bundle, WebhookPort: port})
+	env, err := localcp.Start(localcp.Options{Webhooks: true, Serving: bundle, WebhookPort: port})
 	if err != nil {
 		return err
 	}
@@ -105,11 +105,11 @@ Ctrl-C stops everything.
 }
 
 // storm is GW-DEDUP-002 as first written, then at a hundred times the load.
-func storm(ctx context.Context, env *testenv.Env, ns string) error {
+func storm(ctx context.Context, env *localcp.Env, ns string) error {
 	for i, n := range []int{5, 100} {
-		fp := testenv.Fingerprint(fmt.Sprintf("demo/%d/%d", time.Now().UnixNano(), i))
+		fp := localcp.Fingerprint(fmt.Sprintf("demo/%d/%d", time.Now().UnixNano(), i))
 		start := time.Now()
-		out := testenv.Storm(ctx, env.Client, ns, []string{fp}, n)
+		out := localcp.Storm(ctx, env.Client, ns, []string{fp}, n)
 		elapsed := time.Since(start)
 		var stored []string
 		refusedAs := map[string]int{}
@@ -144,7 +144,7 @@ func storm(ctx context.Context, env *testenv.Env, ns string) error {
 	return nil
 }
 
-func checkUntil(ctx context.Context, env *testenv.Env, ns string, limit time.Duration) (string, error) {
+func checkUntil(ctx context.Context, env *localcp.Env, ns string, limit time.Duration) (string, error) {
 	deadline := time.Now().Add(limit)
 	for {
 		name, err := serve.Check(ctx, env.Client, ns)

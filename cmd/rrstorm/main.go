@@ -18,8 +18,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/creator"
-	"github.com/rrguard/rrguard/test/storm"
-	"github.com/rrguard/rrguard/test/testenv"
+	"github.com/rrguard/rrguard/internal/storm"
+	"github.com/rrguard/rrguard/rules"
 	"github.com/rrguard/rrguard/webhook/serve"
 )
 
@@ -47,7 +47,7 @@ func main() {
 	run := fmt.Sprintf("%d", time.Now().UnixNano())
 	fingerprints := make([]string, *fps)
 	for i := range fingerprints {
-		fingerprints[i] = testenv.Fingerprint(fmt.Sprintf("rrstorm/%s/%d", run, i))
+		fingerprints[i] = rules.HashKey(fmt.Sprintf("rrstorm/%s/%d", run, i))
 	}
 	s := storm.Run(ctx, c, storm.Options{
 		Namespace: *ns, Fingerprints: fingerprints, Signals: *signals, Workers: *replicas, Processes: *processes,

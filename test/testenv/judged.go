@@ -44,7 +44,7 @@ func (e *Env) JudgeOnly(ctx context.Context, sel *metav1.LabelSelector) error {
 		return err
 	}
 	var b admissionregistrationv1.ValidatingAdmissionPolicyBinding
-	switch err := e.Client.Get(ctx, client.ObjectKey{Name: e.bindingName()}, &b); {
+	switch err := e.Client.Get(ctx, client.ObjectKey{Name: e.BindingName()}, &b); {
 	case apierrors.IsNotFound(err):
 		return nil
 	case err != nil:

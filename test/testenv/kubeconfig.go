@@ -4,25 +4,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
-
-// WriteKubeconfig writes a kubeconfig for the control plane's admin user, for kubectl.
-func (e *Env) WriteKubeconfig(path string) error {
-	return e.writeKubeconfig(path, &clientcmdapi.AuthInfo{})
-}
-
-func (e *Env) writeKubeconfig(path string, user *clientcmdapi.AuthInfo) error {
-	c := e.Config
-	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["rrguard-local"] = &clientcmdapi.Cluster{Server: c.Host, CertificateAuthorityData: c.CAData}
-	user.ClientCertificateData, user.ClientKeyData, user.Token = c.CertData, c.KeyData, c.BearerToken
-	cfg.AuthInfos["admin"] = user
-	cfg.Contexts["rrguard-local"] = &clientcmdapi.Context{Cluster: "rrguard-local", AuthInfo: "admin", Namespace: "default"}
-	cfg.CurrentContext = "rrguard-local"
-	return clientcmd.WriteToFile(*cfg, path)
-}
 
 // Kubeconfig writes the admin kubeconfig into the test's temporary folder and returns its path.
 func (e *Env) Kubeconfig(t testing.TB) string {
@@ -39,7 +22,7 @@ func (e *Env) Kubeconfig(t testing.TB) string {
 func (e *Env) KubeconfigAs(t testing.TB, user string, groups ...string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := e.writeKubeconfig(path, &clientcmdapi.AuthInfo{Impersonate: user, ImpersonateGroups: groups}); err != nil {
+	if err := e.WriteKubeconfigAs(path, &clientcmdapi.AuthInfo{Impersonate: user, ImpersonateGroups: groups}); err != nil {
 		t.Fatal(err)
 	}
 	return path

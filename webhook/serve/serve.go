@@ -73,14 +73,9 @@ type Options struct {
 	// MarkHorizon removes marks older than it whose fingerprint has no RR left
 	// (marks.DefaultHorizon when zero), looked for every MarkGCEvery (1 h when zero).
 	MarkHorizon, MarkGCEvery time.Duration
-	// AfterRead, when set, runs between each naming decision's reads and its answer (tests).
-	AfterRead func(ctx context.Context, rr *v1alpha1.RemediationRequest)
 	// ShutdownDelay keeps serving after a stop is asked for, while /readyz already fails, so that
 	// endpoints drop the pod before it stops answering the API server.
 	ShutdownDelay time.Duration
-	// KeepConnectionsWhileStopping turns off the close of each connection after its answer once
-	// stopping (see drained): only for the rollout test to measure what that close prevents.
-	KeepConnectionsWhileStopping bool
 }
 
 // Scheme knows the built-in types and RemediationRequest.
@@ -201,7 +196,7 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	r.api = api
 	namer := &webhook.Namer{
 		Lister: webhook.APILister{Reader: mgr.GetAPIReader(), ScanNamespace: !api.SelectableFingerprint}, Marks: store, Finalizer: marks.Finalizer,
-		Ready: seeder.Ready, AfterRead: o.AfterRead,
+		Ready: seeder.Ready,
 	}
 	if indexDecides {
 		namer.Index = index
@@ -209,8 +204,8 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	if len(o.RRNamespaces) > 0 {
 		namer.Judged = index.Watches
 	}
-	server.Register(webhook.NamePath, r.drained(&crwebhook.Admission{Handler: namer}, o.KeepConnectionsWhileStopping))
-	server.Register(webhook.CheckPath, r.drained(&crwebhook.Admission{Handler: webhook.Checker{}}, o.KeepConnectionsWhileStopping))
+	server.Register(webhook.NamePath, r.drained(&crwebhook.Admission{Handler: namer}))
+	server.Register(webhook.CheckPath, r.drained(&crwebhook.Admission{Handler: webhook.Checker{}}))
 
 	if err := mgr.Add(cert); err != nil {
 		return nil, err
@@ -287,7 +282,7 @@ func init() { metrics.Registry.MustRegister(indexDeciding) }
 // APIServer is what the replica's start-up probe found.
 func (r *Replica) APIServer() APIServer { return r.api }
 
-// Index is the replica's RR index (tests hold it back on purpose).
+// Index is the replica's RR index, for tests that wait until it has seen an RR.
 func (r *Replica) Index() *rrfacts.Index { return r.index }
 
 // Seeded reports whether the replica has seeded its marks and decides.
@@ -325,14 +320,14 @@ const maxAdmissionTime = 30 * time.Second
 // refuse those creates. They are bounded by maxAdmissionTime instead, and the graceful shutdown
 // waits for them.
 //
-// Once stopping, it answers with "Connection: close" (unless keepConnections). The API server
+// Once stopping, it answers with "Connection: close". The API server
 // keeps reusing an idle kept-alive connection to a webhook pod for as long as the pod answers on
 // it, endpoints or not (kubernetes/kubernetes#127335): a terminating replica would keep getting
 // creates over its old connections until it exits. Closing each connection after its answer
 // sends the next request through the Service, to a replica that stays.
-func (r *Replica) drained(h http.Handler, keepConnections bool) http.Handler {
+func (r *Replica) drained(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if r.stopping.Load() && !keepConnections {
+		if r.stopping.Load() {
 			w.Header().Set("Connection", "close")
 		}
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(req.Context()), maxAdmissionTime)

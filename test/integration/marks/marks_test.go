@@ -8,12 +8,12 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -242,28 +242,33 @@ func TestDeletionEdgeForced(t *testing.T) {
 	// The held decision must outlive the default 5 s webhook timeout.
 	setNamerTimeout(ctx, t, 30)
 
-	var armed atomic.Bool
-	var answeredByA atomic.Int64
-	held, release := make(chan struct{}), make(chan struct{})
-	serving(ctx, t, func(o *serve.Options) {
-		o.AfterRead = func(_ context.Context, rr *v1alpha1.RemediationRequest) {
-			answeredByA.Add(1)
-			if rr.Namespace == ns && armed.CompareAndSwap(true, false) {
-				close(held)
-				<-release
-			}
-		}
-	})
-	var answeredByB atomic.Int64
+	// Each replica's decisions read the mark last (they decide from consistent reads: the test
+	// hold is too short for the index): holding that read's answer holds a decision between its
+	// reads and its answer, and counting those reads counts each replica's decisions.
+	markRead := func(r *http.Request) bool {
+		return r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/namespaces/"+testenv.MarksNamespace+"/configmaps/")
+	}
+	gateA, gateB := &testenv.Gate{}, &testenv.Gate{}
+	gateA.Count(markRead)
+	gateB.Count(markRead)
+	stopA, err := env.ServeRRGuardWith(ctx, testenv.Gated(env.Config, gateA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stopA() })
 	addrB := testenv.FreeAddr(t)
-	serving(ctx, t, testenv.At(addrB), func(o *serve.Options) {
-		o.AfterRead = func(context.Context, *v1alpha1.RemediationRequest) { answeredByB.Add(1) }
-	})
+	stopB, err := env.ServeRRGuardWith(ctx, testenv.Gated(env.Config, gateB), testenv.At(addrB))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stopB() })
+	answeredByA := func() int { return int(gateA.Counted()) }
+	answeredByB := func() int { return int(gateB.Counted()) }
 	defaultAddr := net.JoinHostPort(env.ServeOptions().Host, strconv.Itoa(env.ServeOptions().Port))
 	// Cleanups run last-registered first: both replicas still serve while the webhook is pointed
 	// back, and the next test starts only once the API server calls the default address again.
 	t.Cleanup(func() {
-		if err := env.PointNamer(context.Background(), defaultAddr, ns, func() int { return int(answeredByA.Load()) }); err != nil {
+		if err := env.PointNamer(context.Background(), defaultAddr, ns, answeredByA); err != nil {
 			t.Errorf("pointing the webhook back: %v", err)
 		}
 	})
@@ -271,23 +276,23 @@ func TestDeletionEdgeForced(t *testing.T) {
 	first := create(ctx, t, ns, fp)
 	complete(ctx, t, first)
 
-	armed.Store(true)
+	held, release := gateA.HoldNextResponse(markRead)
 	xErr := make(chan error, 1)
 	x := testenv.NewRR(ns, fp)
 	go func() { xErr <- env.Client.Create(ctx, x) }()
 	<-held // X's reads saw -1 finished and no mark: it will answer -2
 
 	gone(ctx, t, first, 30*time.Second)
-	if err := env.PointNamer(ctx, addrB, ns, func() int { return int(answeredByB.Load()) }); err != nil {
+	if err := env.PointNamer(ctx, addrB, ns, answeredByB); err != nil {
 		t.Fatal(err)
 	}
-	before := answeredByB.Load()
+	before := answeredByB()
 	y := create(ctx, t, ns, fp)
-	if answeredByB.Load() == before {
+	if answeredByB() == before {
 		t.Fatal("the second create was not decided by the second replica")
 	}
 	close(release)
-	err := <-xErr
+	err = <-xErr
 
 	if y.Name != rules.Name(fp, 2) {
 		t.Fatalf("the second replica named %s after -1 was deleted: want %s (never -1 again)", y.Name, rules.Name(fp, 2))

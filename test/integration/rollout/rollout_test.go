@@ -47,14 +47,13 @@ func (r *result) String() string {
 
 // rollout runs three replicas, replaces each in turn under a storm of plain creates, and counts
 // the creates that failed.
-func rollout(t *testing.T, keepConnections bool) *result {
+func rollout(t *testing.T) *result {
 	ctx, ns := env.TestNamespace(t, "rollout", 5*time.Minute)
 	start := func() (string, func() error) {
 		t.Helper()
 		addr := testenv.FreeAddr(t)
 		stop, err := env.ServeRRGuard(ctx, testenv.At(addr), func(o *serve.Options) {
 			o.ShutdownDelay = 2 * time.Second
-			o.KeepConnectionsWhileStopping = keepConnections
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -142,9 +141,7 @@ func errorKind(err error) string {
 }
 
 func TestNoFailedCreateThroughARollout(t *testing.T) {
-	without := rollout(t, true)
-	t.Logf("without the fix: %s", without)
-	with := rollout(t, false)
+	with := rollout(t)
 	t.Logf("with Connection: close once stopping: %s", with)
 	if with.replaced != 3 || with.sent < 100 {
 		t.Fatalf("the rollout did not happen under a storm: %s", with)
@@ -152,11 +149,11 @@ func TestNoFailedCreateThroughARollout(t *testing.T) {
 	if with.failed != 0 {
 		t.Errorf("creates failed through the rollout: %s", with)
 	}
-	// What the fix removes, measured where it happens: without it, a stopping replica keeps
-	// getting creates over its kept-alive connections for its whole shutdown delay (and one
-	// that arrives as it exits fails); with it, at most the answer in flight on each.
-	if without.stale < 50 || without.stale < 5*with.stale {
-		t.Errorf("writes to replicas after their endpoint was removed: %d without the fix, %d with it; want the fix to cut them at least 5-fold from at least 50",
-			without.stale, with.stale)
+	// The fault the close answers hit: the API server kept writing to replicas over connections
+	// opened before their endpoint went (serve.TestDrainedClosesConnectionsWhileStopping checks the
+	// close itself). Without the close, 403 such writes and failed creates were measured
+	// (docs/design.md, Operations); with it, at most the answer in flight on each connection.
+	if with.stale == 0 {
+		t.Errorf("no write reached a replica after its endpoint was removed: the rollout did not exercise kept-alive connections: %s", with)
 	}
 }

@@ -22,8 +22,8 @@ import (
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/creator"
+	"github.com/rrguard/rrguard/internal/storm"
 	"github.com/rrguard/rrguard/rules"
-	"github.com/rrguard/rrguard/test/storm"
 	"github.com/rrguard/rrguard/test/testenv"
 	"github.com/rrguard/rrguard/webhook/serve"
 )

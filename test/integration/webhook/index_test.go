@@ -23,9 +23,15 @@ import (
 // the API reads it makes (GETs and LISTs; watches apart).
 func indexReplica(t *testing.T, adjust ...func(*serve.Options)) (*serve.Replica, *testenv.Requests) {
 	t.Helper()
+	return gatedIndexReplica(t, &testenv.Gate{}, adjust...)
+}
+
+// gatedIndexReplica is indexReplica whose requests pass through g.
+func gatedIndexReplica(t *testing.T, g *testenv.Gate, adjust ...func(*serve.Options)) (*serve.Replica, *testenv.Requests) {
+	t.Helper()
 	replaced(t)
 	var n testenv.Requests
-	r, stop, err := env.ServeReplica(context.Background(), testenv.Counting(env.Config, &n),
+	r, stop, err := env.ServeReplica(context.Background(), testenv.Gated(testenv.Counting(env.Config, &n), g),
 		append([]func(*serve.Options){testenv.IndexTrusted}, adjust...)...)
 	if err != nil {
 		t.Fatal(err)
@@ -141,22 +147,19 @@ func TestIndexReadsPerDecision(t *testing.T) {
 	}
 }
 
-// An index held back on purpose (what the watch delivers kept aside while the index still
-// vouches for itself, as a late index within its maximum lag would) stores no second RR and
+// An index held back on purpose (its watch stream held at the replica's transport while the index
+// still vouches for itself, as a late index within its maximum lag does: the lag allowed is 30 s,
+// longer than the test holds it) stores no second RR and
 // issues no name twice: where it misses an RR, the name it gives collides with that RR and the
 // API server refuses the create; where it shows an RR in flight that has finished, the create is
 // refused and goes through once the index catches up.
 func TestHeldBackIndexStoresNoDuplicate(t *testing.T) {
-	r, n := indexReplica(t)
+	gate := &testenv.Gate{}
+	r, n := gatedIndexReplica(t, gate, func(o *serve.Options) { o.IndexMaxLag, o.ReleaseMinAge = 30*time.Second, 40*time.Second })
 	ctx, ns := env.TestNamespace(t, "held", 2*time.Minute)
 	fp := testenv.Fingerprint(ns + "/held")
-	r.Index().HoldBack()
-	released := false
-	defer func() {
-		if !released {
-			r.Index().Release()
-		}
-	}()
+	gate.HoldWatches("remediationrequests")
+	defer gate.Release()
 	first := testenv.NewRR(ns, fp)
 	if err := env.Client.Create(ctx, first); err != nil {
 		t.Fatal(err)
@@ -198,8 +201,7 @@ func TestHeldBackIndexStoresNoDuplicate(t *testing.T) {
 		t.Fatalf("stored %v while the index was held", names(items))
 	}
 	// Released, the index catches up: the next occurrence is -2.
-	r.Index().Release()
-	released = true
+	gate.Release()
 	if err := testenv.WaitFinishedJudged(ctx, env.Client, first); err != nil {
 		t.Fatal(err)
 	}
@@ -210,8 +212,7 @@ func TestHeldBackIndexStoresNoDuplicate(t *testing.T) {
 	// Held again with -2 in flight: -2 finishes unseen, and a create is refused naming -2 (a
 	// stale "in flight" refuses, never admits), with no read.
 	waitIndexed(ctx, t, r, ns, fp, 2)
-	r.Index().HoldBack()
-	released = false
+	gate.HoldWatches("remediationrequests")
 	second.Status.OverallPhase = v1alpha1.PhaseCompleted
 	if err := env.Client.Status().Update(ctx, second); err != nil {
 		t.Fatal(err)
@@ -224,8 +225,7 @@ func TestHeldBackIndexStoresNoDuplicate(t *testing.T) {
 	}); got != 0 {
 		t.Fatalf("stale in-flight refusal: %d reads, want 0", got)
 	}
-	r.Index().Release()
-	released = true
+	gate.Release()
 	if err := testenv.WaitFinishedJudged(ctx, env.Client, second); err != nil {
 		t.Fatal(err)
 	}

@@ -14,8 +14,8 @@ import (
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/creator"
+	"github.com/rrguard/rrguard/internal/localcp"
 	"github.com/rrguard/rrguard/rules"
-	"github.com/rrguard/rrguard/test/testenv"
 )
 
 // InFlightWatch replays every change to a namespace's RRs, in the order etcd committed them, and
@@ -193,7 +193,7 @@ func (iw *InFlightWatch) Stop(ctx context.Context, c client.Client, ns string) (
 	iw.mu.Lock()
 	iw.mark = mark
 	iw.mu.Unlock()
-	marker := testenv.NewRR(ns, testenv.Fingerprint(ns+"/watch-marker/"+mark))
+	marker := localcp.NewRR(ns, localcp.Fingerprint(ns+"/watch-marker/"+mark))
 	marker.Annotations = map[string]string{markAnnotation: mark}
 	if err := c.Create(ctx, marker); err != nil {
 		return 0, "", 0, fmt.Errorf("creating the watch's marker: %w", err)

@@ -1,4 +1,4 @@
-package testenv
+package localcp
 
 import (
 	"bytes"
@@ -58,8 +58,8 @@ func (e *Env) RemovePolicy(ctx context.Context) error {
 	return nil
 }
 
-// bindingName is the shipped binding's name, for JudgeOnly.
-func (e *Env) bindingName() string {
+// BindingName is the shipped binding's name, for JudgeOnly.
+func (e *Env) BindingName() string {
 	_, bind, err := Policy(e.Root)
 	if err != nil {
 		return ""

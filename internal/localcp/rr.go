@@ -1,9 +1,7 @@
-package testenv
+package localcp
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -14,13 +12,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/rules"
 )
 
 // Fingerprint derives a valid fingerprint from any text, as Kubernaut does from a resource key.
-func Fingerprint(key string) string {
-	sum := sha256.Sum256([]byte(key))
-	return hex.EncodeToString(sum[:])
-}
+func Fingerprint(key string) string { return rules.HashKey(key) }
 
 // NewRR is a schema-valid RR for fingerprint fp in namespace ns, named by generateName as
 // Kubernaut's Gateway would leave it to rrguard.

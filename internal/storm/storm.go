@@ -17,8 +17,8 @@ import (
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/creator"
+	"github.com/rrguard/rrguard/internal/localcp"
 	"github.com/rrguard/rrguard/rules"
-	"github.com/rrguard/rrguard/test/testenv"
 )
 
 // Options size a storm.
@@ -103,7 +103,7 @@ func Run(ctx context.Context, c client.Client, o Options) Summary {
 			defer wg.Done()
 			for i := range work {
 				fp := o.Fingerprints[i%len(o.Fingerprints)]
-				res, err := cr.CreateOrRecord(ctx, testenv.NewRR(o.Namespace, fp))
+				res, err := cr.CreateOrRecord(ctx, localcp.NewRR(o.Namespace, fp))
 				n := done.Add(1)
 				if o.OnLanded != nil {
 					o.OnLanded(int(n))

@@ -10,7 +10,10 @@ RUN go mod download
 COPY apis/ apis/
 COPY audit/ audit/
 COPY cmd/rrguard/ cmd/rrguard/
+COPY config/policies/ config/policies/
+COPY internal/jsonproject/ internal/jsonproject/
 COPY marks/ marks/
+COPY policy/ policy/
 COPY rrfacts/ rrfacts/
 COPY rules/ rules/
 COPY webhook/ webhook/

@@ -26,6 +26,7 @@ import (
 	"k8s.io/apiserver/pkg/cel/library"
 
 	"github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
+	"github.com/rrguard/rrguard/internal/jsonproject"
 	"github.com/rrguard/rrguard/rules"
 	"github.com/rrguard/rrguard/webhook/decision"
 )
@@ -64,9 +65,11 @@ type Compiled struct {
 	Namespaces    []string
 	NamesForLife  bool
 	// Read is how a decision reads the key's objects when the index cannot vouch for itself;
-	// LabelKeys are the labels a LabelSelector read requires.
+	// LabelKeys are the labels a LabelSelector read requires; KeyField is the field a
+	// FieldSelector read selects on (and where a bad key is reported).
 	Read      v1alpha1.ConsistentRead
 	LabelKeys []string
+	KeyField  string
 
 	match          []named
 	key            cel.Program
@@ -76,7 +79,13 @@ type Compiled struct {
 	inFlightIsTime bool
 	phase          cel.Program
 	message, hint  string
+	reads          *jsonproject.Tree
 }
+
+// Reads is the paths of an object the policy's expressions read (see jsonproject): an object
+// decoded along them is judged exactly as the whole object would be. Callers add what they read
+// themselves (metadata) to a copy (jsonproject.Tree.Merge), never to it.
+func (c *Compiled) Reads() *jsonproject.Tree { return c.reads }
 
 type named struct {
 	name string
@@ -142,8 +151,9 @@ func Compile(p *v1alpha1.UniquenessPolicy, rrguardNamespace string) (*Compiled, 
 	}
 
 	var compileErrs, costErrs field.ErrorList
+	c.reads = &jsonproject.Tree{}
 	compile := func(path *field.Path, expr string, want ...*cel.Type) (cel.Program, *cel.Type) {
-		prog, out, err := compileExpr(expr, want...)
+		prog, out, err := compileExpr(expr, c.reads, want...)
 		switch {
 		case errors.Is(err, errOverBudget):
 			costErrs = append(costErrs, field.Invalid(path, expr, err.Error()))
@@ -169,18 +179,26 @@ func Compile(p *v1alpha1.UniquenessPolicy, rrguardNamespace string) (*Compiled, 
 	case len(costErrs) > 0:
 		return nil, &Error{Reason: ReasonOverBudget, Errs: costErrs}
 	}
-	c.Read, c.LabelKeys = consistentRead(p.Spec.Key.Expression)
+	var on []string
+	c.Read, on = consistentRead(p.Spec.Key.Expression)
+	switch c.Read {
+	case v1alpha1.ReadFieldSelector:
+		c.KeyField = on[0]
+	case v1alpha1.ReadLabelSelector:
+		c.LabelKeys, c.KeyField = on, "metadata.labels"
+	}
 	return c, nil
 }
 
 var errOverBudget = errors.New("estimated cost exceeds the budget")
 
-func compileExpr(expr string, want ...*cel.Type) (cel.Program, *cel.Type, error) {
+func compileExpr(expr string, t *jsonproject.Tree, want ...*cel.Type) (cel.Program, *cel.Type, error) {
 	env := envSet.NewExpressionsEnv()
 	ast, issues := env.Compile(expr)
 	if issues != nil && issues.Err() != nil {
 		return nil, nil, fmt.Errorf("compilation failed: %s", issues.String())
 	}
+	reads(ast.NativeRep().Expr(), t)
 	out := ast.OutputType()
 	ok := out.IsExactType(cel.DynType)
 	for _, w := range want {
@@ -244,8 +262,8 @@ func (e *EvalError) Unwrap() error { return e.Err }
 // ErrEmptyKey: the key expression gave "".
 var ErrEmptyKey = errors.New("the key is empty")
 
-// ErrNotHex: a Hex key that is not lowercase hex of at least 32 characters.
-var ErrNotHex = fmt.Errorf("the key must be lowercase hex of at least %d characters (encoding Hex)", rules.KeyLen)
+// ErrNotHex: a Hex key that is not a lowercase hex SHA-256.
+var ErrNotHex = errors.New("must be 64 lowercase hex characters (a SHA-256)")
 
 // Matches reports whether every match condition holds for obj; a condition that fails to
 // evaluate is an *EvalError (admission webhooks' matchConditions fail closed too).
@@ -283,7 +301,7 @@ func (c *Compiled) Key(ctx context.Context, obj map[string]any) (keyHex, key str
 		return "", "", &EvalError{Field: "spec.key.expression", Err: ErrEmptyKey}
 	case !c.hex:
 		return rules.HashKey(key), key, nil
-	case len(key) < rules.KeyLen || !rules.IsHex(key):
+	case !rules.ValidFingerprint(key):
 		return "", key, &EvalError{Field: "spec.key.expression", Err: ErrNotHex}
 	}
 	return key, key, nil
@@ -365,3 +383,6 @@ func eval(ctx context.Context, prog cel.Program, obj map[string]any) (ref.Val, e
 	}
 	return v, nil
 }
+
+// NamePrefix starts every name the policy gives.
+func (c *Compiled) NamePrefix() string { return c.prefix }

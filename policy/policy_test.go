@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
+	"github.com/rrguard/rrguard/internal/jsonproject"
 	"github.com/rrguard/rrguard/rules"
 )
 
@@ -68,7 +70,7 @@ func TestShippedPoliciesCompile(t *testing.T) {
 			t.Errorf("%s: a policy this test does not know", f)
 			continue
 		}
-		if c.Read != w.read || !reflect.DeepEqual(c.LabelKeys, w.labels) {
+		if c.Read != w.read || !reflect.DeepEqual(c.LabelKeys, w.labels) || (c.Read == rrguardv1.ReadFieldSelector) != (c.KeyField == "spec.signalFingerprint") {
 			t.Errorf("%s: read %s %v, want %s %v", f, c.Read, c.LabelKeys, w.read, w.labels)
 		}
 	}
@@ -285,4 +287,51 @@ func TestJobMatchConditions(t *testing.T) {
 			t.Errorf("%v: matched %v, %v; want %v", *obj, got, err, want)
 		}
 	}
+}
+
+// The RR policy reads a handful of fields, and whether status and its parts exist: not the
+// payload, not the rest of the status. Judged on objects decoded along what it reads, every RR of
+// TestRRPolicyAgreesWithTheRules gets the same key and fact as decoded whole.
+func TestReadsProjection(t *testing.T) {
+	c := compiled(t, rrPolicy)
+	var got []string
+	for _, p := range c.Reads().Paths() {
+		got = append(got, strings.Join(p, "."))
+	}
+	slices.Sort(got)
+	want := []string{"spec.signalFingerprint", "status.completionStatus.outcome", "status.overallPhase", "status.routingStatus.nextAllowedExecution"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("reads %v, want %v", got, want)
+	}
+	ctx := context.Background()
+	now := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+	rnd := rand.New(rand.NewPCG(3, 4))
+	for i := range 2000 {
+		obj := randomRR(rnd, i, now)
+		obj["status"] = withNoise(obj["status"])
+		b, _ := json.Marshal(obj)
+		proj, err := jsonproject.Decode(b, c.Reads())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var whole map[string]any
+		_ = json.Unmarshal(b, &whole)
+		k1, _, e1 := c.Key(ctx, whole)
+		k2, _, e2 := c.Key(ctx, proj)
+		f1, _ := c.Fact(ctx, whole, "n", k1, now, false)
+		f2, _ := c.Fact(ctx, proj, "n", k2, now, false)
+		if k1 != k2 || (e1 == nil) != (e2 == nil) || f1 != f2 {
+			t.Fatalf("%s: whole %s %+v %v, projected %s %+v %v", b, k1, f1, e1, k2, f2, e2)
+		}
+	}
+}
+
+func withNoise(status any) any {
+	st, ok := status.(map[string]any)
+	if !ok {
+		return status
+	}
+	st["message"] = strings.Repeat("m", 200)
+	st["deduplication"] = map[string]any{"occurrenceCount": 7}
+	return st
 }

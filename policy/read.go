@@ -2,11 +2,13 @@ package policy
 
 import (
 	"slices"
+	"strings"
 
 	"github.com/google/cel-go/common/ast"
 	"github.com/google/cel-go/common/types"
 
 	"github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
+	"github.com/rrguard/rrguard/internal/jsonproject"
 )
 
 // consistentRead chooses how a decision reads the key's objects when the index cannot vouch for
@@ -26,7 +28,8 @@ func consistentRead(expr string) (v1alpha1.ConsistentRead, []string) {
 	}
 	root := parsed.NativeRep().Expr()
 	if _, ok := labelAccess(root); !ok && isFieldPath(root) {
-		return v1alpha1.ReadFieldSelector, nil
+		p, _, _ := objectPath(root)
+		return v1alpha1.ReadFieldSelector, []string{strings.Join(p, ".")}
 	}
 	var labels []string
 	pure := true
@@ -118,4 +121,78 @@ func isFieldPath(e ast.Expr) bool {
 		e = s.Operand()
 	}
 	return depth >= 2 && e.Kind() == ast.IdentKind && e.AsIdent() == "object"
+}
+
+// reads adds to t the paths of `object` that the expression e reads: each chain of field
+// selections and constant string indexes rooted at `object` is kept whole, except a chain under
+// has(), whose presence only is kept; any other use of `object` keeps the whole object.
+func reads(e ast.Expr, t *jsonproject.Tree) {
+	if e == nil {
+		return
+	}
+	if p, testOnly, ok := objectPath(e); ok {
+		if testOnly {
+			t.Touch(p...)
+		} else {
+			t.Add(p...)
+		}
+		return
+	}
+	switch e.Kind() {
+	case ast.SelectKind:
+		reads(e.AsSelect().Operand(), t)
+	case ast.CallKind:
+		c := e.AsCall()
+		if c.IsMemberFunction() {
+			reads(c.Target(), t)
+		}
+		for _, a := range c.Args() {
+			reads(a, t)
+		}
+	case ast.ListKind:
+		for _, x := range e.AsList().Elements() {
+			reads(x, t)
+		}
+	case ast.MapKind:
+		for _, en := range e.AsMap().Entries() {
+			reads(en.AsMapEntry().Key(), t)
+			reads(en.AsMapEntry().Value(), t)
+		}
+	case ast.StructKind:
+		for _, f := range e.AsStruct().Fields() {
+			reads(f.AsStructField().Value(), t)
+		}
+	case ast.ComprehensionKind:
+		c := e.AsComprehension()
+		for _, x := range []ast.Expr{c.IterRange(), c.AccuInit(), c.LoopCondition(), c.LoopStep(), c.Result()} {
+			reads(x, t)
+		}
+	}
+}
+
+// objectPath matches object, object.a.b, object.a['b'] and has(object.a.b) (testOnly).
+func objectPath(e ast.Expr) (path []string, testOnly, ok bool) {
+	switch e.Kind() {
+	case ast.IdentKind:
+		return nil, false, e.AsIdent() == "object"
+	case ast.SelectKind:
+		s := e.AsSelect()
+		p, under, ok := objectPath(s.Operand())
+		if !ok || under {
+			return nil, false, false
+		}
+		return append(p, s.FieldName()), s.IsTestOnly(), true
+	case ast.CallKind:
+		c := e.AsCall()
+		if c.FunctionName() != "_[_]" || len(c.Args()) != 2 || c.Args()[1].Kind() != ast.LiteralKind {
+			return nil, false, false
+		}
+		k, isString := c.Args()[1].AsLiteral().(types.String)
+		p, under, ok := objectPath(c.Args()[0])
+		if !isString || !ok || under {
+			return nil, false, false
+		}
+		return append(p, string(k)), false, true
+	}
+	return nil, false, false
 }

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
+	"github.com/rrguard/rrguard/config/policies"
 	"github.com/rrguard/rrguard/webhook/decision"
 )
 
@@ -128,4 +129,13 @@ func ReadPolicy(b []byte) (*v1alpha1.UniquenessPolicy, error) {
 		return nil, fmt.Errorf("not a UniquenessPolicy of %s: apiVersion %q, kind %q", v1alpha1.GroupVersion, p.APIVersion, p.Kind)
 	}
 	return &p, nil
+}
+
+// RemediationRequests is the RR policy rrguard ships (config/policies), compiled.
+func RemediationRequests() (*Compiled, error) {
+	p, err := ReadPolicy(policies.RemediationRequests)
+	if err != nil {
+		return nil, err
+	}
+	return Compile(p, "")
 }

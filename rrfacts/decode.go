@@ -1,45 +1,104 @@
 package rrfacts
 
 import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/runtime/serializer"
+	kjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
 	"k8s.io/client-go/rest"
 
-	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/internal/jsonproject"
 )
 
-// object is how the index decodes an RR: the fields a decision reads and nothing else, so the
-// JSON decoder skips the payload, labels, managed fields and every other status field instead of
-// allocating them. It is garbage as soon as its facts are taken.
+// object is how the index decodes an object of its target: the metadata the index and the
+// reflector read, and the members the policy's expressions read (policy.Compiled.Reads), decoded
+// along those paths only, so the payload, managed fields and every other status field are skipped
+// instead of allocated. It is garbage as soon as its facts are taken.
 type object struct {
-	metav1.TypeMeta `json:",inline"`
-	Meta            objectMeta `json:"metadata"`
-	Spec            struct {
-		SignalFingerprint string `json:"signalFingerprint"`
-	} `json:"spec"`
-	Status struct {
-		OverallPhase     string `json:"overallPhase"`
-		CompletionStatus *struct {
-			Outcome string `json:"outcome"`
-		} `json:"completionStatus"`
-		RoutingStatus *struct {
-			NextAllowedExecution *metav1.Time `json:"nextAllowedExecution"`
-		} `json:"routingStatus"`
-	} `json:"status"`
+	metav1.TypeMeta
+	Meta objectMeta
+	// fields is the projected object, as the policy's expressions see it.
+	fields map[string]any
+	tree   *jsonproject.Tree
 }
 
 type objectMeta struct {
-	Name              string       `json:"name"`
-	Namespace         string       `json:"namespace"`
-	ResourceVersion   string       `json:"resourceVersion"`
-	CreationTimestamp metav1.Time  `json:"creationTimestamp"`
-	DeletionTimestamp *metav1.Time `json:"deletionTimestamp"`
-	Finalizers        []string     `json:"finalizers"`
+	Name, Namespace, ResourceVersion string
+	CreationTimestamp                metav1.Time
+	DeletionTimestamp                *metav1.Time
+	Finalizers                       []string
 	// Annotations are read for one key: a watch-list stream ends with a bookmark that carries
 	// k8s.io/initial-events-end, and the reflector waits for it.
-	Annotations map[string]string `json:"annotations"`
+	Annotations map[string]string
+}
+
+// metaReads is what the index reads of every object besides what its policy reads.
+var metaReads = (&jsonproject.Tree{}).Add("apiVersion").Add("kind").
+	Add("metadata", "name").Add("metadata", "namespace").Add("metadata", "resourceVersion").
+	Add("metadata", "creationTimestamp").Add("metadata", "deletionTimestamp").
+	Add("metadata", "finalizers").Add("metadata", "annotations")
+
+var errNoTree = errors.New("rrfacts: object decoded without its projection")
+
+// UnmarshalJSON decodes along o.tree, which the index's decoder sets.
+func (o *object) UnmarshalJSON(b []byte) error {
+	if o.tree == nil {
+		return errNoTree
+	}
+	m, err := jsonproject.Decode(b, o.tree)
+	if err != nil {
+		return err
+	}
+	o.fields = m
+	o.APIVersion, _ = m["apiVersion"].(string)
+	o.Kind, _ = m["kind"].(string)
+	md, _ := m["metadata"].(map[string]any)
+	o.Meta = objectMeta{}
+	o.Meta.Name, _ = md["name"].(string)
+	o.Meta.Namespace, _ = md["namespace"].(string)
+	o.Meta.ResourceVersion, _ = md["resourceVersion"].(string)
+	if o.Meta.CreationTimestamp, err = timeOf(md["creationTimestamp"]); err != nil {
+		return err
+	}
+	if md["deletionTimestamp"] != nil {
+		t, err := timeOf(md["deletionTimestamp"])
+		if err != nil {
+			return err
+		}
+		o.Meta.DeletionTimestamp = &t
+	}
+	if fs, ok := md["finalizers"].([]any); ok {
+		o.Meta.Finalizers = make([]string, 0, len(fs))
+		for _, f := range fs {
+			if s, ok := f.(string); ok {
+				o.Meta.Finalizers = append(o.Meta.Finalizers, s)
+			}
+		}
+	}
+	if as, ok := md["annotations"].(map[string]any); ok {
+		o.Meta.Annotations = make(map[string]string, len(as))
+		for k, v := range as {
+			o.Meta.Annotations[k], _ = v.(string)
+		}
+	}
+	return nil
+}
+
+func timeOf(v any) (metav1.Time, error) {
+	s, _ := v.(string)
+	if s == "" {
+		return metav1.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return metav1.Time{}, fmt.Errorf("rrfacts: timestamp %q: %w", s, err)
+	}
+	return metav1.NewTime(t), nil
 }
 
 // GetObjectMeta lets client-go's meta.Accessor read the object's key and resourceVersion.
@@ -51,6 +110,7 @@ func (o *object) GetObjectMeta() metav1.Object {
 	}
 }
 
+// DeepCopyObject is shallow for fields: nothing changes an object once decoded.
 func (o *object) DeepCopyObject() runtime.Object {
 	c := *o
 	c.Meta.Finalizers = append([]string(nil), o.Meta.Finalizers...)
@@ -67,6 +127,31 @@ type objectList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata"`
 	Items           []object `json:"items"`
+	tree            *jsonproject.Tree
+}
+
+// UnmarshalJSON decodes each item along l.tree.
+func (l *objectList) UnmarshalJSON(b []byte) error {
+	if l.tree == nil {
+		return errNoTree
+	}
+	var raw struct {
+		metav1.TypeMeta `json:",inline"`
+		metav1.ListMeta `json:"metadata"`
+		Items           []json.RawMessage `json:"items"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	l.TypeMeta, l.ListMeta = raw.TypeMeta, raw.ListMeta
+	l.Items = make([]object, len(raw.Items))
+	for i, it := range raw.Items {
+		l.Items[i].tree = l.tree
+		if err := l.Items[i].UnmarshalJSON(it); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (l *objectList) DeepCopyObject() runtime.Object {
@@ -78,18 +163,46 @@ func (l *objectList) DeepCopyObject() runtime.Object {
 	return &c
 }
 
-// restClient talks to the RR resource with the slim types above.
-func restClient(cfg *rest.Config) (*rest.RESTClient, error) {
+// creater makes the index's objects with their projection set, for the watch decoder (which
+// decodes each event's object into a new one).
+type creater struct {
+	*runtime.Scheme
+	kind schema.GroupVersionKind
+	tree *jsonproject.Tree
+}
+
+func (c creater) New(gvk schema.GroupVersionKind) (runtime.Object, error) {
+	switch gvk {
+	case c.kind:
+		return &object{tree: c.tree}, nil
+	case c.kind.GroupVersion().WithKind(c.kind.Kind + "List"):
+		return &objectList{tree: c.tree}, nil
+	}
+	return c.Scheme.New(gvk)
+}
+
+// restClient talks to the target resource with the projected types above.
+func restClient(cfg *rest.Config, gvk schema.GroupVersionKind, tree *jsonproject.Tree) (*rest.RESTClient, error) {
 	scheme := runtime.NewScheme()
-	gv := v1alpha1.GroupVersion
-	scheme.AddKnownTypeWithName(gv.WithKind("RemediationRequest"), &object{})
-	scheme.AddKnownTypeWithName(gv.WithKind("RemediationRequestList"), &objectList{})
+	gv := gvk.GroupVersion()
+	scheme.AddKnownTypeWithName(gvk, &object{})
+	scheme.AddKnownTypeWithName(gv.WithKind(gvk.Kind+"List"), &objectList{})
 	metav1.AddToGroupVersion(scheme, gv)
+	ser := kjson.NewSerializerWithOptions(kjson.DefaultMetaFactory, creater{Scheme: scheme, kind: gvk, tree: tree}, scheme, kjson.SerializerOptions{})
+	info := runtime.SerializerInfo{
+		MediaType: runtime.ContentTypeJSON, MediaTypeType: "application", MediaTypeSubType: "json",
+		EncodesAsText: true, Serializer: ser,
+		StreamSerializer: &runtime.StreamSerializerInfo{EncodesAsText: true, Serializer: ser, Framer: kjson.Framer},
+	}
 	c := rest.CopyConfig(cfg)
-	c.GroupVersion = &schema.GroupVersion{Group: gv.Group, Version: gv.Version}
+	c.GroupVersion = &gv
 	c.APIPath = "/apis"
-	c.ContentType = runtime.ContentTypeJSON // CRDs speak no protobuf
-	c.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
+	if gv.Group == "" {
+		c.APIPath = "/api"
+	}
+	c.ContentType = runtime.ContentTypeJSON // custom resources speak no protobuf; the projection reads JSON
+	c.AcceptContentTypes = runtime.ContentTypeJSON
+	c.NegotiatedSerializer = runtime.NewSimpleNegotiatedSerializer(info)
 	if c.UserAgent == "" {
 		c.UserAgent = rest.DefaultKubernetesUserAgent() + " rrguard-facts"
 	}

@@ -23,8 +23,12 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
-	"github.com/rrguard/rrguard/rules"
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	"github.com/rrguard/rrguard/internal/jsonproject"
+	"github.com/rrguard/rrguard/policy"
 	"github.com/rrguard/rrguard/webhook/decision"
 )
 
@@ -75,12 +79,27 @@ type Options struct {
 	// OnDeleting is called, outside the index's lock, for each RR seen being deleted while it
 	// carries Finalizer.
 	OnDeleting func(namespace, name string)
+	// Policy says which objects the index keeps facts of, under which key, and when each is in
+	// flight; Kind is its target's kind (the resource is the policy's).
+	Policy *policy.Compiled
+	Kind   schema.GroupVersionKind
+	// FieldSelectable: the API server serves a field selector on the policy's KeyField (a CRD
+	// declares it selectable); otherwise ReadKey scans the namespace.
+	FieldSelectable bool
 }
+
+var evalErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "rrguard_policy_eval_errors_total",
+	Help: "Objects whose in-flight rule or phase failed to evaluate when the index took their facts (each counted in flight), by policy.",
+}, []string{"policy"})
+
+func init() { metrics.Registry.MustRegister(evalErrors) }
 
 // Index is the fact store. Start runs its watches.
 type Index struct {
 	o     Options
 	rc    rest.Interface
+	tree  *jsonproject.Tree
 	feeds []*feed
 
 	mu  sync.RWMutex
@@ -88,6 +107,7 @@ type Index struct {
 	// marked and marksLoaded: see MayBeMarked.
 	marked      *marked
 	marksLoaded bool
+	phases      map[string]string
 }
 
 type nsFacts struct {
@@ -97,7 +117,8 @@ type nsFacts struct {
 
 // group holds one fingerprint's entries; the fingerprint string is stored once, here.
 type group struct {
-	fp      string
+	fp      string // the key, hex
+	ix      *Index
 	entries []*entry
 }
 
@@ -107,7 +128,7 @@ type entry struct {
 	name      string // only for names outside the scheme
 	n         int64
 	until     int64  // unix seconds of decision.Fact.Until; 0 for the zero time
-	phase     string // shares the known phase strings (statusOf)
+	phase     string // interned (Index.intern)
 	finalized bool
 	covered   bool
 	created   int64 // unix seconds
@@ -122,7 +143,7 @@ func (e *entry) fact() Fact {
 		f.Until = time.Unix(e.until, 0)
 	}
 	if f.Name == "" {
-		f.Name = rules.Name(e.g.fp, e.n)
+		f.Name = e.g.ix.o.Policy.Name(e.g.fp, e.n)
 	}
 	if e.deletedAt != 0 {
 		f.DeletedAt = time.Unix(e.deletedAt, 0)
@@ -152,11 +173,15 @@ func New(cfg *rest.Config, o Options) (*Index, error) {
 	if o.MarkKey == nil {
 		return nil, errors.New("rrfacts: Options.MarkKey is required")
 	}
-	rc, err := restClient(cfg)
+	if o.Policy == nil || o.Kind.Kind == "" {
+		return nil, errors.New("rrfacts: Options.Policy and Options.Kind are required")
+	}
+	tree := o.Policy.Reads().Merge(metaReads)
+	rc, err := restClient(cfg, o.Kind, tree)
 	if err != nil {
 		return nil, err
 	}
-	ix := &Index{o: o, rc: rc, nss: map[string]*nsFacts{}, marked: newMarked()}
+	ix := &Index{o: o, rc: rc, tree: tree, nss: map[string]*nsFacts{}, marked: newMarked(), phases: map[string]string{}}
 	nss := o.Namespaces
 	if len(nss) == 0 {
 		nss = []string{metav1.NamespaceAll}
@@ -366,66 +391,49 @@ func (ix *Index) Len() int {
 	return n
 }
 
-var phases = map[string]v1alpha1.Phase{}
-
-func init() {
-	for _, p := range []v1alpha1.Phase{
-		v1alpha1.PhasePending, v1alpha1.PhaseProcessing, v1alpha1.PhaseAnalyzing, v1alpha1.PhaseAwaitingApproval,
-		v1alpha1.PhaseExecuting, v1alpha1.PhaseVerifying, v1alpha1.PhaseBlocked, v1alpha1.PhaseCompleted,
-		v1alpha1.PhaseFailed, v1alpha1.PhaseTimedOut, v1alpha1.PhaseSkipped, v1alpha1.PhaseCancelled,
-	} {
-		phases[string(p)] = p
-	}
-}
-
-// statusOf reads the in-flight rule's inputs, sharing the known phase strings rather than
-// keeping a copy per RR.
-func statusOf(o *object) rules.Status {
-	s := rules.Status{Phase: v1alpha1.Phase(o.Status.OverallPhase), Deleting: o.Meta.DeletionTimestamp != nil}
-	if p, ok := phases[o.Status.OverallPhase]; ok {
-		s.Phase = p
-	}
-	if cs := o.Status.CompletionStatus; cs != nil {
-		s.ManualReview = cs.Outcome == string(v1alpha1.OutcomeManualReviewRequired)
-	}
-	if rs := o.Status.RoutingStatus; rs != nil && rs.NextAllowedExecution != nil {
-		s.NextAllowed = rs.NextAllowedExecution.Time
-	}
-	return s
-}
-
-// put stores o's facts; the caller holds the lock. It reports whether o is being deleted while
-// it carries the finalizer.
-func (ix *Index) put(o *object) bool {
-	ns, name, fp := o.Meta.Namespace, o.Meta.Name, o.Spec.SignalFingerprint
+// put stores o's facts; the caller holds the lock. It returns o's key (hex; "" when the policy
+// does not judge o: a match condition is false, or its key cannot be read) and whether o is being
+// deleted while it carries the finalizer.
+func (ix *Index) put(o *object) (keyHex string, deleting bool) {
+	ns, name := o.Meta.Namespace, o.Meta.Name
 	nsf := ix.nss[ns]
 	if nsf == nil {
 		nsf = &nsFacts{byName: map[string]*entry{}, byFP: map[string]*group{}}
 		ix.nss[ns] = nsf
 	}
+	fact, keyHex, err := ix.judge(o)
 	e := nsf.byName[name]
-	if e == nil || e.g.fp != fp {
+	if keyHex == "" {
+		// Outside the policy (or not any more: its key changed): no fact to keep.
 		if e != nil {
 			nsf.remove(name, e)
 		}
-		g := nsf.byFP[fp]
+		return "", false
+	}
+	if err != nil {
+		evalErrors.WithLabelValues(ix.o.Policy.Policy).Inc()
+	}
+	if e == nil || e.g.fp != keyHex {
+		if e != nil {
+			nsf.remove(name, e)
+		}
+		g := nsf.byFP[keyHex]
 		if g == nil {
-			g = &group{fp: fp}
-			nsf.byFP[fp] = g
+			g = &group{fp: keyHex, ix: ix}
+			nsf.byFP[keyHex] = g
 		}
 		e = &entry{g: g}
-		if n, ok := rules.Occurrence(fp, name); ok {
-			e.n = n
+		if fact.N > 0 {
+			e.n = fact.N
 		} else {
 			e.name = name
 		}
 		g.entries = append(g.entries, e)
 		nsf.byName[name] = e
 	}
-	st := statusOf(o)
-	e.phase, e.until = string(st.Phase), 0
-	if u := st.Until(); !u.IsZero() {
-		e.until = u.Unix()
+	e.phase, e.until = ix.intern(fact.Phase), 0
+	if !fact.Until.IsZero() {
+		e.until = fact.Until.Unix()
 	}
 	e.created = o.Meta.CreationTimestamp.Unix()
 	e.finalized = ix.o.Finalizer != "" && slices.Contains(o.Meta.Finalizers, ix.o.Finalizer)
@@ -433,7 +441,37 @@ func (ix *Index) put(o *object) bool {
 	if o.Meta.DeletionTimestamp != nil {
 		e.deletedAt = o.Meta.DeletionTimestamp.Unix()
 	}
-	return e.finalized && e.deletedAt != 0
+	return keyHex, e.finalized && e.deletedAt != 0
+}
+
+// judge applies the policy to o: its fact and key, or "" when the policy does not judge it. An
+// in-flight rule that fails on o keeps it in flight (policy.Compiled.Fact), counted.
+func (ix *Index) judge(o *object) (decision.Fact, string, error) {
+	ctx := context.Background()
+	p := ix.o.Policy
+	if ok, err := p.Matches(ctx, o.fields); !ok || err != nil {
+		return decision.Fact{}, "", nil
+	}
+	keyHex, _, err := p.Key(ctx, o.fields)
+	if err != nil {
+		return decision.Fact{}, "", nil
+	}
+	f, err := p.Fact(ctx, o.fields, o.Meta.Name, keyHex, o.Meta.CreationTimestamp.Time, o.Meta.DeletionTimestamp != nil)
+	return f, keyHex, err
+}
+
+// intern shares the phase strings, which repeat across objects; the caller holds the lock.
+func (ix *Index) intern(s string) string {
+	if s == "" {
+		return ""
+	}
+	if x, ok := ix.phases[s]; ok {
+		return x
+	}
+	if len(ix.phases) < 256 {
+		ix.phases[s] = s
+	}
+	return s
 }
 
 func (nsf *nsFacts) remove(name string, e *entry) {
@@ -467,15 +505,15 @@ func (f *feed) listWatch() *cache.ListWatch {
 	return &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
 			f.noteCall()
-			out := &objectList{}
-			err := rc.Get().Namespace(f.namespace).Resource("remediationrequests").
+			out := &objectList{tree: f.ix.tree}
+			err := rc.Get().Namespace(f.namespace).Resource(f.ix.o.Policy.GroupResource.Resource).
 				VersionedParams(&opts, metav1.ParameterCodec).Do(ctx).Into(out)
 			return out, err
 		},
 		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
 			f.noteCall()
 			opts.Watch = true
-			return rc.Get().Namespace(f.namespace).Resource("remediationrequests").
+			return rc.Get().Namespace(f.namespace).Resource(f.ix.o.Policy.GroupResource.Resource).
 				VersionedParams(&opts, metav1.ParameterCodec).Watch(ctx)
 		},
 	}
@@ -541,7 +579,7 @@ func (f *feed) upsert(obj any) (*object, error) {
 		return nil, err
 	}
 	f.ix.mu.Lock()
-	deleting := f.ix.put(o)
+	_, deleting := f.ix.put(o)
 	f.ix.mu.Unlock()
 	if deleting {
 		f.notify([]*object{o})
@@ -603,10 +641,11 @@ func (f *feed) Replace(items []any, _ string) error {
 		}
 	}
 	for _, o := range objs {
-		if f.ix.put(o) {
+		keyHex, del := f.ix.put(o)
+		if del {
 			deleting = append(deleting, o)
 		}
-		if fp, ok := covered[o.Meta.Namespace][o.Meta.Name]; ok && fp == o.Spec.SignalFingerprint {
+		if fp, ok := covered[o.Meta.Namespace][o.Meta.Name]; ok && fp == keyHex {
 			f.ix.nss[o.Meta.Namespace].byName[o.Meta.Name].covered = true
 		}
 	}

@@ -2,41 +2,51 @@ package webhook
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"time"
 
-	"github.com/rrguard/rrguard/rules"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/rrguard/rrguard/internal/jsonproject"
+	"github.com/rrguard/rrguard/policy"
 )
 
 // Checker is the validating webhook: after every mutating webhook has run (one may have renamed
-// the RR after rrguard did), the stored name must still be the scheme's, or uniqueness is lost.
-// It needs no API read.
-type Checker struct{}
+// the object after rrguard did), the stored name must still be the scheme's for its key, or
+// uniqueness is lost. It needs no API read.
+type Checker struct {
+	Policy *policy.Compiled
 
-var _ admission.Handler = Checker{}
+	treeOnce sync.Once
+	tree     *jsonproject.Tree
+}
+
+var _ admission.Handler = (*Checker)(nil)
 
 // Handle implements admission.Handler.
-func (Checker) Handle(_ context.Context, req admission.Request) admission.Response {
+func (h *Checker) Handle(ctx context.Context, req admission.Request) admission.Response {
 	start := time.Now()
 	defer func() { duration.WithLabelValues(webhookCheck).Observe(time.Since(start).Seconds()) }()
 
-	rr, skip, err := decodeCreate(req)
+	if h.Policy == nil {
+		return deny(errNoPolicy)
+	}
+	h.treeOnce.Do(func() { h.tree = h.Policy.Reads().Merge(createReads) })
+	c, skip, err := decodeCreate(ctx, req, h.Policy, h.tree)
 	if skip {
-		return admission.Allowed("not a create")
+		return admission.Allowed("not judged")
 	}
 	if err == nil {
-		err = ValidateFingerprint(rr)
+		err = checkStoredUnder(req, c, appliedCreate(req, c))
 	}
 	if err == nil {
-		err = checkStoredUnder(req, rr, appliedCreate(req, rr))
-	}
-	if err == nil {
-		if _, ok := rules.Occurrence(rr.Spec.SignalFingerprint, rr.Name); !ok {
-			err = apierrors.NewInvalid(groupKind, rr.Name, field.ErrorList{field.Invalid(
-				namePath, rr.Name,
-				"must be rr-<first 32 characters of spec.signalFingerprint>-<n>, as rrguard's mutating webhook sets it; another mutating webhook may have changed it")})
+		if _, ok := h.Policy.Occurrence(c.keyHex, c.Name); !ok {
+			err = apierrors.NewInvalid(c.kind, c.Name, field.ErrorList{field.Invalid(namePath, c.Name, fmt.Sprintf(
+				"must be %s<first 32 characters of the key's hex form>-<n>, as rrguard's mutating webhook sets it; another mutating webhook may have changed it",
+				h.Policy.NamePrefix()))})
 		}
 	}
 	if err != nil {

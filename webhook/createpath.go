@@ -5,15 +5,14 @@ import (
 	"fmt"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-
-	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 )
 
-// An RR reaches the API server as a create by two routes, and they differ in where its storage
+// An object reaches the API server as a create by two routes, and they differ in where its storage
 // key comes from:
 //
 //   - a POST (kubectl create, client-side kubectl apply, any client's Create) is stored under the
@@ -30,12 +29,12 @@ import (
 // appliedCreate reports whether a create is a server-side apply, whose name admission must not
 // change. When the request's options cannot be read, any Apply entry counts: refusing a POST by
 // mistake is safe, renaming an apply is not.
-func appliedCreate(req admission.Request, rr *v1alpha1.RemediationRequest) bool {
+func appliedCreate(req admission.Request, c *created) bool {
 	var opts metav1.CreateOptions
 	if len(req.Options.Raw) > 0 {
 		_ = json.Unmarshal(req.Options.Raw, &opts)
 	}
-	for _, m := range rr.ManagedFields {
+	for _, m := range c.managed {
 		if m.Operation == metav1.ManagedFieldsOperationApply && (opts.FieldManager == "" || m.Manager == opts.FieldManager) {
 			return true
 		}
@@ -45,10 +44,10 @@ func appliedCreate(req admission.Request, rr *v1alpha1.RemediationRequest) bool 
 
 // checkStoredUnder refuses a create whose name is not the one the API server will store it under
 // (whichever mutation renamed it): a POST is stored under its final name, an apply under its URL
-// name. applied is appliedCreate(req, rr).
-func checkStoredUnder(req admission.Request, rr *v1alpha1.RemediationRequest, applied bool) error {
-	if applied && rr.Name != req.Name {
-		return renamedApply(rr, req.Name)
+// name. applied is appliedCreate(req, c).
+func checkStoredUnder(req admission.Request, c *created, applied bool) error {
+	if applied && c.Name != req.Name {
+		return renamedApply(c, req.Name)
 	}
 	return nil
 }
@@ -56,25 +55,25 @@ func checkStoredUnder(req admission.Request, rr *v1alpha1.RemediationRequest, ap
 var namePath = field.NewPath("metadata", "name")
 
 // applyRefused is the answer to a server-side apply whose name is not the one rrguard would give
-// the RR now: the apply cannot be renamed, so it cannot be admitted.
-func applyRefused(rr *v1alpha1.RemediationRequest, want string) *apierrors.StatusError {
-	return apierrors.NewInvalid(groupKind, rr.Name, field.ErrorList{field.Invalid(namePath, rr.Name, fmt.Sprintf(
-		"a server-side apply cannot create a RemediationRequest under a name of its choosing: rrguard names each new RR after its "+
-			"fingerprint, and an apply is stored under the name in its URL. Create it instead (kubectl create, or any client's "+
-			"create, with any name or generateName: rrguard names it), or apply it as %s, the name a new RR of this fingerprint takes now", want))})
+// the object now: the apply cannot be renamed, so it cannot be admitted.
+func applyRefused(c *created, want string) *apierrors.StatusError {
+	return apierrors.NewInvalid(c.kind, c.Name, field.ErrorList{field.Invalid(namePath, c.Name, fmt.Sprintf(
+		"a server-side apply cannot create a %[1]s under a name of its choosing: rrguard names each new %[1]s after its "+
+			"key, and an apply is stored under the name in its URL. Create it instead (kubectl create, or any client's "+
+			"create, with any name or generateName: rrguard names it), or apply it as %[2]s, the name a new %[1]s of this key takes now", c.kind.Kind, want))})
 }
 
 // renamedApply is the answer when a mutating webhook renamed a server-side apply: the object would
 // be stored under its URL name while carrying another.
-func renamedApply(rr *v1alpha1.RemediationRequest, key string) *apierrors.StatusError {
-	return apierrors.NewInvalid(groupKind, rr.Name, field.ErrorList{field.Invalid(namePath, rr.Name, fmt.Sprintf(
+func renamedApply(c *created, key string) *apierrors.StatusError {
+	return apierrors.NewInvalid(c.kind, c.Name, field.ErrorList{field.Invalid(namePath, c.Name, fmt.Sprintf(
 		"this create is a server-side apply, stored under the name in its URL (%s), but a mutating webhook renamed it: "+
 			"the object would carry a name other than its key. Create it instead (kubectl create), or apply it under the name it is to carry", key))})
 }
 
 // notJudged is the answer to a create in a namespace outside --rr-namespaces.
-func notJudged(namespace string) *apierrors.StatusError {
-	return apierrors.NewForbidden(groupResource, "", fmt.Errorf(
-		"rrguard judges RemediationRequests only in the namespaces of its --rr-namespaces flag, and %q is not one of them: "+
-			"create RRs in Kubernaut's controller namespace, or add this namespace to rrguard's --rr-namespaces", namespace))
+func notJudged(c *created, gr schema.GroupResource) *apierrors.StatusError {
+	return apierrors.NewForbidden(gr, "", fmt.Errorf(
+		"rrguard judges %s only in the namespaces of its --rr-namespaces flag, and %q is not one of them: "+
+			"create them in Kubernaut's controller namespace, or add this namespace to rrguard's --rr-namespaces", gr, c.Namespace))
 }

@@ -48,7 +48,7 @@ func nextAllowed(d time.Duration) rrOpt {
 func deleting() rrOpt {
 	return func(r *v1alpha1.RemediationRequest) { r.DeletionTimestamp = &metav1.Time{Time: now} }
 }
-func created(d time.Duration) rrOpt {
+func createdAt(d time.Duration) rrOpt {
 	return func(r *v1alpha1.RemediationRequest) { r.CreationTimestamp = metav1.Time{Time: now.Add(d)} }
 }
 func fingerprint(f string) rrOpt {
@@ -96,10 +96,10 @@ func TestDecide(t *testing.T) {
 		{name: "legacy terminal RR does not number", existing: []v1alpha1.RemediationRequest{rr("rr-3f79bb7b435b-1a2b3c4d", phase(v1alpha1.PhaseCompleted))}, wantName: n(1)},
 		{name: "non-canonical number is legacy", existing: []v1alpha1.RemediationRequest{rr(rules.Name(fp, 1)+"0", phase(v1alpha1.PhaseCompleted)), rr("rr-"+fp[:32]+"-07", phase(v1alpha1.PhaseCompleted))}, wantName: n(11)},
 		{name: "several in flight: the newest is named", existing: []v1alpha1.RemediationRequest{
-			rr("legacy-old", created(-time.Hour)), rr(n(2), phase(v1alpha1.PhaseBlocked)), rr(n(1), phase(v1alpha1.PhaseCompleted)),
+			rr("legacy-old", createdAt(-time.Hour)), rr(n(2), phase(v1alpha1.PhaseBlocked)), rr(n(1), phase(v1alpha1.PhaseCompleted)),
 		}, wantDup: n(2)},
 		{name: "several legacy in flight: the most recent", existing: []v1alpha1.RemediationRequest{
-			rr("legacy-a", created(-time.Hour)), rr("legacy-b", created(-time.Minute)),
+			rr("legacy-a", createdAt(-time.Hour)), rr("legacy-b", createdAt(-time.Minute)),
 		}, wantDup: "legacy-b"},
 		{name: "a mark above every existing RR numbers the next", mark: 9, existing: []v1alpha1.RemediationRequest{rr(n(4), phase(v1alpha1.PhaseCompleted))}, wantName: n(10)},
 		{name: "a mark with no RR left: names never go back", mark: 5, wantName: n(6)},

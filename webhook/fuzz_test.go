@@ -44,8 +44,8 @@ func FuzzAdmissionHTTP(f *testing.F) {
 	f.Add(review("CREATE", `null`))
 	f.Add([]byte(`{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}`))
 	f.Add([]byte(`not json`))
-	namer := &crwebhook.Admission{Handler: &Namer{Lister: staticLister(rr(rules.Name(fp, 1), phase(v1alpha1.PhaseCompleted)))}}
-	checker := &crwebhook.Admission{Handler: Checker{}}
+	namer := &crwebhook.Admission{Handler: &Namer{Policy: rrPol, Lister: staticLister(rr(rules.Name(fp, 1), phase(v1alpha1.PhaseCompleted)))}}
+	checker := &crwebhook.Admission{Handler: &Checker{Policy: rrPol}}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		for _, h := range []http.Handler{namer, checker} {
 			req := httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(body))

@@ -19,11 +19,16 @@ import (
 	"github.com/rrguard/rrguard/webhook/decision"
 )
 
-// listerFunc adapts a function to Lister, for handler tests that need no API server.
+// listerFunc adapts a function listing typed RRs to Lister, for handler tests that need no API
+// server: the RRs are judged by the RR policy, as a consistent read judges what it lists.
 type listerFunc func(ctx context.Context, ns, fp string) ([]v1alpha1.RemediationRequest, error)
 
-func (f listerFunc) ListByFingerprint(ctx context.Context, ns, fp string) ([]v1alpha1.RemediationRequest, error) {
-	return f(ctx, ns, fp)
+func (f listerFunc) ReadKey(ctx context.Context, ns, keyHex, _ string) ([]decision.Fact, error) {
+	rrs, err := f(ctx, ns, keyHex)
+	if err != nil {
+		return nil, err
+	}
+	return factsOf(keyHex, rrs...), nil
 }
 
 func staticLister(rrs ...v1alpha1.RemediationRequest) Lister {
@@ -35,6 +40,7 @@ var rrResource = metav1.GroupVersionResource{Group: "kubernaut.ai", Version: "v1
 func createReq(raw string) admission.Request {
 	return admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
 		UID: "u1", Operation: admissionv1.Create, Resource: rrResource, Namespace: "kubernaut-system",
+		Kind:   metav1.GroupVersionKind{Group: "kubernaut.ai", Version: "v1alpha1", Kind: "RemediationRequest"},
 		Object: runtime.RawExtension{Raw: []byte(raw)},
 	}}
 }
@@ -42,7 +48,7 @@ func createReq(raw string) admission.Request {
 const rrJSON = `{"apiVersion":"kubernaut.ai/v1alpha1","kind":"RemediationRequest","metadata":{"generateName":"rr-"},"spec":{"signalFingerprint":"` + fp + `"}}`
 
 func TestNamerPatches(t *testing.T) {
-	h := &Namer{Lister: staticLister(rr(rules.Name(fp, 4), phase(v1alpha1.PhaseCompleted))), Now: func() time.Time { return now }}
+	h := &Namer{Policy: rrPol, Lister: staticLister(rr(rules.Name(fp, 4), phase(v1alpha1.PhaseCompleted))), Now: func() time.Time { return now }}
 	resp := h.Handle(context.Background(), createReq(rrJSON))
 	if !resp.Allowed {
 		t.Fatalf("denied: %+v", resp.Result)
@@ -55,7 +61,7 @@ func TestNamerPatches(t *testing.T) {
 }
 
 func TestNamerPatchesWithoutMetadata(t *testing.T) {
-	h := &Namer{Lister: staticLister()}
+	h := &Namer{Policy: rrPol, Lister: staticLister()}
 	resp := h.Handle(context.Background(), createReq(`{"spec":{"signalFingerprint":"`+fp+`"}}`))
 	got, _ := json.Marshal(resp.Patches)
 	if want := `[{"op":"add","path":"/metadata","value":{"name":"` + rules.Name(fp, 1) + `"}}]`; !resp.Allowed || string(got) != want {
@@ -82,7 +88,9 @@ func TestNamerDenials(t *testing.T) {
 	}{
 		{"duplicate", staticLister(rr(rules.Name(fp, 1))), createReq(rrJSON), 409, metav1.StatusReasonAlreadyExists},
 		{"undecodable", staticLister(), createReq(`{"spec":`), 400, metav1.StatusReasonBadRequest},
-		{"wrong type of field", staticLister(), createReq(`{"spec":{"signalFingerprint":7}}`), 400, metav1.StatusReasonBadRequest},
+		{"wrong type of field", staticLister(), createReq(`{"spec":{"signalFingerprint":7}}`), 422, metav1.StatusReasonInvalid},
+		{"not an object", staticLister(), createReq(`[1]`), 400, metav1.StatusReasonBadRequest},
+		{"metadata not an object", staticLister(), createReq(`{"metadata":7,"spec":{"signalFingerprint":"` + fp + `"}}`), 400, metav1.StatusReasonBadRequest},
 		{"empty body", staticLister(), createReq(``), 400, metav1.StatusReasonBadRequest},
 		{"no fingerprint", staticLister(), createReq(`{"metadata":{"name":"x"},"spec":{}}`), 422, metav1.StatusReasonInvalid},
 		{"wrong resource", staticLister(), wrong, 400, metav1.StatusReasonBadRequest},
@@ -92,7 +100,7 @@ func TestNamerDenials(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			resp := (&Namer{Lister: tc.lister}).Handle(context.Background(), tc.req)
+			resp := (&Namer{Policy: rrPol, Lister: tc.lister}).Handle(context.Background(), tc.req)
 			if resp.Allowed || resp.Result == nil || resp.Result.Code != tc.code || resp.Result.Reason != tc.reason || resp.Result.Message == "" {
 				t.Fatalf("response = allowed %v, %+v; want %d %s", resp.Allowed, resp.Result, tc.code, tc.reason)
 			}
@@ -105,7 +113,7 @@ func TestNamerDenials(t *testing.T) {
 
 func TestNotCreateIsLeftAlone(t *testing.T) {
 	called := false
-	h := &Namer{Lister: listerFunc(func(context.Context, string, string) ([]v1alpha1.RemediationRequest, error) {
+	h := &Namer{Policy: rrPol, Lister: listerFunc(func(context.Context, string, string) ([]v1alpha1.RemediationRequest, error) {
 		called = true
 		return nil, nil
 	})}
@@ -115,7 +123,7 @@ func TestNotCreateIsLeftAlone(t *testing.T) {
 		if resp := h.Handle(context.Background(), req); !resp.Allowed || len(resp.Patches) != 0 {
 			t.Errorf("%s: %+v", op, resp)
 		}
-		if resp := (Checker{}).Handle(context.Background(), req); !resp.Allowed {
+		if resp := (&Checker{Policy: rrPol}).Handle(context.Background(), req); !resp.Allowed {
 			t.Errorf("checker %s: %+v", op, resp.Result)
 		}
 	}
@@ -128,11 +136,11 @@ func TestChecker(t *testing.T) {
 	named := func(name string) admission.Request {
 		return createReq(`{"metadata":{"name":"` + name + `"},"spec":{"signalFingerprint":"` + fp + `"}}`)
 	}
-	if resp := (Checker{}).Handle(context.Background(), named(rules.Name(fp, 3))); !resp.Allowed {
+	if resp := (&Checker{Policy: rrPol}).Handle(context.Background(), named(rules.Name(fp, 3))); !resp.Allowed {
 		t.Fatalf("scheme name denied: %+v", resp.Result)
 	}
 	for _, name := range []string{"rr-3f79bb7b435b-1a2b3c4d", rules.Name(otherFP, 1), "", rules.Name(fp, 1) + "x"} {
-		resp := (Checker{}).Handle(context.Background(), named(name))
+		resp := (&Checker{Policy: rrPol}).Handle(context.Background(), named(name))
 		if resp.Allowed || resp.Result.Code != 422 || resp.Result.Details.Causes[0].Field != "metadata.name" {
 			t.Errorf("name %q: %+v", name, resp.Result)
 		}
@@ -142,7 +150,7 @@ func TestChecker(t *testing.T) {
 // BenchmarkNamerHandle is one admission round trip through the handler: decode the request,
 // read (from memory here), decide, build the patch.
 func BenchmarkNamerHandle(b *testing.B) {
-	h := &Namer{Lister: staticLister(rr(rules.Name(fp, 4), phase(v1alpha1.PhaseCompleted)))}
+	h := &Namer{Policy: rrPol, Lister: staticLister(rr(rules.Name(fp, 4), phase(v1alpha1.PhaseCompleted)))}
 	req := createReq(rrJSON)
 	b.ReportAllocs()
 	for b.Loop() {
@@ -162,7 +170,7 @@ func appliedReq(urlName, objName, manager string) admission.Request {
 }
 
 func TestNamerServerSideApply(t *testing.T) {
-	h := &Namer{Lister: staticLister(rr(rules.Name(fp, 4), phase(v1alpha1.PhaseCompleted))), Now: func() time.Time { return now }}
+	h := &Namer{Policy: rrPol, Lister: staticLister(rr(rules.Name(fp, 4), phase(v1alpha1.PhaseCompleted))), Now: func() time.Time { return now }}
 	tests := []struct {
 		name    string
 		req     admission.Request
@@ -198,24 +206,24 @@ func TestNamerServerSideApply(t *testing.T) {
 
 // Whatever mutating webhook renamed it, an apply is refused once its name is not its key.
 func TestCheckerServerSideApply(t *testing.T) {
-	if resp := (Checker{}).Handle(context.Background(), appliedReq(rules.Name(fp, 2), rules.Name(fp, 2), "gitops")); !resp.Allowed {
+	if resp := (&Checker{Policy: rrPol}).Handle(context.Background(), appliedReq(rules.Name(fp, 2), rules.Name(fp, 2), "gitops")); !resp.Allowed {
 		t.Fatalf("apply under its own scheme name denied: %+v", resp.Result)
 	}
-	resp := (Checker{}).Handle(context.Background(), appliedReq("gitops-a", rules.Name(fp, 2), "gitops"))
+	resp := (&Checker{Policy: rrPol}).Handle(context.Background(), appliedReq("gitops-a", rules.Name(fp, 2), "gitops"))
 	if resp.Allowed || resp.Result.Code != 422 || !strings.Contains(resp.Result.Message, "gitops-a") {
 		t.Fatalf("renamed apply: %+v", resp.Result)
 	}
 	// A POST is stored under its final name, whatever it was sent with.
 	post := createReq(`{"metadata":{"name":"` + rules.Name(fp, 2) + `"},"spec":{"signalFingerprint":"` + fp + `"}}`)
 	post.Name = "gitops-a"
-	if resp := (Checker{}).Handle(context.Background(), post); !resp.Allowed {
+	if resp := (&Checker{Policy: rrPol}).Handle(context.Background(), post); !resp.Allowed {
 		t.Fatalf("renamed POST denied: %+v", resp.Result)
 	}
 }
 
 // The finalizer rides in the naming patch, whatever the object's metadata holds.
 func TestNamerPatchAddsFinalizer(t *testing.T) {
-	h := &Namer{Lister: staticLister(), Finalizer: "example.com/f"}
+	h := &Namer{Policy: rrPol, Lister: staticLister(), Finalizer: "example.com/f"}
 	for _, tc := range []struct{ raw, want string }{
 		{`{"spec":{"signalFingerprint":"` + fp + `"}}`,
 			`[{"op":"add","path":"/metadata","value":{"finalizers":["example.com/f"],"name":"` + rules.Name(fp, 1) + `"}}]`},
@@ -242,7 +250,7 @@ func TestNamerPatchAddsFinalizer(t *testing.T) {
 
 // A typed status wrapped on its way up keeps its code and reason; only an untyped error is a 500.
 func TestDenyUnwraps(t *testing.T) {
-	dup := Duplicate("ns", decision.Fact{Name: rules.Name(fp, 3)})
+	dup := Duplicate(rrPol, "RemediationRequest", "ns", decision.Fact{Name: rules.Name(fp, 3)})
 	for _, c := range []struct {
 		err    error
 		code   int32
@@ -263,11 +271,7 @@ func TestDenyUnwraps(t *testing.T) {
 type factIndex []v1alpha1.RemediationRequest
 
 func (x factIndex) Lookup(_, fp string, _ time.Time) ([]decision.Fact, error) {
-	var out []decision.Fact
-	for i := range x {
-		out = append(out, FactOf(fp, &x[i]))
-	}
-	return out, nil
+	return factsOf(fp, x...), nil
 }
 func (factIndex) MayBeMarked(string, string) bool                        { return true }
 func (factIndex) AwaitFresh(context.Context, string, time.Duration) bool { return true }
@@ -277,13 +281,13 @@ func (factIndex) AwaitFresh(context.Context, string, time.Duration) bool { retur
 // greatest name.
 func TestIndexAndReadNameTheSameDuplicate(t *testing.T) {
 	rrs := []v1alpha1.RemediationRequest{
-		rr("zzz-legacy-old", created(-time.Hour)),
-		rr("aaa-legacy-new", created(-time.Minute)),
+		rr("zzz-legacy-old", createdAt(-time.Hour)),
+		rr("aaa-legacy-new", createdAt(-time.Minute)),
 		rr(rules.Name(fp, 2), phase(v1alpha1.PhaseCompleted)),
 	}
 	for name, n := range map[string]*Namer{
-		"index": {Index: factIndex(rrs), Lister: staticLister()},
-		"read":  {Lister: staticLister(rrs...)},
+		"index": {Policy: rrPol, Index: factIndex(rrs), Lister: staticLister()},
+		"read":  {Policy: rrPol, Lister: staticLister(rrs...)},
 	} {
 		resp := n.Handle(context.Background(), createReq(rrJSON))
 		if resp.Allowed || resp.Result.Code != 409 || resp.Result.Details.Name != "aaa-legacy-new" {

@@ -2,28 +2,31 @@ package webhook
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	"gomodules.xyz/jsonpatch/v2"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
-	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/internal/jsonproject"
+	"github.com/rrguard/rrguard/policy"
 	"github.com/rrguard/rrguard/rrfacts"
 	"github.com/rrguard/rrguard/webhook/decision"
 )
 
-// Namer is the mutating webhook: it gives each new RR the scheme's name, or refuses it as a
-// duplicate of the RR in flight.
+// Namer is the mutating webhook: it gives each new object of its policy's target the name its key
+// takes now, or refuses it as a duplicate of the object in flight.
 type Namer struct {
-	// Lister reads a fingerprint's RRs consistently (APILister).
+	// Policy is what the Namer enforces: the target, the key, the in-flight rule, the names.
+	Policy *policy.Compiled
+	// Lister reads a key's objects consistently (rrfacts.Index.ReadKey).
 	Lister Lister
-	// Index, when set, answers from rrguard's watch of RRs where a lagging answer is safe (see
-	// decide); nil decides every create from consistent reads.
+	// Index, when set, answers from rrguard's watch of the target where a lagging answer is safe
+	// (see decide); nil decides every create from consistent reads.
 	Index Index
 	// Marks reads high-water marks as of now; nil reads none (handler tests).
 	Marks MarkReader
@@ -36,9 +39,17 @@ type Namer struct {
 	// Ready, when set and failing, answers 503: a replica decides only once its marks are seeded.
 	Ready func() error
 	Now   func() time.Time // time.Now when nil
+
+	treeOnce sync.Once
+	tree     *jsonproject.Tree // what a create is decoded along
 }
 
-// Index is rrguard's watch of RRs (package rrfacts): the facts of a fingerprint's RRs, or an
+// Lister reads, as of now, the facts of the objects of one key in one namespace.
+type Lister interface {
+	ReadKey(ctx context.Context, namespace, keyHex, key string) ([]decision.Fact, error)
+}
+
+// Index is rrguard's watch of the target (package rrfacts): the facts of a key's objects, or an
 // *rrfacts.Untrusted error when it cannot vouch for them.
 type Index interface {
 	Lookup(namespace, fingerprint string, now time.Time) ([]decision.Fact, error)
@@ -71,25 +82,28 @@ func (h *Namer) Handle(ctx context.Context, req admission.Request) admission.Res
 }
 
 func (h *Namer) handle(ctx context.Context, req admission.Request) (admission.Response, string) {
-	rr, skip, err := decodeCreate(req)
+	if h.Policy == nil {
+		return deny(errNoPolicy), DecisionError
+	}
+	h.treeOnce.Do(func() { h.tree = h.Policy.Reads().Merge(createReads) })
+	c, skip, err := decodeCreate(ctx, req, h.Policy, h.tree)
 	if skip {
+		if c != nil {
+			return admission.Allowed("left alone: a match condition of policy " + h.Policy.Policy + " is false"), DecisionAllowed
+		}
 		return admission.Allowed("not a create"), ""
 	}
-	if err == nil {
-		// Refuse a bad fingerprint before spending an API read on it.
-		err = ValidateFingerprint(rr)
-	}
-	applied := err == nil && appliedCreate(req, rr)
+	applied := err == nil && appliedCreate(req, c)
 	if err == nil {
 		// Reinvoked after another mutating webhook renamed an apply.
-		err = checkStoredUnder(req, rr, applied)
+		err = checkStoredUnder(req, c, applied)
 	}
 	if err != nil {
 		return deny(err), decisionOf(err)
 	}
 
-	if h.Judged != nil && !h.Judged(rr.Namespace) {
-		return deny(notJudged(rr.Namespace)), DecisionInvalid
+	if h.Judged != nil && !h.Judged(c.Namespace) {
+		return deny(notJudged(c, h.Policy.GroupResource)), DecisionInvalid
 	}
 	if h.Ready != nil {
 		if err := h.Ready(); err != nil {
@@ -100,24 +114,26 @@ func (h *Namer) handle(ctx context.Context, req admission.Request) (admission.Re
 	if h.Now != nil {
 		now = h.Now
 	}
-	name, err := h.decide(ctx, rr, now)
+	name, err := h.decide(ctx, c, now)
 	var unavailable readError
 	if errors.As(err, &unavailable) {
 		// Not the client's fault, and worth a retry: 503, never a guess.
 		return deny(apierrors.NewServiceUnavailable(err.Error())), DecisionError
 	}
-	if err == nil && applied && rr.Name != name {
-		err = applyRefused(rr, name)
+	if err == nil && applied && c.Name != name {
+		err = applyRefused(c, name)
 	}
 	if err != nil {
 		return deny(err), decisionOf(err)
 	}
 	if applied {
 		// Already the scheme's name, and the key it will be stored under: as unique as a POST.
-		return admission.Patched("applied under the scheme's name "+name, h.patch(req.Object.Raw, rr, name, false)...), DecisionCreated
+		return admission.Patched("applied under the scheme's name "+name, h.patch(c, name, false)...), DecisionCreated
 	}
-	return admission.Patched("named "+name, h.patch(req.Object.Raw, rr, name, true)...), DecisionCreated
+	return admission.Patched("named "+name, h.patch(c, name, true)...), DecisionCreated
 }
+
+var errNoPolicy = apierrors.NewInternalError(errors.New("rrguard is misconfigured: a webhook without a policy"))
 
 // readError is an API read that failed: rrguard cannot decide.
 type readError struct{ error }
@@ -137,8 +153,8 @@ type readError struct{ error }
 //
 // The mark is read after the RRs: an RR that is gone had its number covered by the mark before
 // it went.
-func (h *Namer) decide(ctx context.Context, rr *v1alpha1.RemediationRequest, now func() time.Time) (string, error) {
-	ns, fp := rr.Namespace, rr.Spec.SignalFingerprint
+func (h *Namer) decide(ctx context.Context, c *created, now func() time.Time) (string, error) {
+	ns, fp := c.Namespace, c.keyHex
 	reads := 0
 	readStart := time.Now()
 	defer func() {
@@ -161,25 +177,25 @@ func (h *Namer) decide(ctx context.Context, rr *v1alpha1.RemediationRequest, now
 		default:
 			t := now()
 			if slices.ContainsFunc(facts, func(f decision.Fact) bool { return f.InFlight(t) }) {
-				return decideFacts(rr, facts, 0, t)
+				return decideFacts(h.Policy, c, facts, 0, t)
 			}
 			if len(facts) == 0 {
 				if !h.Index.MayBeMarked(ns, fp) {
-					return decideFacts(rr, nil, 0, now())
+					return decideFacts(h.Policy, c, nil, 0, now())
 				}
 				reads++
 				mark, err := h.mark(ctx, ns, fp)
 				if err != nil {
 					return "", err
 				}
-				return decideFacts(rr, nil, mark, now())
+				return decideFacts(h.Policy, c, nil, mark, now())
 			}
 		}
 	}
 	reads++
-	existing, err := h.Lister.ListByFingerprint(ctx, ns, fp)
+	existing, err := h.Lister.ReadKey(ctx, ns, fp, c.key)
 	if err != nil {
-		return "", readError{fmt.Errorf("rrguard could not read the RemediationRequests of this fingerprint: %w", err)}
+		return "", readError{fmt.Errorf("rrguard could not read the %s of this key: %w", h.Policy.GroupResource, err)}
 	}
 	if h.Marks != nil {
 		reads++
@@ -188,7 +204,7 @@ func (h *Namer) decide(ctx context.Context, rr *v1alpha1.RemediationRequest, now
 	if err != nil {
 		return "", err
 	}
-	return Decide(rr, existing, mark, now())
+	return decideFacts(h.Policy, c, existing, mark, now())
 }
 
 func (h *Namer) mark(ctx context.Context, ns, fp string) (int64, error) {
@@ -197,23 +213,18 @@ func (h *Namer) mark(ctx context.Context, ns, fp string) (int64, error) {
 	}
 	mark, err := h.Marks.Get(ctx, ns, fp)
 	if err != nil {
-		return 0, readError{fmt.Errorf("rrguard could not read the high-water mark of this fingerprint: %w", err)}
+		return 0, readError{fmt.Errorf("rrguard could not read the high-water mark of this key: %w", err)}
 	}
 	return mark, nil
 }
 
-// patch is what an admitted RR gets: the scheme's name and no generateName (rename false for an
-// apply, which already carries it), and Finalizer. "add" replaces a member that exists, so it
-// serves whether or not the client sent a name.
-func (h *Namer) patch(raw []byte, rr *v1alpha1.RemediationRequest, name string, rename bool) []jsonpatch.JsonPatchOperation {
-	var probe struct {
-		Metadata *struct {
-			Finalizers json.RawMessage `json:"finalizers"`
-		} `json:"metadata"`
-	}
-	_ = json.Unmarshal(raw, &probe) // decodeCreate already decoded raw
-	finalize := h.Finalizer != "" && !slices.Contains(rr.Finalizers, h.Finalizer)
-	if probe.Metadata == nil {
+// patch is what an admitted object gets: the name and no generateName (rename false for an
+// apply, which already carries it), and Finalizer: a JSON patch of one to three operations, never
+// a re-encode of the object. "add" replaces a member that exists, so it serves whether or not the
+// client sent a name.
+func (h *Namer) patch(c *created, name string, rename bool) []jsonpatch.JsonPatchOperation {
+	finalize := h.Finalizer != "" && !slices.Contains(c.Finalizers, h.Finalizer)
+	if !c.hasMetadata {
 		meta := map[string]any{"name": name}
 		if finalize {
 			meta["finalizers"] = []string{h.Finalizer}
@@ -223,13 +234,13 @@ func (h *Namer) patch(raw []byte, rr *v1alpha1.RemediationRequest, name string, 
 	var ops []jsonpatch.JsonPatchOperation
 	if rename {
 		ops = append(ops, jsonpatch.JsonPatchOperation{Operation: "add", Path: "/metadata/name", Value: name})
-		if rr.GenerateName != "" {
+		if c.GenerateName != "" {
 			ops = append(ops, jsonpatch.JsonPatchOperation{Operation: "remove", Path: "/metadata/generateName"})
 		}
 	}
 	switch {
 	case !finalize:
-	case len(probe.Metadata.Finalizers) > 0 && string(probe.Metadata.Finalizers) != "null":
+	case len(c.Finalizers) > 0:
 		ops = append(ops, jsonpatch.JsonPatchOperation{Operation: "add", Path: "/metadata/finalizers/-", Value: h.Finalizer})
 	default:
 		ops = append(ops, jsonpatch.JsonPatchOperation{Operation: "add", Path: "/metadata/finalizers", Value: []string{h.Finalizer}})

@@ -45,6 +45,57 @@ func (t *Tree) Add(path ...string) *Tree {
 	return t
 }
 
+// Touch keeps whether path exists (and, where its value is not an object, the value), not what
+// an object there holds: what has() needs.
+func (t *Tree) Touch(path ...string) *Tree {
+	n := t
+	for _, k := range path {
+		if n.all {
+			return t
+		}
+		if n.kids == nil {
+			n.kids = map[string]*Tree{}
+		}
+		c := n.kids[k]
+		if c == nil {
+			c = &Tree{}
+			n.kids[k] = c
+		}
+		n = c
+	}
+	return t
+}
+
+// Merge returns a new Tree that keeps what t and others keep.
+func (t *Tree) Merge(others ...*Tree) *Tree {
+	out := &Tree{}
+	for _, x := range append([]*Tree{t}, others...) {
+		out.merge(x)
+	}
+	return out
+}
+
+func (t *Tree) merge(x *Tree) {
+	if t.all || x == nil {
+		return
+	}
+	if x.all {
+		t.all, t.kids = true, nil
+		return
+	}
+	for k, c := range x.kids {
+		if t.kids == nil {
+			t.kids = map[string]*Tree{}
+		}
+		n := t.kids[k]
+		if n == nil {
+			n = &Tree{}
+			t.kids[k] = n
+		}
+		n.merge(c)
+	}
+}
+
 // Paths lists the kept paths, for messages and tests.
 func (t *Tree) Paths() [][]string {
 	var out [][]string

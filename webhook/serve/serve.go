@@ -26,6 +26,7 @@ import (
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/marks"
+	"github.com/rrguard/rrguard/policy"
 	"github.com/rrguard/rrguard/rrfacts"
 	"github.com/rrguard/rrguard/webhook"
 )
@@ -153,6 +154,23 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	if err := releaser.SetupWithManager(mgr); err != nil {
 		return nil, err
 	}
+	probeNS := ""
+	if len(o.RRNamespaces) > 0 {
+		probeNS = o.RRNamespaces[0]
+	}
+	probeCtx, cancel := context.WithTimeout(context.Background(), 70*time.Second)
+	defer cancel()
+	api, err := ProbeAPIServer(probeCtx, cfg, mgr.GetAPIReader(), probeNS)
+	if err != nil {
+		return nil, err
+	}
+	api.report()
+	r.api = api
+	// The RR policy: the one policy this release enforces, embedded from config/policies.
+	rrPolicy, err := policy.RemediationRequests()
+	if err != nil {
+		return nil, fmt.Errorf("serve: the RR policy: %w", err)
+	}
 	// With an unsafe lag the index still feeds the releaser and the seeder; it only stops deciding.
 	indexDecides, maxLag := !o.ConsistentListOnly, time.Duration(0)
 	if err := o.IndexSafety(); err != nil {
@@ -168,6 +186,7 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	index, err := rrfacts.New(cfg, rrfacts.Options{
 		Namespaces: o.RRNamespaces, Finalizer: marks.Finalizer, MarkKey: marks.EntryKey,
 		MaxLag: maxLag, OnDeleting: releaser.Enqueue,
+		Policy: rrPolicy, Kind: v1alpha1.GroupVersion.WithKind("RemediationRequest"), FieldSelectable: api.SelectableFingerprint,
 	})
 	if err != nil {
 		return nil, err
@@ -182,20 +201,8 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		return nil, err
 	}
 	r.seeder = seeder
-	probeNS := ""
-	if len(o.RRNamespaces) > 0 {
-		probeNS = o.RRNamespaces[0]
-	}
-	probeCtx, cancel := context.WithTimeout(context.Background(), 70*time.Second)
-	defer cancel()
-	api, err := ProbeAPIServer(probeCtx, cfg, mgr.GetAPIReader(), probeNS)
-	if err != nil {
-		return nil, err
-	}
-	api.report()
-	r.api = api
 	namer := &webhook.Namer{
-		Lister: webhook.APILister{Reader: mgr.GetAPIReader(), ScanNamespace: !api.SelectableFingerprint}, Marks: store, Finalizer: marks.Finalizer,
+		Policy: rrPolicy, Lister: index, Marks: store, Finalizer: marks.Finalizer,
 		Ready: seeder.Ready,
 	}
 	if indexDecides {
@@ -205,7 +212,7 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		namer.Judged = index.Watches
 	}
 	server.Register(webhook.NamePath, r.drained(&crwebhook.Admission{Handler: namer}))
-	server.Register(webhook.CheckPath, r.drained(&crwebhook.Admission{Handler: webhook.Checker{}}))
+	server.Register(webhook.CheckPath, r.drained(&crwebhook.Admission{Handler: &webhook.Checker{Policy: rrPolicy}}))
 
 	if err := mgr.Add(cert); err != nil {
 		return nil, err

@@ -87,8 +87,8 @@ type MatchCondition struct {
 type KeyEncoding string
 
 const (
-	// KeyHex: the key is already lowercase hex, at least 32 characters (a SHA-256 such as the
-	// RR fingerprint); its first 32 characters go into the name as they are.
+	// KeyHex: the key is already a lowercase hex SHA-256 (64 characters, as the RR
+	// fingerprint); its first 32 characters go into the name as they are.
 	KeyHex KeyEncoding = "Hex"
 	// KeySHA256: the key is any non-empty string; the first 32 hex characters of its SHA-256 go
 	// into the name.

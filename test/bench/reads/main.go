@@ -22,7 +22,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/rrguard/rrguard/test/testenv"
-	"github.com/rrguard/rrguard/webhook"
 )
 
 func main() {
@@ -68,14 +67,17 @@ func run(n, minReads, rounds int, rowTime time.Duration) error {
 	for r := range rounds {
 		for i := range modes {
 			mode := modes[(i+r)%len(modes)]
-			l := webhook.APILister{Reader: env.Client, ScanNamespace: mode == "scan"}
+			l, err := testenv.RRReader(env.Config, mode != "scan")
+			if err != nil {
+				return err
+			}
 			var lat []float64
 			cpu0 := testenv.CPUMillis(pids)
 			w0 := time.Now()
 			for k := 0; k < minReads || time.Since(w0) < rowTime; k++ {
 				fp := testenv.Fingerprint(ns.Name + "/fill/" + strconv.Itoa((k*7919)%n))
 				t0 := time.Now()
-				got, err := l.ListByFingerprint(ctx, ns.Name, fp)
+				got, err := l.ReadKey(ctx, ns.Name, fp, fp)
 				if err != nil {
 					return err
 				}

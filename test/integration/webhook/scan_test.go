@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
 	"github.com/rrguard/rrguard/test/testenv"
-	"github.com/rrguard/rrguard/webhook"
 )
 
 // The consistent read of a CRD without the selectable field scans the namespace in pages of 500:
@@ -40,19 +40,30 @@ func TestScanListsEveryPage(t *testing.T) {
 	// and 3.
 	sorted := slices.Clone(names)
 	slices.Sort(sorted)
-	scan, bySelector := webhook.APILister{Reader: env.Client, ScanNamespace: true}, webhook.APILister{Reader: env.Client}
+	scan, err := testenv.RRReader(env.Config, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bySelector, err := testenv.RRReader(env.Config, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if scan.ReadMode() != rrguardv1.ReadNamespaceScan || bySelector.ReadMode() != rrguardv1.ReadFieldSelector {
+		t.Fatalf("read modes %s and %s", scan.ReadMode(), bySelector.ReadMode())
+	}
 	for _, name := range []string{sorted[0], sorted[n/2], sorted[n-1]} {
 		fp := fps[slices.Index(names, name)]
-		got, err := scan.ListByFingerprint(context.Background(), ns, fp)
+		got, err := scan.ReadKey(context.Background(), ns, fp, fp)
 		if err != nil || len(got) != 1 || got[0].Name != name {
 			t.Fatalf("scan for %s: %d RRs, %v", name, len(got), err)
 		}
-		want, err := bySelector.ListByFingerprint(context.Background(), ns, fp)
+		want, err := bySelector.ReadKey(context.Background(), ns, fp, fp)
 		if err != nil || len(want) != 1 || want[0].Name != got[0].Name {
 			t.Fatalf("selector for %s: %v, %v", name, want, err)
 		}
 	}
-	if got, err := scan.ListByFingerprint(ctx, ns, testenv.Fingerprint("none")); err != nil || len(got) != 0 {
+	none := testenv.Fingerprint("none")
+	if got, err := scan.ReadKey(ctx, ns, none, none); err != nil || len(got) != 0 {
 		t.Fatalf("scan for an absent fingerprint: %d RRs, %v", len(got), err)
 	}
 }

@@ -423,3 +423,37 @@ func TestCoveredAndCreated(t *testing.T) {
 		t.Fatalf("an RR gone across a relist and seen again must be verified again: %+v", got)
 	}
 }
+
+// BenchmarkWatchEvent is what one watch event of a Kubernaut-shaped RR costs the index: decode
+// along the policy's reads, judge, store. BenchmarkWatchEventWhole decodes the same object whole,
+// as a map (what judging it without the projection would start from).
+func BenchmarkWatchEvent(b *testing.B) {
+	ix, f := testIndex(time.Hour)
+	f.noteCall()
+	_ = f.Replace(nil, "1")
+	raw, _ := json.Marshal(kubernautRR("kubernaut-system", 1, "Completed"))
+	b.SetBytes(int64(len(raw)))
+	b.ReportAllocs()
+	dec := projecting{kind: v1alpha1.GroupVersion.WithKind("RemediationRequest"), tree: ix.tree}
+	for b.Loop() {
+		o, _, err := dec.Decode(raw, nil, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Update(o); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkWatchEventWhole(b *testing.B) {
+	raw, _ := json.Marshal(kubernautRR("kubernaut-system", 1, "Completed"))
+	b.SetBytes(int64(len(raw)))
+	b.ReportAllocs()
+	for b.Loop() {
+		var m map[string]any
+		if err := json.Unmarshal(raw, &m); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -173,7 +173,7 @@ func (s *scanner) object(t *Tree) (map[string]any, error) {
 	}
 	for {
 		s.ws()
-		key, err := s.key()
+		kb, escaped, err := s.key()
 		if err != nil {
 			return nil, err
 		}
@@ -186,7 +186,17 @@ func (s *scanner) object(t *Tree) (map[string]any, error) {
 		if s.i >= len(s.b) {
 			return nil, s.fail("a value")
 		}
-		switch c := t.kids[key]; {
+		// A lookup by string(kb) does not allocate; only kept members' names are copied.
+		c := t.kids[string(kb)]
+		if escaped {
+			var k string
+			if err := utiljson.Unmarshal(kb, &k); err != nil {
+				return nil, fmt.Errorf("%w: member name: %v", ErrSyntax, err)
+			}
+			c = t.kids[k]
+			kb = []byte(k)
+		}
+		switch {
 		case c == nil:
 			if err := s.skip(); err != nil {
 				return nil, err
@@ -196,7 +206,7 @@ func (s *scanner) object(t *Tree) (map[string]any, error) {
 			if err != nil {
 				return nil, err
 			}
-			out[key] = v
+			out[string(kb)] = v
 		default: // kept whole: a leaf of the tree, or a non-object where the tree goes deeper
 			start := s.i
 			if err := s.skip(); err != nil {
@@ -204,9 +214,9 @@ func (s *scanner) object(t *Tree) (map[string]any, error) {
 			}
 			var v any
 			if err := utiljson.Unmarshal(s.b[start:s.i], &v); err != nil {
-				return nil, fmt.Errorf("%w: member %q: %v", ErrSyntax, key, err)
+				return nil, fmt.Errorf("%w: member %q: %v", ErrSyntax, kb, err)
 			}
-			out[key] = v
+			out[string(kb)] = v
 		}
 		s.ws()
 		if s.i >= len(s.b) {
@@ -224,45 +234,43 @@ func (s *scanner) object(t *Tree) (map[string]any, error) {
 	}
 }
 
-// key reads a member name.
-func (s *scanner) key() (string, error) {
+// key reads a member name: the bytes between the quotes when it holds no escape, else the quoted
+// name (escaped true), for the caller to unquote.
+func (s *scanner) key() (name []byte, escaped bool, err error) {
 	if s.i >= len(s.b) || s.b[s.i] != '"' {
-		return "", s.fail("a member name")
+		return nil, false, s.fail("a member name")
 	}
 	start := s.i
-	escaped, err := s.str()
+	escaped, err = s.str()
 	if err != nil {
-		return "", err
+		return nil, false, err
 	}
-	raw := s.b[start+1 : s.i-1]
-	if !escaped {
-		return string(raw), nil
+	if escaped {
+		return s.b[start:s.i], true, nil
 	}
-	var k string
-	if err := utiljson.Unmarshal(s.b[start:s.i], &k); err != nil {
-		return "", fmt.Errorf("%w: member name: %v", ErrSyntax, err)
-	}
-	return k, nil
+	return s.b[start+1 : s.i-1], false, nil
 }
 
-// str skips the string at s.i (which is '"') and reports whether it holds an escape.
+// str skips the string at s.i (which is '"') and reports whether it holds an escape. It finds the
+// next quote, then looks for a backslash before it (both vectorized searches); only a string with
+// an escape takes a second look.
 func (s *scanner) str() (bool, error) {
-	s.i++
+	i := s.i + 1
 	escaped := false
 	for {
-		j := bytes.IndexAny(s.b[s.i:], "\"\\")
+		j := bytes.IndexByte(s.b[i:], '"')
 		if j < 0 {
 			s.i = len(s.b)
 			return false, s.fail("the end of a string")
 		}
-		s.i += j
-		if s.b[s.i] == '"' {
-			s.i++
+		k := bytes.IndexByte(s.b[i:i+j], '\\')
+		if k < 0 {
+			s.i = i + j + 1
 			return escaped, nil
 		}
 		escaped = true
-		s.i += 2 // the backslash and the character it escapes
-		if s.i > len(s.b) {
+		i += k + 2 // the backslash and the character it escapes
+		if i > len(s.b) {
 			s.i = len(s.b)
 			return false, s.fail("the end of a string")
 		}

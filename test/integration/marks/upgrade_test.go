@@ -73,4 +73,3 @@ func TestUpgradeFromThePreEngineRelease(t *testing.T) {
 		t.Fatalf("409 %+v\nwant details %s/%s named %s and a message ending %q", s, v1alpha1.GroupVersion.Group, "remediationrequests", flying.Name, want)
 	}
 }
-

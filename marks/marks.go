@@ -44,6 +44,40 @@ type Store struct {
 	Writer client.Client
 	// Now is time.Now when nil.
 	Now func() time.Time
+	// Scope keeps apart the marks of policies other than the RR's, which share the shards: their
+	// entries are "<namespace>.<scope>.<key[:32]>" (Scope names the target, "jobs.batch"); the
+	// RR's, scope "", keep the format they always had.
+	Scope string
+}
+
+// EntryKey is the data key of key fp of namespace in its shard, in s's scope.
+func (s Store) EntryKey(namespace, fp string) string {
+	if s.Scope == "" {
+		return EntryKey(namespace, fp)
+	}
+	return namespace + "." + s.Scope + "." + fp[:rules.KeyLen]
+}
+
+// owns reports whether a shard entry belongs to s's scope: an RR entry has one dot (namespaces
+// and hex keys hold none), a scoped one holds ".<scope>." before its key.
+func (s Store) owns(entry string) bool {
+	if s.Scope == "" {
+		return strings.Count(entry, ".") == 1
+	}
+	i := strings.Index(entry, ".")
+	return i > 0 && strings.HasPrefix(entry[i:], "."+s.Scope+".") && len(entry)-i == len(s.Scope)+2+rules.KeyLen
+}
+
+// ScopeOf is the Scope of a policy's target: "" for RRs, else "<resource>.<group>" ("core" for the
+// core group).
+func ScopeOf(group, resource string) string {
+	if group == "kubernaut.ai" && resource == "remediationrequests" {
+		return ""
+	}
+	if group == "" {
+		group = "core"
+	}
+	return resource + "." + group
 }
 
 // ShardName is the ConfigMap that holds the mark of fingerprint fp.
@@ -91,7 +125,7 @@ func (s Store) Get(ctx context.Context, namespace, fp string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	v, ok := cm.Data[EntryKey(namespace, fp)]
+	v, ok := cm.Data[s.EntryKey(namespace, fp)]
 	if !ok {
 		return 0, nil
 	}
@@ -151,7 +185,7 @@ func (s Store) Raise(ctx context.Context, namespace string, shard string, want m
 		if ShardName(fp) != shard {
 			return fmt.Errorf("fingerprint %s does not belong to shard %s", fp, shard)
 		}
-		k := EntryKey(namespace, fp)
+		k := s.EntryKey(namespace, fp)
 		if v, ok := cm.Data[k]; ok {
 			cur, err := parseEntry(v)
 			if err != nil {

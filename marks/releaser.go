@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -91,6 +92,8 @@ type Facts interface {
 	Each(func(rrfacts.RR))
 	// NoteCovered records a mark seen at or above upTo (the seeding pass then skips those RRs).
 	NoteCovered(namespace, fp string, upTo int64)
+	// KeyOf is the key (hex) and number of the object of that name, as the index judged it.
+	KeyOf(namespace, name string) (keyHex string, n int64, ok bool)
 }
 
 // Releaser removes rrguard's finalizer from RRs once their number is covered: it raises the
@@ -113,9 +116,22 @@ type Releaser struct {
 	MinAge time.Duration
 	// Every is how often the sweep looks for RRs past the hold (DefaultReleaseEvery when zero);
 	// Batch bounds the RRs one round releases (DefaultReleaseBatch when zero).
-	Every  time.Duration
-	Batch  int
+	Every time.Duration
+	Batch int
+	// Kind is the target's: objects are read and patched as metadata only (their key comes from
+	// the index), so one releaser serves any policy. Name tells its controller from other
+	// policies'.
+	Kind   schema.GroupVersionKind
+	Name   string
 	events chan event.GenericEvent
+}
+
+// object is an empty metadata-only object of the target's kind.
+func (r *Releaser) object(namespace, name string) *metav1.PartialObjectMetadata {
+	o := &metav1.PartialObjectMetadata{}
+	o.SetGroupVersionKind(r.Kind)
+	o.Namespace, o.Name = namespace, name
+	return o
 }
 
 // SetupWithManager registers the controller and the sweep; Enqueue feeds the controller.
@@ -125,7 +141,7 @@ func (r *Releaser) SetupWithManager(mgr ctrl.Manager) error {
 		return err
 	}
 	return ctrl.NewControllerManagedBy(mgr).
-		Named("high-water-mark").
+		Named("high-water-mark-" + r.Name).
 		WatchesRawSource(source.Channel(r.events, &handler.EnqueueRequestForObject{})).
 		// Several replicas run in one process in tests; names are for logs and metrics only.
 		WithOptions(controller.Options{MaxConcurrentReconciles: 16, SkipNameValidation: ptr.To(true)}).
@@ -134,9 +150,7 @@ func (r *Releaser) SetupWithManager(mgr ctrl.Manager) error {
 
 // Enqueue asks the releaser to look at an RR being deleted that carries Finalizer.
 func (r *Releaser) Enqueue(namespace, name string) {
-	o := &metav1.PartialObjectMetadata{}
-	o.Namespace, o.Name = namespace, name
-	r.events <- event.GenericEvent{Object: o}
+	r.events <- event.GenericEvent{Object: r.object(namespace, name)}
 }
 
 func (r *Releaser) minAge() time.Duration {
@@ -149,31 +163,32 @@ func (r *Releaser) minAge() time.Duration {
 // Reconcile implements reconcile.Reconciler, for RRs deleted during their hold: they wait until
 // it ends.
 func (r *Releaser) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
-	var rr v1alpha1.RemediationRequest
-	if err := r.Reader.Get(ctx, req.NamespacedName, &rr); err != nil {
+	o := r.object(req.Namespace, req.Name)
+	if err := r.Reader.Get(ctx, req.NamespacedName, o); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
-	if !slices.Contains(rr.Finalizers, Finalizer) {
+	if !slices.Contains(o.Finalizers, Finalizer) {
 		return reconcile.Result{}, nil
 	}
-	if wait := r.minAge() - time.Since(rr.CreationTimestamp.Time); wait > 0 {
-		if rr.DeletionTimestamp == nil {
+	if wait := r.minAge() - time.Since(o.CreationTimestamp.Time); wait > 0 {
+		if o.DeletionTimestamp == nil {
 			return reconcile.Result{}, nil // the sweep releases it when the hold ends
 		}
 		return reconcile.Result{RequeueAfter: wait}, nil
 	}
-	if err := r.Store.cover(ctx, &rr); err != nil {
+	keyHex, n, ok := r.Index.KeyOf(o.Namespace, o.Name)
+	if !ok {
+		// Not in the index yet (it lags the read above): its key is unknown, so it stays held.
+		return reconcile.Result{RequeueAfter: time.Second}, nil
+	}
+	if err := r.Store.cover(ctx, o.Namespace, o.Name, keyHex, n); err != nil {
 		// A conflict or a concurrent shard create: the next try reads afresh.
 		return reconcile.Result{}, err
 	}
-	r.noteCovered(&rr)
-	return reconcile.Result{}, dropFinalizer(ctx, r.Client, &rr)
-}
-
-func (r *Releaser) noteCovered(rr *v1alpha1.RemediationRequest) {
-	if n, ok := rules.Occurrence(rr.Spec.SignalFingerprint, rr.Name); ok && r.Index != nil {
-		r.Index.NoteCovered(rr.Namespace, rr.Spec.SignalFingerprint, n)
+	if n > 0 {
+		r.Index.NoteCovered(o.Namespace, keyHex, n)
 	}
+	return reconcile.Result{}, dropFinalizer(ctx, r.Client, o)
 }
 
 // sweep releases, round after round, the RRs the index shows past the hold with the finalizer on
@@ -285,45 +300,42 @@ func (r *Releaser) releaseRound(ctx context.Context, due []rrfacts.RR) int {
 	return int(done.Load())
 }
 
-// releaseAged removes the finalizer of an RR whose mark the round has raised, once a fresh read
-// confirms it is the same RR, past the hold.
+// releaseAged removes the finalizer of an object whose mark the round has raised, once a fresh
+// read confirms it is the one the index showed (same creation), past the hold.
 func (r *Releaser) releaseAged(ctx context.Context, f rrfacts.RR) error {
 	return retry.OnError(retry.DefaultBackoff, apierrors.IsConflict, func() error {
-		var rr v1alpha1.RemediationRequest
-		if err := r.Reader.Get(ctx, client.ObjectKey{Namespace: f.Namespace, Name: f.Name}, &rr); err != nil {
+		o := r.object(f.Namespace, f.Name)
+		if err := r.Reader.Get(ctx, client.ObjectKeyFromObject(o), o); err != nil {
 			return client.IgnoreNotFound(err)
 		}
-		if !slices.Contains(rr.Finalizers, Finalizer) {
+		if !slices.Contains(o.Finalizers, Finalizer) {
 			return nil
 		}
-		if n, _ := rules.Occurrence(rr.Spec.SignalFingerprint, rr.Name); rr.Spec.SignalFingerprint != f.Fingerprint || n != f.N ||
-			time.Since(rr.CreationTimestamp.Time) < r.minAge() {
-			return fmt.Errorf("%s/%s is not the RR the index showed past the hold", rr.Namespace, rr.Name)
+		if o.CreationTimestamp.Unix() != f.Created.Unix() || time.Since(o.CreationTimestamp.Time) < r.minAge() {
+			return fmt.Errorf("%s/%s is not the object the index showed past the hold", o.Namespace, o.Name)
 		}
-		return dropFinalizer(ctx, r.Client, &rr)
+		return dropFinalizer(ctx, r.Client, o)
 	})
 }
 
-// cover raises the mark of rr's fingerprint to rr's number (rrguard's names only: Kubernaut's own
-// never collide with the scheme's).
-func (s Store) cover(ctx context.Context, rr *v1alpha1.RemediationRequest) error {
-	fp := rr.Spec.SignalFingerprint
-	n, ok := rules.Occurrence(fp, rr.Name)
-	if !ok {
+// cover raises the mark of key keyHex to n, the number of the object name (rrguard's names only:
+// a name outside the scheme, n 0, never collides with it).
+func (s Store) cover(ctx context.Context, namespace, name, keyHex string, n int64) error {
+	if n <= 0 {
 		return nil
 	}
-	if err := s.Raise(ctx, rr.Namespace, ShardName(fp), map[string]int64{fp: n}); err != nil {
-		return fmt.Errorf("raising the mark of %s/%s to %d: %w", rr.Namespace, rr.Name, n, err)
+	if err := s.Raise(ctx, namespace, ShardName(keyHex), map[string]int64{keyHex: n}); err != nil {
+		return fmt.Errorf("raising the mark of %s/%s to %d: %w", namespace, name, n, err)
 	}
 	return nil
 }
 
-// dropFinalizer removes Finalizer from rr with a patch guarded by rr's resourceVersion; an RR
+// dropFinalizer removes Finalizer from o with a patch guarded by o's resourceVersion; an object
 // already gone needs nothing.
-func dropFinalizer(ctx context.Context, c client.Client, rr *v1alpha1.RemediationRequest) error {
-	patch := client.MergeFromWithOptions(rr.DeepCopy(), client.MergeFromWithOptimisticLock{})
-	rr.Finalizers = slices.DeleteFunc(rr.Finalizers, func(f string) bool { return f == Finalizer })
-	if err := c.Patch(ctx, rr, patch); err != nil {
+func dropFinalizer(ctx context.Context, c client.Client, o client.Object) error {
+	patch := client.MergeFromWithOptions(o.DeepCopyObject().(client.Object), client.MergeFromWithOptimisticLock{})
+	o.SetFinalizers(slices.DeleteFunc(o.GetFinalizers(), func(f string) bool { return f == Finalizer }))
+	if err := c.Patch(ctx, o, patch); err != nil {
 		return client.IgnoreNotFound(err)
 	}
 	released.Inc()
@@ -359,7 +371,8 @@ func ReleaseAll(ctx context.Context, c client.Client, store Store, namespaces ..
 		}
 		if err := retry.OnError(retry.DefaultBackoff, contended, func() error {
 			// With rrguard's namespace already gone, the marks are gone too: release anyway.
-			if err := store.cover(ctx, rr); err != nil && !apierrors.IsNotFound(err) {
+			n, _ := rules.Occurrence(rr.Spec.SignalFingerprint, rr.Name)
+			if err := store.cover(ctx, rr.Namespace, rr.Name, rr.Spec.SignalFingerprint, n); err != nil && !apierrors.IsNotFound(err) {
 				return err
 			}
 			var cur v1alpha1.RemediationRequest

@@ -128,7 +128,7 @@ func (s *Seeder) pass(ctx context.Context) error {
 	var heldNow int
 	var oldest time.Duration
 	s.Index.Each(func(rr rrfacts.RR) {
-		key := EntryKey(rr.Namespace, rr.Fingerprint)
+		key := s.Store.EntryKey(rr.Namespace, rr.Fingerprint)
 		live[key] = true
 		if rr.Finalized {
 			if !rr.DeletedAt.IsZero() {
@@ -199,7 +199,7 @@ func (s *Seeder) collect(ctx context.Context, live map[string]bool) error {
 		changed := false
 		for k, v := range cm.Data {
 			e, err := parseEntry(v)
-			if err != nil || live[k] || time.Since(e.Raised) < horizon {
+			if err != nil || !s.Store.owns(k) || live[k] || time.Since(e.Raised) < horizon {
 				continue
 			}
 			delete(cm.Data, k)

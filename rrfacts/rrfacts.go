@@ -359,6 +359,18 @@ func (ix *Index) NoteCovered(namespace, fp string, upTo int64) {
 	}
 }
 
+// KeyOf is the key (hex) and occurrence number the index holds for the object of that name.
+func (ix *Index) KeyOf(namespace, name string) (keyHex string, n int64, ok bool) {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	if nsf := ix.nss[namespace]; nsf != nil {
+		if e := nsf.byName[name]; e != nil {
+			return e.g.fp, e.n, true
+		}
+	}
+	return "", 0, false
+}
+
 // LoadedMarks says that every mark that existed before the index's watch began has been noted:
 // from now on MayBeMarked can say no.
 func (ix *Index) LoadedMarks() {

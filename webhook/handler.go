@@ -25,6 +25,10 @@ const (
 	CheckPath = "/validate-remediationrequest"
 )
 
+// PolicyPath is where the webhook server serves a policy other than the RR's: /mutate/<policy>
+// and /validate/<policy>.
+func PolicyPath(kind, policy string) string { return "/" + kind + "/" + policy }
+
 // createReads is what a webhook reads of a new object besides what its policy reads.
 var createReads = (&jsonproject.Tree{}).Add("metadata", "name").Add("metadata", "generateName").
 	Add("metadata", "finalizers").Add("metadata", "managedFields")

@@ -36,6 +36,9 @@ type Namer struct {
 	// Judged, when set, says whether rrguard judges RRs in a namespace; creates elsewhere are
 	// refused (rrguard could neither decide them from its index nor release its finalizer).
 	Judged func(namespace string) bool
+	// LeaveAlone, when set and true for a namespace, lets its creates through untouched: the
+	// namespaces no policy may judge (policy.NeverJudgedNamespace).
+	LeaveAlone func(namespace string) bool
 	// Ready, when set and failing, answers 503: a replica decides only once its marks are seeded.
 	Ready func() error
 	Now   func() time.Time // time.Now when nil
@@ -102,6 +105,9 @@ func (h *Namer) handle(ctx context.Context, req admission.Request) (admission.Re
 		return deny(err), decisionOf(err)
 	}
 
+	if h.LeaveAlone != nil && h.LeaveAlone(c.Namespace) {
+		return admission.Allowed("rrguard never judges namespace " + c.Namespace), DecisionAllowed
+	}
 	if h.Judged != nil && !h.Judged(c.Namespace) {
 		return deny(notJudged(c, h.Policy.GroupResource)), DecisionInvalid
 	}

@@ -23,8 +23,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
 	"github.com/rrguard/rrguard/audit"
 	"github.com/rrguard/rrguard/marks"
+	"github.com/rrguard/rrguard/policy"
 	"github.com/rrguard/rrguard/webhook/serve"
 )
 
@@ -64,6 +66,7 @@ func run(args []string) int {
 	fs.DurationVar(&o.ReleaseEvery, "release-every", marks.DefaultReleaseEvery, "how often to look for RRs past the hold that still carry the finalizer")
 	fs.IntVar(&o.ReleaseBatch, "release-batch", marks.DefaultReleaseBatch, "at most this many RRs released per round (an upgrade releases the RRs an older release held for life about this many per second)")
 	fs.DurationVar(&o.MarkHorizon, "mark-horizon", marks.DefaultHorizon, "remove the high-water mark of a fingerprint with no RR left once it is older than this (Kubernaut keeps audit data 2,555 days)")
+	policyFiles := fs.String("policy-files", "", "comma-separated UniquenessPolicy files to enforce besides the RR policy (each needs webhook rules and RBAC for its target: docs/design.md, \"Policies\")")
 	qps := fs.Float64("kube-api-qps", 200, "client-side QPS limit for API reads (each create costs one)")
 	burst := fs.Int("kube-api-burst", 400, "client-side burst for API reads")
 	zo := zap.Options{}
@@ -76,6 +79,19 @@ func run(args []string) int {
 	if err := o.IndexSafety(); err != nil {
 		log.Error(err, "refusing to start")
 		return 1
+	}
+	for _, f := range splitList(*policyFiles) {
+		b, err := os.ReadFile(f)
+		if err == nil {
+			var p *rrguardv1.UniquenessPolicy
+			if p, err = policy.ReadPolicy(b); err == nil {
+				o.Policies = append(o.Policies, p)
+			}
+		}
+		if err != nil {
+			log.Error(err, "refusing to start: a policy file", "file", f)
+			return 1
+		}
 	}
 	cfg, err := ctrl.GetConfig()
 	if err != nil {

@@ -25,6 +25,7 @@ import (
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
 	"github.com/rrguard/rrguard/marks"
 	"github.com/rrguard/rrguard/policy"
 	"github.com/rrguard/rrguard/rrfacts"
@@ -74,6 +75,11 @@ type Options struct {
 	// MarkHorizon removes marks older than it whose fingerprint has no RR left
 	// (marks.DefaultHorizon when zero), looked for every MarkGCEvery (1 h when zero).
 	MarkHorizon, MarkGCEvery time.Duration
+	// Policies are enforced besides the RR's: UniquenessPolicies for other resources. Each gets a
+	// watch of its target, webhooks at webhook.PolicyPath, and marks scoped to its target; the
+	// webhook configurations that send its creates here, and the RBAC on its target, are the
+	// installer's (see docs/design.md, "Policies").
+	Policies []*rrguardv1.UniquenessPolicy
 	// ShutdownDelay keeps serving after a stop is asked for, while /readyz already fails, so that
 	// endpoints drop the pod before it stops answering the API server.
 	ShutdownDelay time.Duration
@@ -150,7 +156,8 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	}
 	store := marks.Store{Namespace: o.MarksNamespace, Reader: marksReader, Writer: mgr.GetClient()}
 	releaser := &marks.Releaser{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Store: store,
-		MinAge: o.ReleaseMinAge, Every: o.ReleaseEvery, Batch: o.ReleaseBatch}
+		MinAge: o.ReleaseMinAge, Every: o.ReleaseEvery, Batch: o.ReleaseBatch,
+		Kind: v1alpha1.GroupVersion.WithKind("RemediationRequest"), Name: "remediationrequests"}
 	if err := releaser.SetupWithManager(mgr); err != nil {
 		return nil, err
 	}
@@ -213,6 +220,14 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	}
 	server.Register(webhook.NamePath, r.drained(&crwebhook.Admission{Handler: namer}))
 	server.Register(webhook.CheckPath, r.drained(&crwebhook.Admission{Handler: &webhook.Checker{Policy: rrPolicy}}))
+	seeders := []*marks.Seeder{seeder}
+	for _, p := range o.Policies {
+		t, err := r.enforce(cfg, o, p, store, maxLag, indexDecides)
+		if err != nil {
+			return nil, fmt.Errorf("serve: policy %s: %w", p.Name, err)
+		}
+		seeders = append(seeders, t)
+	}
 
 	if err := mgr.Add(cert); err != nil {
 		return nil, err
@@ -231,7 +246,14 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	}); err != nil {
 		return nil, err
 	}
-	if err := mgr.AddReadyzCheck("marks-seeded", func(*http.Request) error { return seeder.Ready() }); err != nil {
+	if err := mgr.AddReadyzCheck("marks-seeded", func(*http.Request) error {
+		for _, s := range seeders {
+			if err := s.Ready(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
 		return nil, err
 	}
 	if err := mgr.AddReadyzCheck("webhook-tls", server.StartedChecker()); err != nil {
@@ -246,6 +268,57 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// enforce sets up one more policy: its compiled form, a watch of its target, its releaser and
+// seeder (marks scoped to the target), and its webhooks. It returns the seeder, whose first pass
+// readiness waits for.
+func (r *Replica) enforce(cfg *rest.Config, o Options, p *rrguardv1.UniquenessPolicy, store marks.Store, maxLag time.Duration, indexDecides bool) (*marks.Seeder, error) {
+	c, err := policy.Compile(p, o.MarksNamespace)
+	if err != nil {
+		return nil, err
+	}
+	if !c.NamesForLife {
+		return nil, errors.New("namesForLife: false is not supported: at the deletion edge the guarantee needs the marks (docs/design.md)")
+	}
+	gr := c.GroupResource
+	gvk, err := r.mgr.GetRESTMapper().KindFor(gr.WithVersion(c.Versions[0]))
+	if err != nil {
+		return nil, fmt.Errorf("the target %s: %w", gr, err)
+	}
+	store.Scope = marks.ScopeOf(gr.Group, gr.Resource)
+	releaser := &marks.Releaser{Client: r.mgr.GetClient(), Reader: r.mgr.GetAPIReader(), Store: store,
+		MinAge: o.ReleaseMinAge, Every: o.ReleaseEvery, Batch: o.ReleaseBatch, Kind: gvk, Name: c.Policy}
+	if err := releaser.SetupWithManager(r.mgr); err != nil {
+		return nil, err
+	}
+	index, err := rrfacts.New(cfg, rrfacts.Options{
+		Namespaces: c.Namespaces, Finalizer: marks.Finalizer, MarkKey: store.EntryKey,
+		MaxLag: maxLag, OnDeleting: releaser.Enqueue, Policy: c, Kind: gvk,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := r.mgr.Add(index); err != nil {
+		return nil, err
+	}
+	releaser.Index = index
+	seeder := &marks.Seeder{Index: index, Store: store, Every: o.SeedEvery, Horizon: o.MarkHorizon, GCEvery: o.MarkGCEvery}
+	if err := r.mgr.Add(seeder); err != nil {
+		return nil, err
+	}
+	leaveAlone := func(ns string) bool { return policy.NeverJudgedNamespace(ns, o.MarksNamespace) }
+	namer := &webhook.Namer{Policy: c, Lister: index, Marks: store, Finalizer: marks.Finalizer, Ready: seeder.Ready, LeaveAlone: leaveAlone}
+	if indexDecides {
+		namer.Index = index
+	}
+	if len(c.Namespaces) > 0 {
+		namer.Judged = index.Watches
+	}
+	server := r.mgr.GetWebhookServer()
+	server.Register(webhook.PolicyPath("mutate", c.Policy), r.drained(&crwebhook.Admission{Handler: namer}))
+	server.Register(webhook.PolicyPath("validate", c.Policy), r.drained(&crwebhook.Admission{Handler: &webhook.Checker{Policy: c, LeaveAlone: leaveAlone}}))
+	return seeder, nil
 }
 
 // ErrIndexLagUnsafe says the hold is too short for the RR index to decide: the argument in

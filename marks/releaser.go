@@ -12,17 +12,13 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/retry"
-	"k8s.io/utils/ptr"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller"
-	"sigs.k8s.io/controller-runtime/pkg/event"
-	"sigs.k8s.io/controller-runtime/pkg/handler"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
-	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/rrfacts"
@@ -121,10 +117,15 @@ type Releaser struct {
 	// Kind is the target's: objects are read and patched as metadata only (their key comes from
 	// the index), so one releaser serves any policy. Name tells its controller from other
 	// policies'.
-	Kind   schema.GroupVersionKind
-	Name   string
-	events chan event.GenericEvent
+	Kind schema.GroupVersionKind
+	Name string
+
+	once  sync.Once
+	queue workqueue.TypedRateLimitingInterface[types.NamespacedName]
 }
+
+// deletionWorkers release objects deleted during their hold concurrently.
+const deletionWorkers = 16
 
 // object is an empty metadata-only object of the target's kind.
 func (r *Releaser) object(namespace, name string) *metav1.PartialObjectMetadata {
@@ -134,23 +135,69 @@ func (r *Releaser) object(namespace, name string) *metav1.PartialObjectMetadata 
 	return o
 }
 
-// SetupWithManager registers the controller and the sweep; Enqueue feeds the controller.
-func (r *Releaser) SetupWithManager(mgr ctrl.Manager) error {
-	r.events = make(chan event.GenericEvent, 1024)
-	if err := mgr.Add(manager.RunnableFunc(r.sweep)); err != nil {
-		return err
+// SetupWithManager runs the releaser (Start) with the manager.
+func (r *Releaser) SetupWithManager(mgr ctrl.Manager) error { return mgr.Add(r) }
+
+// Start runs the sweep and the workers of the deletions queue until ctx is done
+// (manager.Runnable, or run alone: a policy's releaser starts and stops with the policy).
+func (r *Releaser) Start(ctx context.Context) error {
+	r.init()
+	defer r.queue.ShutDown()
+	var wg sync.WaitGroup
+	for range deletionWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for r.work(ctx) {
+			}
+		}()
 	}
-	return ctrl.NewControllerManagedBy(mgr).
-		Named("high-water-mark-" + r.Name).
-		WatchesRawSource(source.Channel(r.events, &handler.EnqueueRequestForObject{})).
-		// Several replicas run in one process in tests; names are for logs and metrics only.
-		WithOptions(controller.Options{MaxConcurrentReconciles: 16, SkipNameValidation: ptr.To(true)}).
-		Complete(r)
+	go func() {
+		<-ctx.Done()
+		r.queue.ShutDown()
+	}()
+	err := r.sweep(ctx)
+	wg.Wait()
+	return err
 }
 
-// Enqueue asks the releaser to look at an RR being deleted that carries Finalizer.
+// NeedLeaderElection implements manager.LeaderElectionRunnable: every replica releases.
+func (r *Releaser) NeedLeaderElection() bool { return false }
+
+func (r *Releaser) init() {
+	r.once.Do(func() {
+		r.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName](),
+			workqueue.TypedRateLimitingQueueConfig[types.NamespacedName]{Name: "high-water-mark-" + r.Name})
+	})
+}
+
+// work reconciles one queued deletion; false once the queue is shut down.
+func (r *Releaser) work(ctx context.Context) bool {
+	key, quit := r.queue.Get()
+	if quit {
+		return false
+	}
+	defer r.queue.Done(key)
+	res, err := r.Reconcile(ctx, reconcile.Request{NamespacedName: key})
+	switch {
+	case err != nil:
+		if ctx.Err() == nil {
+			ctrl.Log.WithName("marks").V(1).Info("releasing a deleted object, will retry", "object", key, "error", err.Error())
+		}
+		r.queue.AddRateLimited(key)
+	case res.RequeueAfter > 0:
+		r.queue.Forget(key)
+		r.queue.AddAfter(key, res.RequeueAfter)
+	default:
+		r.queue.Forget(key)
+	}
+	return true
+}
+
+// Enqueue asks the releaser to look at an object being deleted that carries Finalizer.
 func (r *Releaser) Enqueue(namespace, name string) {
-	r.events <- event.GenericEvent{Object: r.object(namespace, name)}
+	r.init()
+	r.queue.Add(types.NamespacedName{Namespace: namespace, Name: name})
 }
 
 func (r *Releaser) minAge() time.Duration {

@@ -52,3 +52,11 @@ func forbidden(t v1alpha1.Target, rrguardNamespace string, path *field.Path) err
 	}
 	return nil
 }
+
+// TargetString is a target as "<resource>.<group>".
+func TargetString(t v1alpha1.Target) string {
+	if t.Group == "" {
+		return t.Resource
+	}
+	return t.Resource + "." + t.Group
+}

@@ -166,6 +166,7 @@ type feed struct {
 	// advanced is closed (and replaced) whenever completeAsOf moves; probeUntil: see AwaitFresh.
 	advanced   chan struct{}
 	probeUntil time.Time
+	lastErr    error
 }
 
 // New builds an index that reads through cfg. Start runs it.
@@ -520,15 +521,39 @@ func (f *feed) listWatch() *cache.ListWatch {
 			out := &objectList{tree: f.ix.tree}
 			err := rc.Get().Namespace(f.namespace).Resource(f.ix.o.Policy.GroupResource.Resource).
 				VersionedParams(&opts, metav1.ParameterCodec).Do(ctx).Into(out)
+			f.noteErr(err)
 			return out, err
 		},
 		WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
 			f.noteCall()
 			opts.Watch = true
-			return rc.Get().Namespace(f.namespace).Resource(f.ix.o.Policy.GroupResource.Resource).
+			w, err := rc.Get().Namespace(f.namespace).Resource(f.ix.o.Policy.GroupResource.Resource).
 				VersionedParams(&opts, metav1.ParameterCodec).Watch(ctx)
+			f.noteErr(err)
+			return w, err
 		},
 	}
+}
+
+// noteErr keeps the last error of a list or watch call (nil once one succeeds), for LastError.
+func (f *feed) noteErr(err error) {
+	f.mu.Lock()
+	f.lastErr = err
+	f.mu.Unlock()
+}
+
+// LastError is the last error a list or watch of the target gave, while the index has not synced
+// since: why it cannot vouch (no RBAC for the target, say).
+func (ix *Index) LastError() error {
+	for _, f := range ix.feeds {
+		f.mu.Lock()
+		err, synced := f.lastErr, f.synced
+		f.mu.Unlock()
+		if err != nil && !synced {
+			return err
+		}
+	}
+	return nil
 }
 
 func (f *feed) noteCall() {

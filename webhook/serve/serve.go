@@ -94,6 +94,9 @@ func Scheme() *runtime.Scheme {
 	if err := v1alpha1.AddToScheme(s); err != nil {
 		panic(err)
 	}
+	if err := rrguardv1.AddToScheme(s); err != nil {
+		panic(err)
+	}
 	return s
 }
 
@@ -102,6 +105,7 @@ type Replica struct {
 	mgr      manager.Manager
 	seeder   *marks.Seeder
 	index    *rrfacts.Index
+	policies *policySet
 	stopping atomic.Bool
 	delay    time.Duration
 	api      APIServer
@@ -220,14 +224,33 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	}
 	server.Register(webhook.NamePath, r.drained(&crwebhook.Admission{Handler: namer}))
 	server.Register(webhook.CheckPath, r.drained(&crwebhook.Admission{Handler: &webhook.Checker{Policy: rrPolicy}}))
-	seeders := []*marks.Seeder{seeder}
+	// Policies for other resources: those given, and the cluster's UniquenessPolicies.
+	ps := &policySet{r: r, cfg: cfg, o: o, store: store, maxLag: maxLag, indexDecides: indexDecides, live: map[string]*livePolicy{}}
+	static := map[string]bool{}
 	for _, p := range o.Policies {
-		t, err := r.enforce(cfg, o, p, store, maxLag, indexDecides)
-		if err != nil {
+		if _, err := ps.enforce(p); err != nil {
 			return nil, fmt.Errorf("serve: policy %s: %w", p.Name, err)
 		}
-		seeders = append(seeders, t)
+		static[p.Name] = true
 	}
+	if err := mgr.Add(ps); err != nil {
+		return nil, err
+	}
+	r.policies = ps
+	exists := func(name string) bool { return static[name] }
+	if _, err := mgr.GetRESTMapper().KindFor(rrguardv1.GroupVersion.WithResource("uniquenesspolicies")); err == nil {
+		if err := setupPolicyController(mgr, ps); err != nil {
+			return nil, err
+		}
+		exists = func(name string) bool {
+			var p rrguardv1.UniquenessPolicy
+			return static[name] || mgr.GetClient().Get(context.Background(), client.ObjectKey{Name: name}, &p) == nil
+		}
+	} else {
+		ctrl.Log.WithName("rrguard").Info("the UniquenessPolicy CRD is not installed: only the RR policy and --policy-files are enforced", "reason", err.Error())
+	}
+	server.Register("/mutate/", r.drained(ps.serve("mutate", exists)))
+	server.Register("/validate/", r.drained(ps.serve("validate", exists)))
 
 	if err := mgr.Add(cert); err != nil {
 		return nil, err
@@ -246,14 +269,7 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 	}); err != nil {
 		return nil, err
 	}
-	if err := mgr.AddReadyzCheck("marks-seeded", func(*http.Request) error {
-		for _, s := range seeders {
-			if err := s.Ready(); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
+	if err := mgr.AddReadyzCheck("marks-seeded", func(*http.Request) error { return seeder.Ready() }); err != nil {
 		return nil, err
 	}
 	if err := mgr.AddReadyzCheck("webhook-tls", server.StartedChecker()); err != nil {
@@ -268,57 +284,6 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		return nil, err
 	}
 	return r, nil
-}
-
-// enforce sets up one more policy: its compiled form, a watch of its target, its releaser and
-// seeder (marks scoped to the target), and its webhooks. It returns the seeder, whose first pass
-// readiness waits for.
-func (r *Replica) enforce(cfg *rest.Config, o Options, p *rrguardv1.UniquenessPolicy, store marks.Store, maxLag time.Duration, indexDecides bool) (*marks.Seeder, error) {
-	c, err := policy.Compile(p, o.MarksNamespace)
-	if err != nil {
-		return nil, err
-	}
-	if !c.NamesForLife {
-		return nil, errors.New("namesForLife: false is not supported: at the deletion edge the guarantee needs the marks (docs/design.md)")
-	}
-	gr := c.GroupResource
-	gvk, err := r.mgr.GetRESTMapper().KindFor(gr.WithVersion(c.Versions[0]))
-	if err != nil {
-		return nil, fmt.Errorf("the target %s: %w", gr, err)
-	}
-	store.Scope = marks.ScopeOf(gr.Group, gr.Resource)
-	releaser := &marks.Releaser{Client: r.mgr.GetClient(), Reader: r.mgr.GetAPIReader(), Store: store,
-		MinAge: o.ReleaseMinAge, Every: o.ReleaseEvery, Batch: o.ReleaseBatch, Kind: gvk, Name: c.Policy}
-	if err := releaser.SetupWithManager(r.mgr); err != nil {
-		return nil, err
-	}
-	index, err := rrfacts.New(cfg, rrfacts.Options{
-		Namespaces: c.Namespaces, Finalizer: marks.Finalizer, MarkKey: store.EntryKey,
-		MaxLag: maxLag, OnDeleting: releaser.Enqueue, Policy: c, Kind: gvk,
-	})
-	if err != nil {
-		return nil, err
-	}
-	if err := r.mgr.Add(index); err != nil {
-		return nil, err
-	}
-	releaser.Index = index
-	seeder := &marks.Seeder{Index: index, Store: store, Every: o.SeedEvery, Horizon: o.MarkHorizon, GCEvery: o.MarkGCEvery}
-	if err := r.mgr.Add(seeder); err != nil {
-		return nil, err
-	}
-	leaveAlone := func(ns string) bool { return policy.NeverJudgedNamespace(ns, o.MarksNamespace) }
-	namer := &webhook.Namer{Policy: c, Lister: index, Marks: store, Finalizer: marks.Finalizer, Ready: seeder.Ready, LeaveAlone: leaveAlone}
-	if indexDecides {
-		namer.Index = index
-	}
-	if len(c.Namespaces) > 0 {
-		namer.Judged = index.Watches
-	}
-	server := r.mgr.GetWebhookServer()
-	server.Register(webhook.PolicyPath("mutate", c.Policy), r.drained(&crwebhook.Admission{Handler: namer}))
-	server.Register(webhook.PolicyPath("validate", c.Policy), r.drained(&crwebhook.Admission{Handler: &webhook.Checker{Policy: c, LeaveAlone: leaveAlone}}))
-	return seeder, nil
 }
 
 // ErrIndexLagUnsafe says the hold is too short for the RR index to decide: the argument in

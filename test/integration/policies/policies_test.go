@@ -143,18 +143,21 @@ func serving(ctx context.Context, t *testing.T, adjust ...func(*serve.Options)) 
 	return stop
 }
 
-var installOnce sync.Once
-
-// installWebhooks writes, once, a mutating and a validating configuration with one webhook per
-// sample policy, at the address and CA the suite's RR webhooks use.
+// installWebhooks writes a mutating and a validating configuration with one webhook per sample
+// policy, at the address and CA the suite's RR webhooks use, as an installer would for policies
+// given by file; they go when the test ends.
 func installWebhooks(ctx context.Context, t *testing.T) {
 	t.Helper()
-	var err error
-	installOnce.Do(func() { err = writeWebhooks(ctx) })
-	if err != nil {
+	if err := writeWebhooks(ctx); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		_ = env.Client.Delete(context.Background(), &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: manualWebhooks}})
+		_ = env.Client.Delete(context.Background(), &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: manualWebhooks}})
+	})
 }
+
+const manualWebhooks = "rrguard-policies-from-files"
 
 func writeWebhooks(ctx context.Context) error {
 	var rr admissionregistrationv1.MutatingWebhookConfiguration
@@ -167,8 +170,8 @@ func writeWebhooks(ctx context.Context) error {
 		u.Path = path
 		return admissionregistrationv1.WebhookClientConfig{URL: ptr.To(u.String()), CABundle: base.CABundle}
 	}
-	mut := &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "rrguard-policies"}}
-	val := &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "rrguard-policies"}}
+	mut := &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: manualWebhooks}}
+	val := &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: manualWebhooks}}
 	for _, tg := range targets {
 		rules := []admissionregistrationv1.RuleWithOperations{{
 			Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},

@@ -1,0 +1,237 @@
+package policies
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
+	"github.com/rrguard/rrguard/policy"
+	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/webhook/serve"
+)
+
+// lifePolicy is the Tekton sample as a cluster object of its own name, judging only ns.
+func lifePolicy(t *testing.T, name, ns string) *rrguardv1.UniquenessPolicy {
+	t.Helper()
+	p := targets[0].policy(t)
+	p.Name = name
+	p.Spec.Target.Namespaces = []string{ns}
+	return p
+}
+
+func policyStatus(ctx context.Context, t *testing.T, name string) rrguardv1.UniquenessPolicyStatus {
+	t.Helper()
+	var p rrguardv1.UniquenessPolicy
+	if err := env.Client.Get(ctx, client.ObjectKey{Name: name}, &p); err != nil {
+		t.Fatal(err)
+	}
+	return p.Status
+}
+
+// waitCondition waits up to within for condition ctype of policy name to be status with reason.
+func waitCondition(ctx context.Context, t *testing.T, name, ctype string, status metav1.ConditionStatus, reason string, within time.Duration) rrguardv1.UniquenessPolicyStatus {
+	t.Helper()
+	var st rrguardv1.UniquenessPolicyStatus
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, within, true, func(ctx context.Context) (bool, error) {
+		st = policyStatus(ctx, t, name)
+		c := meta.FindStatusCondition(st.Conditions, ctype)
+		return c != nil && c.Status == status && (reason == "" || c.Reason == reason), nil
+	}); err != nil {
+		t.Fatalf("policy %s: %s not %s %s within %s: %+v", name, ctype, status, reason, within, st.Conditions)
+	}
+	return st
+}
+
+// A policy applied to the cluster is enforced within 10 seconds (rrguard writes the webhooks for
+// it); changed while creates arrive, it keeps one in flight; deleted, its target is no longer
+// judged and its webhooks go.
+func TestPolicyLife(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "life", 3*time.Minute)
+	serving(ctx, t, func(o *serve.Options) { o.Policies = nil })
+	tg := targets[0]
+	p := lifePolicy(t, "life-pipelineruns", ns)
+	applied := time.Now()
+	if err := env.Client.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), p) })
+	st := waitCondition(ctx, t, p.Name, rrguardv1.ConditionEnforced, metav1.ConditionTrue, "Enforced", 10*time.Second)
+	if !meta.IsStatusConditionTrue(st.Conditions, rrguardv1.ConditionCompiled) || !meta.IsStatusConditionTrue(st.Conditions, rrguardv1.ConditionWatching) ||
+		st.ConsistentRead != rrguardv1.ReadLabelSelector || st.ObservedGeneration != 1 {
+		t.Fatalf("status %+v", st)
+	}
+	var judged *unstructured.Unstructured
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 10*time.Second-time.Since(applied), true, func(ctx context.Context) (bool, error) {
+		u := tg.object(ns)
+		if err := env.Client.Create(ctx, u); err != nil {
+			return false, nil
+		}
+		if u.GetName() != tg.name(1) {
+			_ = env.Client.Delete(ctx, u) // not judged yet: the API server has not picked up the webhooks
+			return false, nil
+		}
+		judged = u
+		return true, nil
+	}); err != nil {
+		t.Fatalf("a create was not judged within 10 s of applying the policy: %v", err)
+	}
+	t.Logf("judged %s after %s", judged.GetName(), time.Since(applied).Round(time.Millisecond))
+
+	// Changed (a new message) while 8 creators keep creating: the target is restarted under the
+	// new generation; creates meanwhile get 409 naming -1 or 503 (retry), and nothing else is stored.
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	var refused, unavailable, other atomic.Int64
+	var otherErr atomic.Value
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				err := env.Client.Create(ctx, tg.object(ns))
+				switch {
+				case apierrors.IsAlreadyExists(err) && detailsName(err) == tg.name(1):
+					refused.Add(1)
+				case apierrors.IsServiceUnavailable(err), apierrors.IsInternalError(err) && strings.Contains(err.Error(), "retry"):
+					unavailable.Add(1)
+				default:
+					other.Add(1)
+					otherErr.Store(err)
+				}
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := retryConflict(func() error {
+		var cur rrguardv1.UniquenessPolicy
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(p), &cur); err != nil {
+			return err
+		}
+		cur.Spec.Message = "a PipelineRun of this branch is running"
+		return env.Client.Update(ctx, &cur)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		st := policyStatus(ctx, t, p.Name)
+		return st.ObservedGeneration == 2 && meta.IsStatusConditionTrue(st.Conditions, rrguardv1.ConditionEnforced), nil
+	}); err != nil {
+		t.Fatalf("generation 2 not enforced: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	stop.Store(true)
+	wg.Wait()
+	if other.Load() > 0 || refused.Load() == 0 {
+		t.Fatalf("creates through the change: %d refused naming -1, %d unavailable, %d other (last: %v)", refused.Load(), unavailable.Load(), other.Load(), otherErr.Load())
+	}
+	err := env.Client.Create(ctx, tg.object(ns))
+	if !apierrors.IsAlreadyExists(err) || !strings.Contains(err.Error(), "a PipelineRun of this branch is running") {
+		t.Fatalf("after the change, the 409 carries the new message: %v", err)
+	}
+	list := &unstructured.UnstructuredList{}
+	list.SetGroupVersionKind(tg.gvk.GroupVersion().WithKind("PipelineRunList"))
+	if err := env.Client.List(ctx, list, client.InNamespace(ns)); err != nil || len(list.Items) != 1 {
+		t.Fatalf("stored %d PipelineRuns through the change (%v), want only %s", len(list.Items), err, tg.name(1))
+	}
+	t.Logf("through the change: %d refused naming -1, %d unavailable", refused.Load(), unavailable.Load())
+
+	// Deleted: within 10 s a create keeps the name it was sent with, and the webhooks are gone.
+	if err := env.Client.Delete(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		u := tg.object(ns)
+		u.SetGenerateName("")
+		u.SetName("after-delete")
+		err := env.Client.Create(ctx, u, client.DryRunAll)
+		return err == nil && u.GetName() == "after-delete", nil
+	}); err != nil {
+		t.Fatalf("creates still judged 10 s after the policy was deleted: %v", err)
+	}
+	var mut admissionregistrationv1.MutatingWebhookConfiguration
+	if err := env.Client.Get(ctx, client.ObjectKey{Name: serve.PoliciesWebhookConfiguration}, &mut); err != nil {
+		t.Fatal(err)
+	}
+	if slices.ContainsFunc(mut.Webhooks, func(w admissionregistrationv1.MutatingWebhook) bool { return strings.HasPrefix(w.Name, p.Name+".") }) {
+		t.Fatalf("the deleted policy's webhook is still configured: %+v", mut.Webhooks)
+	}
+	t.Logf("left alone %s after the delete", time.Since(deleted).Round(time.Millisecond))
+}
+
+// A policy rrguard cannot enforce says why in its status, and is not enforced: a bad expression,
+// one over the cost budget, a forbidden target, a target the API server does not serve, a second
+// policy for one resource, the RRs (the built-in policy's).
+func TestPoliciesRefused(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "refused", 3*time.Minute)
+	serving(ctx, t, func(o *serve.Options) { o.Policies = nil })
+	first := lifePolicy(t, "refused-first", ns)
+	if err := env.Client.Create(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), first) })
+	waitCondition(ctx, t, first.Name, rrguardv1.ConditionEnforced, metav1.ConditionTrue, "", 10*time.Second)
+	for _, c := range []struct {
+		name, reason string
+		edit         func(*rrguardv1.UniquenessPolicySpec)
+	}{
+		{"refused-syntax", policy.ReasonCompileError, func(s *rrguardv1.UniquenessPolicySpec) {
+			s.Target.Resource = "workflows"
+			s.Target.Group = "argoproj.io"
+			s.Target.Versions = []string{"v1alpha1"}
+			s.Key.Expression = "object.metadata.labels["
+		}},
+		{"refused-budget", policy.ReasonOverBudget, func(s *rrguardv1.UniquenessPolicySpec) {
+			s.Target = rrguardv1.Target{Group: "argoproj.io", Versions: []string{"v1alpha1"}, Resource: "workflows"}
+			s.InFlight = "object.status.conditions.all(a, object.status.conditions.all(b, a.type == b.type))"
+		}},
+		{"refused-leases", policy.ReasonForbiddenTarget, func(s *rrguardv1.UniquenessPolicySpec) {
+			s.Target = rrguardv1.Target{Group: "coordination.k8s.io", Versions: []string{"v1"}, Resource: "leases"}
+		}},
+		{"refused-unknown", "TargetNotWatchable", func(s *rrguardv1.UniquenessPolicySpec) {
+			s.Target = rrguardv1.Target{Group: "example.com", Versions: []string{"v1"}, Resource: "gadgets"}
+		}},
+		{"refused-second", serve.ReasonConflictingPolicy, func(*rrguardv1.UniquenessPolicySpec) {}},
+		{"refused-rrs", serve.ReasonConflictingPolicy, func(s *rrguardv1.UniquenessPolicySpec) {
+			s.Target = rrguardv1.Target{Group: "kubernaut.ai", Versions: []string{"v1alpha1"}, Resource: "remediationrequests"}
+			s.Key = rrguardv1.Key{Expression: "object.spec.signalFingerprint", Encoding: rrguardv1.KeyHex, NamePrefix: "x-"}
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := lifePolicy(t, c.name, ns)
+			c.edit(&p.Spec)
+			if err := env.Client.Create(ctx, p); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = env.Client.Delete(context.Background(), p) })
+			st := waitCondition(ctx, t, p.Name, rrguardv1.ConditionEnforced, metav1.ConditionFalse, c.reason, 10*time.Second)
+			if msg := meta.FindStatusCondition(st.Conditions, rrguardv1.ConditionEnforced).Message; msg == "" {
+				t.Fatalf("no reason given: %+v", st.Conditions)
+			}
+		})
+	}
+	// The first policy is still the one enforced for PipelineRuns, untouched by the second.
+	u := targets[0].object(ns)
+	if err := env.Client.Create(ctx, u); err != nil || u.GetName() != rules.NameFor("pr-", rules.HashKey("shop/main"), 1) {
+		t.Fatalf("create under the first policy: %q, %v", u.GetName(), err)
+	}
+	err := env.Client.Create(ctx, targets[0].object(ns))
+	var st apierrors.APIStatus
+	if !apierrors.IsAlreadyExists(err) || !errors.As(err, &st) || st.Status().Details.Name != u.GetName() {
+		t.Fatalf("a second create under the first policy: %v", err)
+	}
+}

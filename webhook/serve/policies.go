@@ -1,0 +1,464 @@
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
+	"github.com/rrguard/rrguard/marks"
+	"github.com/rrguard/rrguard/policy"
+	"github.com/rrguard/rrguard/rrfacts"
+	"github.com/rrguard/rrguard/webhook"
+)
+
+// Names of the webhook configurations rrguard keeps in step with the UniquenessPolicies of the
+// cluster: one webhook per enforceable policy, calling rrguard where its RR webhooks do.
+const (
+	PoliciesWebhookConfiguration = "rrguard-policies"
+	rrWebhookConfiguration       = "rrguard-mutating-webhook-configuration"
+)
+
+// livePolicy is one policy being enforced: its watch, releaser and seeder run until cancel.
+type livePolicy struct {
+	compiled   *policy.Compiled
+	generation int64
+	index      *rrfacts.Index
+	seeder     *marks.Seeder
+	mutate     http.Handler
+	validate   http.Handler
+	starts     []func(context.Context) error
+	cancel     context.CancelFunc
+	done       sync.WaitGroup
+}
+
+// policySet holds the policies a replica enforces besides the RR's: those of Options.Policies,
+// for its whole life, and those of the cluster's UniquenessPolicies, started, restarted and
+// stopped as they are created, changed and deleted.
+type policySet struct {
+	r            *Replica
+	cfg          *rest.Config
+	o            Options
+	store        marks.Store
+	maxLag       time.Duration
+	indexDecides bool
+
+	mu   sync.RWMutex
+	ctx  context.Context // the manager's, once it runs
+	live map[string]*livePolicy
+	// static are Options.Policies, started with the manager.
+	static []*rrguardv1.UniquenessPolicy
+}
+
+// Start implements manager.Runnable: the static policies run until ctx is done, and so does
+// every policy started later.
+func (ps *policySet) Start(ctx context.Context) error {
+	ps.mu.Lock()
+	ps.ctx = ctx
+	for _, lp := range ps.live {
+		ps.run(lp)
+	}
+	ps.mu.Unlock()
+	<-ctx.Done()
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	for name, lp := range ps.live {
+		lp.cancel()
+		lp.done.Wait()
+		delete(ps.live, name)
+	}
+	return nil
+}
+
+// NeedLeaderElection implements manager.LeaderElectionRunnable: every replica enforces.
+func (ps *policySet) NeedLeaderElection() bool { return false }
+
+// enforce compiles p and starts enforcing it, replacing what ran for an earlier generation.
+func (ps *policySet) enforce(p *rrguardv1.UniquenessPolicy) (*livePolicy, error) {
+	lp, err := ps.build(p)
+	if err != nil {
+		return nil, err
+	}
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if old := ps.live[p.Name]; old != nil {
+		old.cancel()
+		old.done.Wait()
+	}
+	ps.live[p.Name] = lp
+	if ps.ctx != nil {
+		ps.run(lp)
+	}
+	return lp, nil
+}
+
+// stop ends the enforcement of policy name, if any.
+func (ps *policySet) stop(name string) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if lp := ps.live[name]; lp != nil {
+		lp.cancel()
+		lp.done.Wait()
+		delete(ps.live, name)
+	}
+}
+
+func (ps *policySet) get(name string) *livePolicy {
+	ps.mu.RLock()
+	defer ps.mu.RUnlock()
+	return ps.live[name]
+}
+
+// run starts lp's watch, releaser and seeder; the caller holds the lock and ps.ctx is set.
+func (ps *policySet) run(lp *livePolicy) {
+	ctx, cancel := context.WithCancel(ps.ctx)
+	lp.cancel = cancel
+	for _, start := range lp.starts {
+		lp.done.Add(1)
+		go func() {
+			defer lp.done.Done()
+			if err := start(ctx); err != nil && ctx.Err() == nil {
+				ctrl.Log.WithName("policies").Error(err, "enforcing a policy", "policy", lp.compiled.Policy)
+			}
+		}()
+	}
+}
+
+// build compiles p and makes what enforces it: a watch of its target, its releaser and seeder
+// (marks scoped to its target), and its webhooks.
+func (ps *policySet) build(p *rrguardv1.UniquenessPolicy) (*livePolicy, error) {
+	c, err := policy.Compile(p, ps.o.MarksNamespace)
+	if err != nil {
+		return nil, err
+	}
+	if !c.NamesForLife {
+		return nil, &policy.Error{Reason: policy.ReasonInvalid, Errs: field.ErrorList{field.NotSupported(field.NewPath("spec", "namesForLife"), false, []string{"true"})}}
+	}
+	gr := c.GroupResource
+	mgr := ps.r.mgr
+	gvk, err := mgr.GetRESTMapper().KindFor(gr.WithVersion(c.Versions[0]))
+	if err != nil {
+		return nil, &targetError{fmt.Errorf("the target %s: %w", gr, err)}
+	}
+	store := ps.store
+	store.Scope = marks.ScopeOf(gr.Group, gr.Resource)
+	releaser := &marks.Releaser{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Store: store,
+		MinAge: ps.o.ReleaseMinAge, Every: ps.o.ReleaseEvery, Batch: ps.o.ReleaseBatch, Kind: gvk, Name: c.Policy}
+	index, err := rrfacts.New(ps.cfg, rrfacts.Options{
+		Namespaces: c.Namespaces, Finalizer: marks.Finalizer, MarkKey: store.EntryKey,
+		MaxLag: ps.maxLag, OnDeleting: releaser.Enqueue, Policy: c, Kind: gvk,
+	})
+	if err != nil {
+		return nil, err
+	}
+	releaser.Index = index
+	seeder := &marks.Seeder{Index: index, Store: store, Every: ps.o.SeedEvery, Horizon: ps.o.MarkHorizon, GCEvery: ps.o.MarkGCEvery}
+	leaveAlone := func(ns string) bool { return policy.NeverJudgedNamespace(ns, ps.o.MarksNamespace) }
+	namer := &webhook.Namer{Policy: c, Lister: index, Marks: store, Finalizer: marks.Finalizer, Ready: seeder.Ready, LeaveAlone: leaveAlone}
+	if ps.indexDecides {
+		namer.Index = index
+	}
+	if len(c.Namespaces) > 0 {
+		namer.Judged = index.Watches
+	}
+	return &livePolicy{
+		compiled: c, generation: p.Generation, index: index, seeder: seeder,
+		mutate:   &crwebhook.Admission{Handler: namer},
+		validate: &crwebhook.Admission{Handler: &webhook.Checker{Policy: c, LeaveAlone: leaveAlone}},
+		starts:   []func(context.Context) error{index.Start, releaser.Start, seeder.Start},
+	}, nil
+}
+
+// targetError: the policy compiles but its target cannot be watched (unknown to the API server,
+// or not readable by rrguard).
+type targetError struct{ error }
+
+func (e *targetError) Unwrap() error { return e.error }
+
+// serve answers the webhook calls of policy paths (/mutate/<policy>, /validate/<policy>): the
+// live policy's handler; for a policy that exists but is not enforced yet here, 503 (retry: another
+// replica, or this one in a moment, decides); for one that does not exist (deleted, its webhook
+// not yet removed), the create passes untouched.
+func (ps *policySet) serve(kind string, exists func(string) bool) http.Handler {
+	notEnforced := func(name string) http.Handler {
+		return &crwebhook.Admission{Handler: admission.HandlerFunc(func(context.Context, admission.Request) admission.Response {
+			if exists(name) {
+				st := apierrors.NewServiceUnavailable("rrguard is starting to enforce policy " + name + " on this replica; retry").Status()
+				return admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{Allowed: false, Result: &st}}
+			}
+			return admission.Allowed("rrguard enforces no policy " + name)
+		})}
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		name := strings.TrimPrefix(req.URL.Path, "/"+kind+"/")
+		lp := ps.get(name)
+		switch {
+		case lp == nil:
+			notEnforced(name).ServeHTTP(w, req)
+		case kind == "mutate":
+			lp.mutate.ServeHTTP(w, req)
+		default:
+			lp.validate.ServeHTTP(w, req)
+		}
+	})
+}
+
+// policyController keeps the policy set and the webhook configurations in step with the
+// cluster's UniquenessPolicies, and reports each policy's state in its status. Every replica runs
+// it: each enforces every policy; their status writes agree but for timing (a condition is
+// written true by the first replica that sees it so), and their webhook writes are idempotent.
+type policyController struct {
+	client.Client
+	set *policySet
+}
+
+func (pc *policyController) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	var p rrguardv1.UniquenessPolicy
+	err := pc.Get(ctx, req.NamespacedName, &p)
+	if apierrors.IsNotFound(err) {
+		pc.set.stop(req.Name)
+		return reconcile.Result{}, pc.syncWebhooks(ctx)
+	}
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	lp := pc.set.get(p.Name)
+	refusal, err := pc.conflict(ctx, &p)
+	if err != nil {
+		return reconcile.Result{}, err
+	}
+	var enforceErr error
+	if refusal != nil {
+		enforceErr = refusal
+	}
+	switch {
+	case enforceErr != nil:
+		pc.set.stop(p.Name)
+		lp = nil
+	case lp == nil || lp.generation != p.Generation:
+		if lp, enforceErr = pc.set.enforce(&p); enforceErr != nil {
+			pc.set.stop(p.Name)
+		}
+	}
+	if err := pc.syncWebhooks(ctx); err != nil {
+		return reconcile.Result{}, err
+	}
+	st := statusOf(&p, lp, enforceErr)
+	if !reflect.DeepEqual(st, p.Status) {
+		p.Status = st
+		if err := pc.Status().Update(ctx, &p); err != nil && !apierrors.IsConflict(err) {
+			return reconcile.Result{}, err
+		}
+	}
+	if enforceErr == nil && !meta.IsStatusConditionTrue(st.Conditions, rrguardv1.ConditionEnforced) {
+		return reconcile.Result{RequeueAfter: 500 * time.Millisecond}, nil
+	}
+	return reconcile.Result{}, nil
+}
+
+// conflict refuses a policy whose target another one judges already: two webhooks naming one
+// object would each undo the other's name. The RR's target is the built-in RR policy's; among
+// UniquenessPolicies of one target, the oldest (then the first by name) is enforced.
+func (pc *policyController) conflict(ctx context.Context, p *rrguardv1.UniquenessPolicy) (*policy.Error, error) {
+	t := p.Spec.Target
+	if t.Group == "kubernaut.ai" && t.Resource == "remediationrequests" {
+		return &policy.Error{Reason: ReasonConflictingPolicy, Errs: field.ErrorList{field.Forbidden(field.NewPath("spec", "target"),
+			"RemediationRequests are judged by the RR policy built into rrguard (config/policies)")}}, nil
+	}
+	var list rrguardv1.UniquenessPolicyList
+	if err := pc.List(ctx, &list); err != nil {
+		return nil, err
+	}
+	for i := range list.Items {
+		o := &list.Items[i]
+		if o.Name == p.Name || o.Spec.Target.Group != t.Group || o.Spec.Target.Resource != t.Resource {
+			continue
+		}
+		if o.CreationTimestamp.Before(&p.CreationTimestamp) || (o.CreationTimestamp.Equal(&p.CreationTimestamp) && o.Name < p.Name) {
+			return &policy.Error{Reason: ReasonConflictingPolicy, Errs: field.ErrorList{field.Forbidden(field.NewPath("spec", "target"),
+				fmt.Sprintf("policy %s judges %s already: one policy per resource", o.Name, policy.TargetString(t)))}}, nil
+		}
+	}
+	return nil, nil
+}
+
+// ReasonConflictingPolicy: another policy judges the target.
+const ReasonConflictingPolicy = "ConflictingPolicy"
+
+// statusOf is a policy's status as this replica sees it.
+func statusOf(p *rrguardv1.UniquenessPolicy, lp *livePolicy, enforceErr error) rrguardv1.UniquenessPolicyStatus {
+	st := rrguardv1.UniquenessPolicyStatus{ObservedGeneration: p.Generation}
+	set := func(t string, ok bool, reason, msg string) {
+		s := metav1.ConditionFalse
+		if ok {
+			s = metav1.ConditionTrue
+		}
+		old := meta.FindStatusCondition(p.Status.Conditions, t)
+		c := metav1.Condition{Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: p.Generation, LastTransitionTime: metav1.Now()}
+		if old != nil && old.Status == s && old.Reason == reason && old.Message == msg && old.ObservedGeneration == p.Generation {
+			c.LastTransitionTime = old.LastTransitionTime
+		}
+		st.Conditions = append(st.Conditions, c)
+	}
+	var pe *policy.Error
+	var te *targetError
+	switch {
+	case errors.As(enforceErr, &pe):
+		set(rrguardv1.ConditionCompiled, false, pe.Reason, pe.Error())
+		set(rrguardv1.ConditionWatching, false, "NotCompiled", "a policy that does not compile is never enforced")
+		set(rrguardv1.ConditionEnforced, false, pe.Reason, "not enforced: "+pe.Error())
+		return st
+	case errors.As(enforceErr, &te), enforceErr != nil:
+		set(rrguardv1.ConditionCompiled, true, "Compiled", "every expression compiled within the cost budget")
+		set(rrguardv1.ConditionWatching, false, "TargetNotWatchable", enforceErr.Error())
+		set(rrguardv1.ConditionEnforced, false, "TargetNotWatchable", "not enforced: "+enforceErr.Error())
+		return st
+	}
+	set(rrguardv1.ConditionCompiled, true, "Compiled", "every expression compiled within the cost budget")
+	st.ConsistentRead = lp.index.ReadMode()
+	st.Objects = int64(lp.index.Len())
+	synced := lp.index.Synced()
+	switch {
+	case synced:
+		set(rrguardv1.ConditionWatching, true, "Synced", "rrguard watches "+lp.compiled.GroupResource.String())
+	case lp.index.LastError() != nil:
+		set(rrguardv1.ConditionWatching, false, "TargetNotWatchable", lp.index.LastError().Error())
+	default:
+		set(rrguardv1.ConditionWatching, false, "Syncing", "the watch of "+lp.compiled.GroupResource.String()+" has not synced yet")
+	}
+	if ready := lp.seeder.Ready(); synced && ready == nil {
+		set(rrguardv1.ConditionEnforced, true, "Enforced", "creates of "+lp.compiled.GroupResource.String()+" are judged")
+	} else {
+		set(rrguardv1.ConditionEnforced, false, "NotReady", "the watch has not synced, or the marks are not seeded yet")
+	}
+	return st
+}
+
+// syncWebhooks makes the policies' webhook configurations hold one webhook per enforceable policy
+// (compiled, target known), calling rrguard where the RR webhook does (its client configuration,
+// CA and cert-manager annotation copied), for creates of the policy's target and versions.
+func (pc *policyController) syncWebhooks(ctx context.Context) error {
+	var rr admissionregistrationv1.MutatingWebhookConfiguration
+	if err := pc.Get(ctx, client.ObjectKey{Name: rrWebhookConfiguration}, &rr); err != nil || len(rr.Webhooks) == 0 {
+		return fmt.Errorf("the RR webhook configuration %s, whose client configuration the policies' copy: %w", rrWebhookConfiguration, err)
+	}
+	var list rrguardv1.UniquenessPolicyList
+	if err := pc.List(ctx, &list); err != nil {
+		return err
+	}
+	slices.SortFunc(list.Items, func(a, b rrguardv1.UniquenessPolicy) int { return strings.Compare(a.Name, b.Name) })
+	var mut []admissionregistrationv1.MutatingWebhook
+	var val []admissionregistrationv1.ValidatingWebhook
+	for i := range list.Items {
+		p := &list.Items[i]
+		lp := pc.set.get(p.Name)
+		if lp == nil || lp.generation != p.Generation {
+			continue
+		}
+		t := p.Spec.Target
+		rules := []admissionregistrationv1.RuleWithOperations{{
+			Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
+			Rule:       admissionregistrationv1.Rule{APIGroups: []string{t.Group}, APIVersions: t.Versions, Resources: []string{t.Resource}},
+		}}
+		cc := func(kind string) admissionregistrationv1.WebhookClientConfig {
+			c := *rr.Webhooks[0].ClientConfig.DeepCopy()
+			path := webhook.PolicyPath(kind, p.Name)
+			switch {
+			case c.Service != nil:
+				c.Service.Path = &path
+			case c.URL != nil:
+				u := *c.URL
+				if i := strings.Index(u, "://"); i >= 0 {
+					if j := strings.Index(u[i+3:], "/"); j >= 0 {
+						u = u[:i+3+j]
+					}
+				}
+				c.URL = ptr.To(u + path)
+			}
+			return c
+		}
+		name := p.Name + ".policies.rrguard.kubernaut.ai"
+		sel := rr.Webhooks[0].NamespaceSelector
+		if len(t.Namespaces) > 0 {
+			sel = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
+				Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpIn, Values: t.Namespaces}}}
+		}
+		mut = append(mut, admissionregistrationv1.MutatingWebhook{
+			Name: name, ClientConfig: cc("mutate"), Rules: rules, NamespaceSelector: sel,
+			SideEffects: ptr.To(admissionregistrationv1.SideEffectClassNone), AdmissionReviewVersions: []string{"v1"},
+			FailurePolicy: ptr.To(admissionregistrationv1.Fail), TimeoutSeconds: rr.Webhooks[0].TimeoutSeconds,
+		})
+		val = append(val, admissionregistrationv1.ValidatingWebhook{
+			Name: name, ClientConfig: cc("validate"), Rules: rules, NamespaceSelector: sel,
+			SideEffects: ptr.To(admissionregistrationv1.SideEffectClassNone), AdmissionReviewVersions: []string{"v1"},
+			FailurePolicy: ptr.To(admissionregistrationv1.Fail), TimeoutSeconds: rr.Webhooks[0].TimeoutSeconds,
+		})
+	}
+	meta := metav1.ObjectMeta{Name: PoliciesWebhookConfiguration, Annotations: rr.Annotations, Labels: map[string]string{"app.kubernetes.io/managed-by": "rrguard"}}
+	if err := upsert(ctx, pc.Client, &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: meta, Webhooks: mut},
+		func(cur, want *admissionregistrationv1.MutatingWebhookConfiguration) bool {
+			same := reflect.DeepEqual(cur.Webhooks, want.Webhooks) || (len(cur.Webhooks) == 0 && len(want.Webhooks) == 0)
+			cur.Webhooks, cur.Annotations = want.Webhooks, want.Annotations
+			return same
+		}); err != nil {
+		return err
+	}
+	return upsert(ctx, pc.Client, &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: meta, Webhooks: val},
+		func(cur, want *admissionregistrationv1.ValidatingWebhookConfiguration) bool {
+			same := reflect.DeepEqual(cur.Webhooks, want.Webhooks) || (len(cur.Webhooks) == 0 && len(want.Webhooks) == 0)
+			cur.Webhooks, cur.Annotations = want.Webhooks, want.Annotations
+			return same
+		})
+}
+
+// upsert creates want, or makes the stored object take want's content (merge reports whether it
+// already had it); a conflict with another replica's identical write is not an error.
+func upsert[T client.Object](ctx context.Context, c client.Client, want T, merge func(cur, want T) bool) error {
+	cur := want.DeepCopyObject().(T)
+	err := c.Get(ctx, client.ObjectKeyFromObject(want), cur)
+	if apierrors.IsNotFound(err) {
+		if err := c.Create(ctx, want); err != nil && !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if merge(cur, want) {
+		return nil
+	}
+	if err := c.Update(ctx, cur); err != nil && !apierrors.IsConflict(err) {
+		return err
+	}
+	return nil
+}
+
+func setupPolicyController(mgr ctrl.Manager, set *policySet) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("uniqueness-policy").
+		For(&rrguardv1.UniquenessPolicy{}).
+		WithOptions(controller.Options{SkipNameValidation: ptr.To(true)}).
+		Complete(&policyController{Client: mgr.GetClient(), set: set})
+}

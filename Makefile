@@ -69,8 +69,9 @@ TEST_FUZZ_EXECS ?= 10000x
 # The suites make test runs on the oldest release too: those that exercise what differs between
 # releases (selectable fields and the scan fallback, ValidatingAdmissionPolicy, MutatingAdmissionPolicy,
 # server-side apply's create path, watch-list and the RR index, CRD validation, the chart's
-# kubeVersion with Helm 4 and 3).
-OLDEST_SUITES ?= webhook,crd,kubernaut,marks,helm,helm3
+# kubeVersion with Helm 4 and 3), and policies for other resources (label-selector reads, a built-in
+# kind's status rules).
+OLDEST_SUITES ?= webhook,crd,kubernaut,marks,policies,helm,helm3
 
 .PHONY: test
 test: lint ## Every test: static checks, unit tests, integration tests on the newest API server (and the version-dependent ones on the oldest), alerts, the Helm chart with Helm 4 and 3, a short fuzz.

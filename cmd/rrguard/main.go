@@ -67,6 +67,8 @@ func run(args []string) int {
 	fs.IntVar(&o.ReleaseBatch, "release-batch", marks.DefaultReleaseBatch, "at most this many RRs released per round (an upgrade releases the RRs an older release held for life about this many per second)")
 	fs.DurationVar(&o.MarkHorizon, "mark-horizon", marks.DefaultHorizon, "remove the high-water mark of a fingerprint with no RR left once it is older than this (Kubernaut keeps audit data 2,555 days)")
 	policyFiles := fs.String("policy-files", "", "comma-separated UniquenessPolicy files to enforce besides the RR policy (each needs webhook rules and RBAC for its target: docs/design.md, \"Policies\")")
+	fs.StringVar(&o.RRWebhookConfiguration, "webhook-configuration", serve.RRWebhookConfiguration, "the RR's MutatingWebhookConfiguration, whose client configuration the policies' webhooks copy")
+	fs.StringVar(&o.PoliciesWebhookConfiguration, "policies-webhook-configuration", serve.PoliciesWebhookConfiguration, "the Mutating and ValidatingWebhookConfigurations rrguard keeps in step with the cluster's UniquenessPolicies")
 	qps := fs.Float64("kube-api-qps", 200, "client-side QPS limit for API reads (each create costs one)")
 	burst := fs.Int("kube-api-burst", 400, "client-side burst for API reads")
 	zo := zap.Options{}

@@ -26,6 +26,7 @@ var Suites = []suite{
 	{"marks", ".", "./test/integration/marks"},
 	{"storm", ".", "./test/integration/storm"},
 	{"kubernaut", ".", "./test/integration/kubernaut"},
+	{"policies", ".", "./test/integration/policies"},
 	{"rollout", ".", "./test/integration/rollout"},
 	{"deploy", ".", "./test/integration/deploy"},
 	{"tls", ".", "./test/integration/tls"},

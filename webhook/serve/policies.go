@@ -33,11 +33,12 @@ import (
 	"github.com/rrguard/rrguard/webhook"
 )
 
-// Names of the webhook configurations rrguard keeps in step with the UniquenessPolicies of the
-// cluster: one webhook per enforceable policy, calling rrguard where its RR webhooks do.
+// Default names of the webhook configurations (serve.Options): the RR's, whose client
+// configuration the policies' copy, and the policies', which rrguard keeps in step with the
+// UniquenessPolicies of the cluster (one webhook per enforceable policy).
 const (
 	PoliciesWebhookConfiguration = "rrguard-policies"
-	rrWebhookConfiguration       = "rrguard-mutating-webhook-configuration"
+	RRWebhookConfiguration       = "rrguard-mutating-webhook-configuration"
 )
 
 // livePolicy is one policy being enforced: its watch, releaser and seeder run until cancel.
@@ -67,8 +68,6 @@ type policySet struct {
 	mu   sync.RWMutex
 	ctx  context.Context // the manager's, once it runs
 	live map[string]*livePolicy
-	// static are Options.Policies, started with the manager.
-	static []*rrguardv1.UniquenessPolicy
 }
 
 // Start implements manager.Runnable: the static policies run until ctx is done, and so does
@@ -360,8 +359,15 @@ func statusOf(p *rrguardv1.UniquenessPolicy, lp *livePolicy, enforceErr error) r
 // CA and cert-manager annotation copied), for creates of the policy's target and versions.
 func (pc *policyController) syncWebhooks(ctx context.Context) error {
 	var rr admissionregistrationv1.MutatingWebhookConfiguration
-	if err := pc.Get(ctx, client.ObjectKey{Name: rrWebhookConfiguration}, &rr); err != nil || len(rr.Webhooks) == 0 {
-		return fmt.Errorf("the RR webhook configuration %s, whose client configuration the policies' copy: %w", rrWebhookConfiguration, err)
+	rrName, policiesName := pc.set.o.RRWebhookConfiguration, pc.set.o.PoliciesWebhookConfiguration
+	if rrName == "" {
+		rrName = RRWebhookConfiguration
+	}
+	if policiesName == "" {
+		policiesName = PoliciesWebhookConfiguration
+	}
+	if err := pc.Get(ctx, client.ObjectKey{Name: rrName}, &rr); err != nil || len(rr.Webhooks) == 0 {
+		return fmt.Errorf("the RR webhook configuration %s, whose client configuration the policies' copy: %w", rrName, err)
 	}
 	var list rrguardv1.UniquenessPolicyList
 	if err := pc.List(ctx, &list); err != nil {
@@ -415,7 +421,7 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 			FailurePolicy: ptr.To(admissionregistrationv1.Fail), TimeoutSeconds: rr.Webhooks[0].TimeoutSeconds,
 		})
 	}
-	meta := metav1.ObjectMeta{Name: PoliciesWebhookConfiguration, Annotations: rr.Annotations, Labels: map[string]string{"app.kubernetes.io/managed-by": "rrguard"}}
+	meta := metav1.ObjectMeta{Name: policiesName, Annotations: rr.Annotations, Labels: map[string]string{"app.kubernetes.io/managed-by": "rrguard"}}
 	if err := upsert(ctx, pc.Client, &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: meta, Webhooks: mut},
 		func(cur, want *admissionregistrationv1.MutatingWebhookConfiguration) bool {
 			same := reflect.DeepEqual(cur.Webhooks, want.Webhooks) || (len(cur.Webhooks) == 0 && len(want.Webhooks) == 0)

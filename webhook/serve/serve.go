@@ -80,6 +80,11 @@ type Options struct {
 	// webhook configurations that send its creates here, and the RBAC on its target, are the
 	// installer's (see docs/design.md, "Policies").
 	Policies []*rrguardv1.UniquenessPolicy
+	// RRWebhookConfiguration is the RR's mutating webhook configuration, whose client
+	// configuration (Service, CA) the policies' webhooks copy; PoliciesWebhookConfiguration is
+	// the pair (mutating and validating) rrguard keeps in step with the cluster's
+	// UniquenessPolicies. The defaults are config/default's names.
+	RRWebhookConfiguration, PoliciesWebhookConfiguration string
 	// ShutdownDelay keeps serving after a stop is asked for, while /readyz already fails, so that
 	// endpoints drop the pod before it stops answering the API server.
 	ShutdownDelay time.Duration

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/policy"
@@ -453,6 +455,102 @@ func BenchmarkWatchEventWhole(b *testing.B) {
 	for b.Loop() {
 		var m map[string]any
 		if err := json.Unmarshal(raw, &m); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// pipelineRun is a PipelineRun as Tekton stores one, roughly: labels, a pipelineRef and params, a
+// status with conditions, child references and a copy of the pipeline spec.
+func pipelineRun(ns string, i int) map[string]any {
+	return map[string]any{
+		"apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+		"metadata": map[string]any{
+			"name": fmt.Sprintf("pr-%032x-1", i), "namespace": ns, "resourceVersion": fmt.Sprint(1000 + i),
+			"uid": fmt.Sprintf("00000000-0000-0000-0000-%012d", i), "creationTimestamp": "2026-12-04T07:00:00Z",
+			"finalizers": []any{finalizer},
+			"labels": map[string]any{"ci.example.com/repo": fmt.Sprint("repo-", i), "ci.example.com/branch": "main",
+				"tekton.dev/pipeline": "build", "triggers.tekton.dev/eventlistener": "github"},
+			"annotations": map[string]any{"pipelinesascode.tekton.dev/sha": strings.Repeat("a", 40)},
+		},
+		"spec": map[string]any{"pipelineRef": map[string]any{"name": "build"},
+			"params": []any{map[string]any{"name": "revision", "value": strings.Repeat("r", 40)}, map[string]any{"name": "url", "value": strings.Repeat("u", 80)}}},
+		"status": map[string]any{
+			"conditions":      []any{map[string]any{"type": "Succeeded", "status": "Unknown", "reason": "Running", "message": strings.Repeat("m", 100)}},
+			"childReferences": []any{map[string]any{"name": "task-1", "pipelineTaskName": "build", "kind": "TaskRun"}},
+			"pipelineSpec":    map[string]any{"tasks": []any{map[string]any{"name": "build", "taskRef": map[string]any{"name": "buildah"}, "params": strings.Repeat("p", 1024)}}},
+			"startTime":       "2026-12-04T07:00:01Z",
+		},
+	}
+}
+
+func tektonIndex(t testing.TB) (*Index, *feed) {
+	t.Helper()
+	b, err := os.ReadFile("../config/samples/tekton-pipelinerun.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := policy.ReadPolicy(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := policy.Compile(p, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix := &Index{o: Options{Finalizer: finalizer, MaxLag: time.Hour, MarkKey: markKey, Policy: c},
+		tree: c.Reads().Merge(metaReads), nss: map[string]*nsFacts{}, marked: newMarked(), phases: map[string]string{}}
+	f := &feed{ix: ix, advanced: make(chan struct{})}
+	ix.feeds = []*feed{f}
+	f.noteCall()
+	_ = f.Replace(nil, "1")
+	return ix, f
+}
+
+// A generic target costs the index what its policy reads: 100,000 PipelineRuns (about 2 KB each)
+// under 400 bytes each of live heap, every one in flight under its own key.
+func TestMemoryPerPipelineRun(t *testing.T) {
+	const n = 100000
+	ix, f := tektonIndex(t)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	dec := projecting{kind: schema.GroupVersionKind{Group: "tekton.dev", Version: "v1", Kind: "PipelineRun"}, tree: ix.tree}
+	for i := range n {
+		raw, _ := json.Marshal(pipelineRun("ci", i))
+		o, _, err := dec.Decode(raw, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = f.Add(o)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := float64(after.HeapAlloc-before.HeapAlloc) / n
+	t.Logf("%.0f bytes of live heap per PipelineRun (%d indexed)", per, ix.Len())
+	facts, err := ix.Lookup("ci", rules.HashKey("repo-7/main"), time.Now())
+	if ix.Len() != n || err != nil || len(facts) != 1 || !facts[0].InFlight(time.Now()) {
+		t.Fatalf("%d indexed; repo-7/main: %+v, %v", ix.Len(), facts, err)
+	}
+	if per > 400 {
+		t.Fatalf("%.0f bytes per PipelineRun", per)
+	}
+	runtime.KeepAlive(ix)
+}
+
+// BenchmarkWatchEventPipelineRun is BenchmarkWatchEvent for the Tekton sample's target.
+func BenchmarkWatchEventPipelineRun(b *testing.B) {
+	ix, f := tektonIndex(b)
+	raw, _ := json.Marshal(pipelineRun("ci", 1))
+	dec := projecting{kind: schema.GroupVersionKind{Group: "tekton.dev", Version: "v1", Kind: "PipelineRun"}, tree: ix.tree}
+	b.SetBytes(int64(len(raw)))
+	b.ReportAllocs()
+	for b.Loop() {
+		o, _, err := dec.Decode(raw, nil, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Update(o); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -28,9 +28,14 @@ help: ## List targets.
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 .PHONY: manifests
-manifests: ## Generate deepcopy code and the CRD into config/crd.
+manifests: ## Generate deepcopy code and the CRDs: Kubernaut's RR into config/crd/bases, rrguard's UniquenessPolicy into config/crd/policies and the chart's crds/.
 	$(TOOL) controller-gen object paths=./apis/...
-	$(TOOL) controller-gen crd paths=./apis/... output:crd:artifacts:config=config/crd/bases
+	$(TOOL) controller-gen crd paths=./apis/kubernaut/... output:crd:artifacts:config=config/crd/bases
+	$(TOOL) controller-gen crd paths=./apis/rrguard/... output:crd:artifacts:config=config/crd/policies
+	@mkdir -p charts/rrguard/crds
+	@# The chart's copy carries the labels config/default gives it (test/helm holds the two equal).
+	sed 's/^metadata:$$/metadata:\n  labels:\n    app.kubernetes.io\/name: rrguard\n    app.kubernetes.io\/part-of: rrguard/' \
+	  config/crd/policies/rrguard.kubernaut.ai_uniquenesspolicies.yaml > charts/rrguard/crds/rrguard.kubernaut.ai_uniquenesspolicies.yaml
 
 .PHONY: testbin
 testbin: $(TESTBIN)/kube-apiserver $(TESTBIN)/etcd ## Build kube-apiserver and etcd of K8S_VERSION (default the newest) into the per-user cache (once).

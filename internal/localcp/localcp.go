@@ -116,7 +116,7 @@ func Start(o Options) (*Env, error) {
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: bin,
 		CRDInstallOptions: envtest.CRDInstallOptions{
-			Paths:              append([]string{filepath.Join(root, "config", "crd", "bases")}, o.ExtraCRDs...),
+			Paths:              append([]string{filepath.Join(root, "config", "crd", "bases"), filepath.Join(root, "config", "crd", "policies")}, o.ExtraCRDs...),
 			ErrorIfPathMissing: true,
 		},
 		ErrorIfCRDPathMissing: true,

@@ -6,6 +6,7 @@ package helm
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -106,6 +107,20 @@ func split(t *testing.T, rel *release.Release) rendered {
 	return r
 }
 
+// crdObjects are the chart's crds/.
+func crdObjects(t *testing.T) []*unstructured.Unstructured {
+	t.Helper()
+	var out []*unstructured.Unstructured
+	for _, crd := range loadChart(t).CRDObjects() {
+		objs, err := testenv.Objects(crd.File.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, objs...)
+	}
+	return out
+}
+
 func key(u *unstructured.Unstructured) string {
 	return u.GetKind() + " " + u.GetNamespace() + "/" + u.GetName()
 }
@@ -169,6 +184,8 @@ func TestValuesSchemaRejects(t *testing.T) {
 		{"goMemLimit: 200M", "/goMemLimit"},
 		{"serviceMonitor: {labels: {release: 1}}", "/serviceMonitor/labels/release"},
 		{"fullnameOverride: a-name-longer-than-twenty-eight", "/fullnameOverride"},
+		{"policyTargets: [{apiGroup: tekton.dev}]", "resource"},
+		{"policyTargets: [{apiGroup: tekton.dev, resource: PipelineRuns}]", "/policyTargets/0/resource"},
 		// Not expressible in the schema: the template refuses it.
 		{"replicaCount: 2\npodDisruptionBudget: {minAvailable: 2}", "replicaCount (2) must be above podDisruptionBudget.minAvailable (2)"},
 	} {
@@ -240,7 +257,8 @@ func TestChartMatchesConfigDefault(t *testing.T) {
 				t.Fatalf("config/default no longer creates Namespace %s: %v", releaseNS, kinds(want))
 			}
 			want = slices.DeleteFunc(want, func(u *unstructured.Unstructured) bool { return u.GetKind() == "Namespace" })
-			got := mustRender(t, releaseName, releaseNS, values(t, c.vals)).objects
+			// Helm installs crds/ as they are (not templates, never upgraded): compared as well.
+			got := append(mustRender(t, releaseName, releaseNS, values(t, c.vals)).objects, crdObjects(t)...)
 			g, w := normalize(got), normalize(want)
 			if gk, wk := slices.Sorted(maps.Keys(g)), slices.Sorted(maps.Keys(w)); !slices.Equal(gk, wk) {
 				t.Fatalf("objects differ:\nchart:     %v\nkustomize: %v", gk, wk)
@@ -302,9 +320,40 @@ func TestChartCertificateNamesTheWebhookService(t *testing.T) {
 				}
 			}
 		}
-		if want := 1 + strings.Count(c.vals, "nameCheck: webhook"); configs != want {
+		// The RR's mutating one (and validating, with nameCheck: webhook) and the policies' pair.
+		if want := 3 + strings.Count(c.vals, "nameCheck: webhook"); configs != want {
 			t.Errorf("%s/%s: %d webhook configurations, want %d", c.namespace, c.release, configs, want)
 		}
+	}
+}
+
+// Each policy target gets its rule in the policies' ClusterRole, and nothing else does.
+func TestChartPolicyTargets(t *testing.T) {
+	r := mustRender(t, releaseName, releaseNS, values(t, "policyTargets: [{apiGroup: tekton.dev, resource: pipelineruns}, {apiGroup: batch, resource: jobs}]"))
+	cr := find(r.objects, "ClusterRole", "rrguard-policies-role")
+	if cr == nil {
+		t.Fatal("no ClusterRole rrguard-policies-role")
+	}
+	rules, _, _ := unstructured.NestedSlice(cr.Object, "rules")
+	var got []string
+	for _, x := range rules {
+		m := x.(map[string]any)
+		if fmt.Sprint(m["verbs"]) == "[get list watch update patch]" {
+			got = append(got, fmt.Sprint(m["apiGroups"], m["resources"]))
+		}
+	}
+	if want := []string{"[tekton.dev] [pipelineruns]", "[batch] [jobs]"}; !slices.Equal(got, want) {
+		t.Fatalf("target rules %v, want %v", got, want)
+	}
+	for _, kind := range []string{"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"} {
+		if find(r.objects, kind, "rrguard-policies") == nil {
+			t.Errorf("no %s rrguard-policies", kind)
+		}
+	}
+	dep := find(r.objects, "Deployment", "rrguard-controller-manager")
+	args, _, _ := unstructured.NestedSlice(dep.Object, "spec", "template", "spec", "containers")
+	if s := fmt.Sprint(args); !strings.Contains(s, "--policies-webhook-configuration=rrguard-policies") || !strings.Contains(s, "--webhook-configuration=rrguard-mutating-webhook-configuration") {
+		t.Errorf("the Deployment does not name the webhook configurations: %s", s)
 	}
 }
 

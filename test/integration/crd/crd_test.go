@@ -240,6 +240,9 @@ func TestGeneratedFilesUpToDate(t *testing.T) {
 	for _, f := range []string{
 		"config/crd/bases/kubernaut.ai_remediationrequests.yaml",
 		"apis/kubernaut/v1alpha1/zz_generated.deepcopy.go",
+		"config/crd/policies/rrguard.kubernaut.ai_uniquenesspolicies.yaml",
+		"charts/rrguard/crds/rrguard.kubernaut.ai_uniquenesspolicies.yaml",
+		"apis/rrguard/v1alpha1/zz_generated.deepcopy.go",
 	} {
 		g, err := os.ReadFile(filepath.Join(tmp, f))
 		if err != nil {

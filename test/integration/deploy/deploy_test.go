@@ -139,7 +139,8 @@ func TestDefaultProductionSettings(t *testing.T) {
 		t.Errorf("policy %s (failurePolicy %v) bound by %+v", policy.Name, policy.Spec.FailurePolicy, policyBinding.Spec)
 	}
 	for _, o := range objs {
-		if o.GetKind() == "ValidatingWebhookConfiguration" {
+		// rrguard-policies is the policies' pair (installed empty; rrguard keeps it in step).
+		if o.GetKind() == "ValidatingWebhookConfiguration" && o.GetName() != "rrguard-policies" {
 			t.Errorf("config/default has a ValidatingWebhookConfiguration %s beside the policy", o.GetName())
 		}
 	}
@@ -304,6 +305,25 @@ func TestDefaultProductionSettings(t *testing.T) {
 			var b rbacv1.ClusterRoleBinding
 			decodeAs(t, objs, k, name, &b)
 			if b.RoleRef.Name != "rrguard-metrics-auth-role" || len(b.Subjects) != 1 || b.Subjects[0].Name != "rrguard-controller-manager" || b.Subjects[0].Namespace != "rrguard-system" {
+				t.Errorf("%s binds %s to %+v", name, b.RoleRef.Name, b.Subjects)
+			}
+		case k == "ClusterRole" && name == "rrguard-policies-role":
+			var cr rbacv1.ClusterRole
+			decodeAs(t, objs, k, name, &cr)
+			hooks := []string{"mutatingwebhookconfigurations", "validatingwebhookconfigurations"}
+			want := []rbacv1.PolicyRule{
+				{APIGroups: []string{"rrguard.kubernaut.ai"}, Resources: []string{"uniquenesspolicies"}, Verbs: []string{"get", "list", "watch"}},
+				{APIGroups: []string{"rrguard.kubernaut.ai"}, Resources: []string{"uniquenesspolicies/status"}, Verbs: []string{"get", "update", "patch"}},
+				{APIGroups: []string{"admissionregistration.k8s.io"}, Resources: hooks, Verbs: []string{"get", "list", "watch"}},
+				{APIGroups: []string{"admissionregistration.k8s.io"}, Resources: hooks, ResourceNames: []string{"rrguard-policies"}, Verbs: []string{"update"}},
+			}
+			if fmt.Sprint(cr.Rules) != fmt.Sprint(want) {
+				t.Errorf("%s grants %+v, want reads of the policies and the webhook configurations, and updates of the policies' own pair only", name, cr.Rules)
+			}
+		case k == "ClusterRoleBinding" && name == "rrguard-policies-rolebinding":
+			var b rbacv1.ClusterRoleBinding
+			decodeAs(t, objs, k, name, &b)
+			if b.RoleRef.Name != "rrguard-policies-role" || len(b.Subjects) != 1 || b.Subjects[0].Name != "rrguard-controller-manager" || b.Subjects[0].Namespace != "rrguard-system" {
 				t.Errorf("%s binds %s to %+v", name, b.RoleRef.Name, b.Subjects)
 			}
 		case k == "ClusterRole" || k == "ClusterRoleBinding":

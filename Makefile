@@ -120,6 +120,10 @@ bench: testbin ## Benchmarks against a no-webhook baseline (about 40 min); write
 bench-quick: testbin ## The short benchmark (under 5 minutes): one size, shorter rows; writes docs/benchmarks.md too.
 	go run ./test/bench -quick $(BENCH_FLAGS)
 
+.PHONY: bench-policy
+bench-policy: testbin ## A generic target: PipelineRuns under the Tekton sample policy against no webhook (CPU per create), and rrguard's heap per PipelineRun at 100k.
+	go run ./test/bench -policy $(BENCH_POLICY_FLAGS)
+
 .PHONY: bench-marks
 bench-marks: testbin ## Names for life at scale: creates with 100k high-water marks against none, interleaved; marks' bytes and objects.
 	go run ./test/bench/marks $(BENCH_MARKS_FLAGS)

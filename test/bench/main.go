@@ -68,6 +68,8 @@ func main() {
 	flag.BoolVar(&c.profile, "profile", false, "write 8 s CPU profiles of kube-apiserver and rrguard, taken during the first rrguard throughput row, to bin/bench/*.pprof")
 	flag.StringVar(&c.out, "out", "bin/bench/results.json", "where to write every row as JSON")
 	flag.StringVar(&c.doc, "doc", "docs/benchmarks.md", "Markdown file whose results section is replaced (empty: none)")
+	policyOnly := flag.Bool("policy", false, "only the generic target's rows (make bench-policy): PipelineRuns under the Tekton sample policy against no webhook, and rrguard's heap per PipelineRun")
+	policyObjects := flag.Int("policy-objects", 100000, "PipelineRuns in rrguard's index for the memory row of -policy (0: none)")
 	flag.Parse()
 	c.quick = *quick
 	c.sizes, c.memSizes = parseInts(*sizes), parseInts(*memSizes)
@@ -76,6 +78,13 @@ func main() {
 		c.signals, c.rowTime, c.latencySignals, c.stormSignal = 1500, 10*time.Second, 300, 1000
 	}
 	ctrl.SetLogger(zap.New(zap.Level(zapcore.ErrorLevel)))
+	if *policyOnly {
+		if err := runPolicyBench(c, *policyObjects); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(c); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)

@@ -1,0 +1,263 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
+	"github.com/rrguard/rrguard/policy"
+	"github.com/rrguard/rrguard/test/testenv"
+)
+
+// The generic target's rows (`make bench-policy`): PipelineRuns created through rrguard under the
+// Tekton sample policy against the same creates with no webhook, interleaved round by round, CPU
+// per create of each process; then rrguard's live heap per PipelineRun in its index at
+// -policy-objects objects.
+
+type policyRow struct {
+	mode                string
+	creates             int
+	perSec              float64
+	apiMS, etcdMS, rrMS float64
+	errors              int
+}
+
+func runPolicyBench(cfg config, objects int) error {
+	ctx := context.Background()
+	root, err := testenv.Root()
+	if err != nil {
+		return err
+	}
+	binDir := filepath.Join(root, "bin", "bench")
+	if err := os.MkdirAll(binDir, 0o755); err != nil {
+		return err
+	}
+	rrguardBin, err := build(root, binDir, "./cmd/rrguard", "rrguard")
+	if err != nil {
+		return err
+	}
+	env, err := testenv.Start(testenv.Options{Webhooks: true, ExtraCRDs: []string{filepath.Join(root, "test", "integration", "policies", "testdata", "crds")}})
+	if err != nil {
+		return err
+	}
+	defer env.Stop()
+	api, err := testenv.ChildPID("kube-apiserver")
+	if err != nil {
+		return err
+	}
+	etcd, err := testenv.ChildPID("etcd")
+	if err != nil {
+		return err
+	}
+	b := &bench{cfg: cfg, env: env, api: api, etcd: etcd}
+	kubeconfig := filepath.Join(binDir, "kubeconfig")
+	if err := env.WriteKubeconfig(kubeconfig); err != nil {
+		return err
+	}
+	nss := map[string]string{}
+	for _, m := range []string{"judged", "plain", "memory"} {
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "bench-policy-" + m + "-"}}
+		if err := env.Client.Create(ctx, ns); err != nil {
+			return err
+		}
+		nss[m] = ns.Name
+	}
+	w := env.Environment().WebhookInstallOptions
+	probe, _ := freeAddr()
+	pprof, _ := freeAddr()
+	rr, err := start(ctx, "rrguard", rrguardBin, []string{"KUBECONFIG=" + kubeconfig, "POD_NAMESPACE=" + testenv.MarksNamespace},
+		httpReady("http://"+probe+"/readyz"), pprof,
+		"--webhook-host=127.0.0.1", "--webhook-port="+strconv.Itoa(w.LocalServingPort), "--cert-dir="+w.LocalServingCertDir,
+		"--metrics-bind-address=0", "--health-probe-bind-address="+probe, "--pprof-bind-address="+pprof,
+		"--shutdown-delay=0s", "--rr-namespaces="+nss["plain"], "--kube-api-qps=5000", "--kube-api-burst=10000")
+	if err != nil {
+		return err
+	}
+	defer rr.stop()
+	b2, err := os.ReadFile(filepath.Join(root, "config", "samples", "tekton-pipelinerun.yaml"))
+	if err != nil {
+		return err
+	}
+	p, err := policy.ReadPolicy(b2)
+	if err != nil {
+		return err
+	}
+	p.Spec.Target.Namespaces = []string{nss["judged"]}
+	if err := env.Client.Create(ctx, p); err != nil {
+		return err
+	}
+	if err := awaitPolicy(ctx, env.Client, p.Name, 1); err != nil {
+		return err
+	}
+	if err := awaitNamed(ctx, env.Client, nss["judged"]); err != nil {
+		return err
+	}
+
+	var seq atomic.Int64
+	row := func(mode string) (policyRow, error) {
+		b.settle()
+		ns := nss["plain"]
+		if mode == "rrguard" {
+			ns = nss["judged"]
+		}
+		cpu0 := cpuOf(api, etcd, rr.pid())
+		var errs atomic.Int64
+		var done atomic.Int64
+		began := time.Now()
+		testenv.Parallel(cfg.signals, cfg.creators, func(int) {
+			if time.Since(began) > cfg.rowTime {
+				return
+			}
+			if err := env.Client.Create(ctx, pipelineRun(ns, fmt.Sprint("repo-", seq.Add(1)))); err != nil {
+				errs.Add(1)
+				return
+			}
+			done.Add(1)
+		})
+		wall := time.Since(began)
+		cpu1 := cpuOf(api, etcd, rr.pid())
+		n := float64(done.Load())
+		if n == 0 {
+			return policyRow{}, fmt.Errorf("%s: no create succeeded (%d errors)", mode, errs.Load())
+		}
+		return policyRow{mode: mode, creates: int(n), perSec: n / wall.Seconds(),
+			apiMS: (cpu1[0] - cpu0[0]) * 1000 / n, etcdMS: (cpu1[1] - cpu0[1]) * 1000 / n, rrMS: (cpu1[2] - cpu0[2]) * 1000 / n,
+			errors: int(errs.Load())}, nil
+	}
+	modes := []string{"baseline", "rrguard"}
+	rows := map[string][]policyRow{}
+	for r := range cfg.rounds {
+		for i := range modes {
+			m := modes[(i+r)%len(modes)]
+			pr, err := row(m)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("round %d %-8s %5d creates %6.0f/s  CPU ms/create: kube-apiserver %.2f etcd %.2f rrguard %.2f  errors %d\n",
+				r+1, m, pr.creates, pr.perSec, pr.apiMS, pr.etcdMS, pr.rrMS, pr.errors)
+			rows[m] = append(rows[m], pr)
+		}
+	}
+	fmt.Printf("\nPipelineRuns (Tekton sample policy), %d creators, rows of %d creates or %s, %d rounds; median (range)\n\n",
+		cfg.creators, cfg.signals, cfg.rowTime, cfg.rounds)
+	fmt.Println("| mode | creates/s | kube-apiserver CPU ms/create | etcd | rrguard | × baseline creates/s | errors |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|")
+	for _, m := range modes {
+		rs := rows[m]
+		med := func(get func(policyRow) float64) string {
+			xs := make([]float64, len(rs))
+			for i := range rs {
+				xs[i] = get(rs[i])
+			}
+			slices.Sort(xs)
+			return fmt.Sprintf("%.2f (%.2f-%.2f)", xs[len(xs)/2], xs[0], xs[len(xs)-1])
+		}
+		ratio := med(func(r policyRow) float64 {
+			i := slices.IndexFunc(rs, func(x policyRow) bool { return x == r })
+			return r.perSec / rows["baseline"][i].perSec
+		})
+		errs := 0
+		for _, r := range rs {
+			errs += r.errors
+		}
+		fmt.Printf("| %s | %s | %s | %s | %s | %s | %d |\n", m, med(func(r policyRow) float64 { return r.perSec }),
+			med(func(r policyRow) float64 { return r.apiMS }), med(func(r policyRow) float64 { return r.etcdMS }),
+			med(func(r policyRow) float64 { return r.rrMS }), ratio, errs)
+	}
+
+	// Memory: objects made where no policy judges them, then the policy extended to their
+	// namespace: rrguard's index lists them all (one watch per policy).
+	if objects > 0 {
+		before, err := rr.liveHeapMB()
+		if err != nil {
+			return err
+		}
+		fmt.Printf("\ncreating %d PipelineRuns in %s ...\n", objects, nss["memory"])
+		var failed atomic.Int64
+		testenv.Parallel(objects, 32, func(i int) {
+			u := pipelineRun(nss["memory"], fmt.Sprint("mem-", i))
+			u.SetGenerateName("")
+			u.SetName(fmt.Sprintf("run-%d", i))
+			if err := env.Client.Create(ctx, u); err != nil {
+				failed.Add(1)
+			}
+		})
+		if failed.Load() > 0 {
+			return fmt.Errorf("%d of %d PipelineRuns not created", failed.Load(), objects)
+		}
+		var cur rrguardv1.UniquenessPolicy
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(p), &cur); err != nil {
+			return err
+		}
+		cur.Spec.Target.Namespaces = append(cur.Spec.Target.Namespaces, nss["memory"])
+		if err := env.Client.Update(ctx, &cur); err != nil {
+			return err
+		}
+		if err := awaitPolicy(ctx, env.Client, p.Name, 2); err != nil {
+			return err
+		}
+		after, err := rr.liveHeapMB()
+		if err != nil {
+			return err
+		}
+		fmt.Printf("\n| PipelineRuns in the index | rrguard live heap MB | bytes per PipelineRun (over the heap before: %.1f MB) | RSS MB |\n|---:|---:|---:|---:|\n", before)
+		fmt.Printf("| %d | %.1f | %.0f | %.0f |\n", objects, after, (after-before)*(1<<20)/float64(objects), float64(testenv.RSSBytes(rr.pid()))/(1<<20))
+	}
+	return nil
+}
+
+// pipelineRun is a PipelineRun of about 2 KB whose key (repo/main) is repo's.
+func pipelineRun(ns, repo string) *unstructured.Unstructured {
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"spec": map[string]any{"pipelineRef": map[string]any{"name": "build"},
+			"params": []any{map[string]any{"name": "revision", "value": strings.Repeat("r", 40)}, map[string]any{"name": "payload", "value": strings.Repeat("p", 1800)}}},
+	}}
+	u.SetAPIVersion("tekton.dev/v1")
+	u.SetKind("PipelineRun")
+	u.SetNamespace(ns)
+	u.SetGenerateName("build-")
+	u.SetLabels(map[string]string{"ci.example.com/repo": repo, "ci.example.com/branch": "main"})
+	return u
+}
+
+func cpuOf(pids ...int) []float64 {
+	out := make([]float64, len(pids))
+	for i, p := range pids {
+		out[i], _ = testenv.CPUSeconds(p)
+	}
+	return out
+}
+
+// awaitPolicy waits until policy name is enforced at generation gen.
+func awaitPolicy(ctx context.Context, c client.Client, name string, gen int64) error {
+	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 10*time.Minute, true, func(ctx context.Context) (bool, error) {
+		var p rrguardv1.UniquenessPolicy
+		if err := c.Get(ctx, client.ObjectKey{Name: name}, &p); err != nil {
+			return false, nil
+		}
+		return p.Status.ObservedGeneration == gen && meta.IsStatusConditionTrue(p.Status.Conditions, rrguardv1.ConditionEnforced), nil
+	})
+}
+
+// awaitNamed waits until the API server sends PipelineRun creates in ns to rrguard.
+func awaitNamed(ctx context.Context, c client.Client, ns string) error {
+	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		u := pipelineRun(ns, "probe")
+		err := c.Create(ctx, u, client.DryRunAll)
+		return err == nil && strings.HasPrefix(u.GetName(), "pr-"), nil
+	})
+}

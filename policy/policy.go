@@ -80,6 +80,7 @@ type Compiled struct {
 	phase          cel.Program
 	message, hint  string
 	reads          *jsonproject.Tree
+	pattern        *labelPattern
 }
 
 // Reads is the paths of an object the policy's expressions read (see jsonproject): an object
@@ -186,6 +187,7 @@ func Compile(p *v1alpha1.UniquenessPolicy, rrguardNamespace string) (*Compiled, 
 		c.KeyField = on[0]
 	case v1alpha1.ReadLabelSelector:
 		c.LabelKeys, c.KeyField = on, "metadata.labels"
+		c.pattern = keyPattern(p.Spec.Key.Expression)
 	}
 	return c, nil
 }

@@ -335,3 +335,30 @@ func withNoise(status any) any {
 	st["deduplication"] = map[string]any{"occurrenceCount": 7}
 	return st
 }
+
+// A key of labels joined by a separator no label value holds gives the values back, so the
+// consistent read selects by equality; any other key of labels does not.
+func TestLabelValues(t *testing.T) {
+	for _, c := range []struct {
+		expr, key string
+		want      map[string]string
+	}{
+		{"object.metadata.labels['repo'] + '/' + object.metadata.labels['branch']", "shop/main", map[string]string{"repo": "shop", "branch": "main"}},
+		{"object.metadata.labels['repo'] + '/' + object.metadata.labels['branch']", "shop/", map[string]string{"repo": "shop", "branch": ""}},
+		{"object.metadata.labels.app", "checkout", map[string]string{"app": "checkout"}},
+		{"object.metadata.labels['a'] + ' @ ' + object.metadata.labels['b'] + ':' + object.metadata.labels['c']", "x @ y:z", map[string]string{"a": "x", "b": "y", "c": "z"}},
+		{"object.metadata.labels['repo'] + '-' + object.metadata.labels['branch']", "a-b-c", nil}, // '-' can be in a value
+		{"object.metadata.labels['repo'] + object.metadata.labels['branch']", "ab", nil},
+		{"object.metadata.labels['repo'].lowerAscii()", "shop", nil},
+	} {
+		p := rrPolicyWith(func(s *rrguardv1.UniquenessPolicySpec) { s.Key.Expression = c.expr })
+		comp, err := Compile(p, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := comp.LabelValues(c.key)
+		if ok != (c.want != nil) || (ok && !reflect.DeepEqual(got, c.want)) {
+			t.Errorf("%s on %q: %v %v, want %v", c.expr, c.key, got, ok, c.want)
+		}
+	}
+}

@@ -75,6 +75,83 @@ func consistentRead(expr string) (v1alpha1.ConsistentRead, []string) {
 	return v1alpha1.ReadLabelSelector, labels
 }
 
+// labelPattern is a key of labels joined by separators no label value can hold (label values are
+// letters, digits, '-', '_' and '.'): labels['repo'] + '/' + labels['branch']. Such a key gives its
+// labels' values back (LabelValues), so a consistent read selects the key's objects by equality,
+// and no object of the key can carry other values.
+type labelPattern struct {
+	labels []string // in key order
+	seps   []string // between them
+}
+
+func keyPattern(expr string) *labelPattern {
+	parsed, iss := envSet.NewExpressionsEnv().Parse(expr)
+	if iss != nil && iss.Err() != nil {
+		return nil
+	}
+	var parts []ast.Expr
+	var flatten func(e ast.Expr)
+	flatten = func(e ast.Expr) {
+		if e.Kind() == ast.CallKind && e.AsCall().FunctionName() == "_+_" && len(e.AsCall().Args()) == 2 {
+			flatten(e.AsCall().Args()[0])
+			flatten(e.AsCall().Args()[1])
+			return
+		}
+		parts = append(parts, e)
+	}
+	flatten(parsed.NativeRep().Expr())
+	p := &labelPattern{}
+	for i, e := range parts {
+		if i%2 == 0 {
+			k, ok := labelAccess(e)
+			if !ok {
+				return nil
+			}
+			p.labels = append(p.labels, k)
+			continue
+		}
+		if e.Kind() != ast.LiteralKind {
+			return nil
+		}
+		lit, ok := e.AsLiteral().(types.String)
+		if !ok || !strings.ContainsFunc(string(lit), notInLabelValue) {
+			return nil
+		}
+		p.seps = append(p.seps, string(lit))
+	}
+	if len(parts)%2 == 0 {
+		return nil // ends with a separator
+	}
+	return p
+}
+
+func notInLabelValue(r rune) bool {
+	return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.')
+}
+
+// LabelValues gives back the label values a key of the policy was made from, when its key is a
+// label pattern (labels joined by separators no label value can hold); false otherwise.
+func (c *Compiled) LabelValues(key string) (map[string]string, bool) {
+	p := c.pattern
+	if p == nil {
+		return nil, false
+	}
+	out := map[string]string{}
+	rest := key
+	for i, l := range p.labels {
+		if i == len(p.seps) {
+			out[l] = rest
+			break
+		}
+		j := strings.Index(rest, p.seps[i])
+		if j < 0 {
+			return nil, false
+		}
+		out[l], rest = rest[:j], rest[j+len(p.seps[i]):]
+	}
+	return out, true
+}
+
 // labelAccess matches object.metadata.labels['k'] and object.metadata.labels.k (not has()).
 func labelAccess(e ast.Expr) (string, bool) {
 	switch e.Kind() {

@@ -33,6 +33,15 @@ var neverJudged = map[string][]string{
 // Compile.
 var neverJudgedNamespaces = []string{"kube-system", "kube-public", "kube-node-lease"}
 
+// NeverJudgedNamespaces lists them, rrguard's own (when set) included.
+func NeverJudgedNamespaces(rrguardNamespace string) []string {
+	out := slices.Clone(neverJudgedNamespaces)
+	if rrguardNamespace != "" {
+		out = append(out, rrguardNamespace)
+	}
+	return out
+}
+
 // NeverJudgedNamespace reports whether rrguard refuses to judge namespace ns, whose own namespace
 // is rrguardNamespace: a policy without namespaces judges every other one.
 func NeverJudgedNamespace(ns, rrguardNamespace string) bool {

@@ -28,9 +28,15 @@ func (ix *Index) ReadKey(ctx context.Context, namespace, keyHex, key string) ([]
 	case v1alpha1.ReadFieldSelector:
 		opts.FieldSelector = fields.OneTermEqualSelector(ix.o.Policy.KeyField, key).String()
 	case v1alpha1.ReadLabelSelector:
+		// By the key's label values where the key gives them back, else by the labels' presence.
+		values, exact := ix.o.Policy.LabelValues(key)
 		sel := labels.NewSelector()
 		for _, k := range ix.o.Policy.LabelKeys {
-			r, err := labels.NewRequirement(k, selection.Exists, nil)
+			op, vals := selection.Exists, []string(nil)
+			if exact {
+				op, vals = selection.Equals, []string{values[k]}
+			}
+			r, err := labels.NewRequirement(k, op, vals)
 			if err != nil {
 				return nil, err
 			}

@@ -264,6 +264,11 @@ func (pc *policyController) Reconcile(ctx context.Context, req reconcile.Request
 		return reconcile.Result{}, err
 	}
 	st := statusOf(&p, lp, enforceErr)
+	// Another replica found this generation enforced: one still syncing does not say otherwise.
+	stored := p.Status.ObservedGeneration == p.Generation && meta.IsStatusConditionTrue(p.Status.Conditions, rrguardv1.ConditionEnforced)
+	if enforceErr == nil && stored && !meta.IsStatusConditionTrue(st.Conditions, rrguardv1.ConditionEnforced) {
+		return reconcile.Result{RequeueAfter: 500 * time.Millisecond}, nil
+	}
 	if !reflect.DeepEqual(st, p.Status) {
 		p.Status = st
 		if err := pc.Status().Update(ctx, &p); err != nil && !apierrors.IsConflict(err) {
@@ -405,7 +410,10 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 			return c
 		}
 		name := p.Name + ".policies.rrguard.kubernaut.ai"
-		sel := rr.Webhooks[0].NamespaceSelector
+		// The namespaces no policy may judge are never sent: an outage of rrguard must not stop
+		// kube-system's Jobs, say.
+		sel := &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
+			Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpNotIn, Values: policy.NeverJudgedNamespaces(pc.set.o.MarksNamespace)}}}
 		if len(t.Namespaces) > 0 {
 			sel = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
 				Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpIn, Values: t.Namespaces}}}

@@ -3,10 +3,13 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/rrguard/rrguard/test/testenv"
 )
 
 const (
@@ -86,8 +89,17 @@ func (b *bench) markdown(elapsed time.Duration) string {
 	if b.cfg.quick {
 		target = "make bench-quick"
 	}
-	fmt.Fprintf(&w, "`%s` of %s on %s: %d CPUs, %s, kube-apiserver 1.37.2 and etcd 3.6.16 on loopback; %d rounds; %s in all.\n\n",
-		target, time.Now().UTC().Format("2006-01-02 15:04 UTC"), host, runtime.NumCPU(), runtime.Version(), b.cfg.rounds, elapsed.Round(time.Second))
+	k8s, etcd := testenv.K8sVersion, "?"
+	if b.env != nil && b.env.Release != nil {
+		k8s = b.env.Release.String()
+	}
+	if root, err := testenv.Root(); err == nil {
+		if v, err := os.ReadFile(filepath.Join(root, "test", "tools", "testbin", "kube-apiserver", k8s, "etcd-version")); err == nil {
+			etcd = strings.TrimSpace(string(v))
+		}
+	}
+	fmt.Fprintf(&w, "`%s` of %s on %s: %d CPUs, %s, kube-apiserver %s and etcd %s on loopback; %d rounds; %s in all.\n\n",
+		target, time.Now().UTC().Format("2006-01-02 15:04 UTC"), host, runtime.NumCPU(), runtime.Version(), k8s, etcd, b.cfg.rounds, elapsed.Round(time.Second))
 
 	fmt.Fprintf(&w, "### Throughput: new fingerprints, %d creators\n\n", b.cfg.creators)
 	w.WriteString("Median of rounds (range). Ratios are paired per round. CPU is milliseconds per signal, per process.\n\n")

@@ -387,6 +387,11 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 		if lp == nil || lp.generation != p.Generation {
 			continue
 		}
+		// A policy whose target cannot be watched (no RBAC, say) is not enforced: its target's
+		// creates are not sent here to fail. One still syncing is: they get 503 until it has.
+		if !lp.index.Synced() && lp.index.LastError() != nil {
+			continue
+		}
 		t := p.Spec.Target
 		rules := []admissionregistrationv1.RuleWithOperations{{
 			Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},

@@ -11,11 +11,13 @@ import (
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
@@ -233,5 +235,63 @@ func TestPoliciesRefused(t *testing.T) {
 	var st apierrors.APIStatus
 	if !apierrors.IsAlreadyExists(err) || !errors.As(err, &st) || st.Status().Details.Name != u.GetName() {
 		t.Fatalf("a second create under the first policy: %v", err)
+	}
+}
+
+// A policy whose target rrguard may not read (no RBAC for it) is never enforced and says why: the
+// API server's refusal of its watch, in the status.
+func TestPolicyOnAForbiddenTarget(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "forbidden", 2*time.Minute)
+	// rrguard as a user that may do everything it needs but read Jobs.
+	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "rrguard-test-no-jobs"}, Rules: []rbacv1.PolicyRule{
+		{APIGroups: []string{"", "kubernaut.ai", "rrguard.kubernaut.ai", "admissionregistration.k8s.io", "tekton.dev", "argoproj.io", "coordination.k8s.io"},
+			Resources: []string{"*"}, Verbs: []string{"*"}},
+		{NonResourceURLs: []string{"*"}, Verbs: []string{"get"}},
+	}}
+	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "rrguard-test-no-jobs"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
+		Subjects: []rbacv1.Subject{{Kind: "User", APIGroup: "rbac.authorization.k8s.io", Name: "rrguard-test-no-jobs"}}}
+	for _, o := range []client.Object{role, binding} {
+		if err := env.Client.Create(ctx, o); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = env.Client.Delete(context.Background(), o) })
+	}
+	cfg := rest.CopyConfig(env.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: "rrguard-test-no-jobs"}
+	stop, err := env.ServeRRGuardWith(ctx, cfg, func(o *serve.Options) { o.Policies = nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stop() })
+	p := targets[2].policy(t)
+	p.Name = "forbidden-jobs"
+	p.Spec.Target.Namespaces = []string{ns}
+	if err := env.Client.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), p) })
+	st := waitCondition(ctx, t, p.Name, rrguardv1.ConditionWatching, metav1.ConditionFalse, "TargetNotWatchable", 20*time.Second)
+	c := meta.FindStatusCondition(st.Conditions, rrguardv1.ConditionWatching)
+	if !strings.Contains(c.Message, "forbidden") || meta.IsStatusConditionTrue(st.Conditions, rrguardv1.ConditionEnforced) {
+		t.Fatalf("status %+v", st.Conditions)
+	}
+	// Nor does a Job wait on it: no webhook is written for it, so creates pass, unnamed.
+	var last error
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
+		u := targets[2].object(ns)
+		u.SetGenerateName("")
+		u.SetName("not-judged")
+		last = env.Client.Create(ctx, u, client.DryRunAll)
+		return last == nil && u.GetName() == "not-judged", nil
+	}); err != nil {
+		t.Fatalf("a Job create under a policy that cannot watch Jobs: %v (last: %v)", err, last)
+	}
+	var mut admissionregistrationv1.MutatingWebhookConfiguration
+	if err := env.Client.Get(ctx, client.ObjectKey{Name: serve.PoliciesWebhookConfiguration}, &mut); err != nil {
+		t.Fatal(err)
+	}
+	if slices.ContainsFunc(mut.Webhooks, func(w admissionregistrationv1.MutatingWebhook) bool { return strings.HasPrefix(w.Name, p.Name+".") }) {
+		t.Fatalf("a webhook is configured for a policy that cannot watch its target")
 	}
 }

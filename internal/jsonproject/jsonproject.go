@@ -26,32 +26,25 @@ func All() *Tree { return &Tree{all: true} }
 
 // Add keeps the value at path (and everything below it); an empty path keeps the whole object.
 func (t *Tree) Add(path ...string) *Tree {
-	n := t
-	for _, k := range path {
-		if n.all {
-			return t
-		}
-		if n.kids == nil {
-			n.kids = map[string]*Tree{}
-		}
-		c := n.kids[k]
-		if c == nil {
-			c = &Tree{}
-			n.kids[k] = c
-		}
-		n = c
+	if n := t.node(path); n != nil {
+		n.all, n.kids = true, nil
 	}
-	n.all, n.kids = true, nil
 	return t
 }
 
 // Touch keeps whether path exists (and, where its value is not an object, the value), not what
 // an object there holds: what has() needs.
 func (t *Tree) Touch(path ...string) *Tree {
+	t.node(path)
+	return t
+}
+
+// node is the node at path, made if missing; nil when an ancestor keeps everything already.
+func (t *Tree) node(path []string) *Tree {
 	n := t
 	for _, k := range path {
 		if n.all {
-			return t
+			return nil
 		}
 		if n.kids == nil {
 			n.kids = map[string]*Tree{}
@@ -63,7 +56,10 @@ func (t *Tree) Touch(path ...string) *Tree {
 		}
 		n = c
 	}
-	return t
+	if n.all {
+		return nil
+	}
+	return n
 }
 
 // Merge returns a new Tree that keeps what t and others keep.

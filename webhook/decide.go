@@ -20,18 +20,23 @@ func decideFacts(p *policy.Compiled, c *created, facts []decision.Fact, mark int
 	out, err := decision.Decide(facts, mark, now)
 	switch {
 	case errors.Is(err, decision.ErrExhausted):
-		path := field.NewPath("metadata", "name")
-		if p.KeyField != "" {
-			parts := strings.Split(p.KeyField, ".")
-			path = field.NewPath(parts[0], parts[1:]...)
-		}
-		return "", apierrors.NewInvalid(c.kind, c.Name, field.ErrorList{field.Invalid(path, c.key, "occurrence numbers of this key are exhausted")})
+		return "", apierrors.NewInvalid(c.kind, c.Name, field.ErrorList{field.Invalid(keyPath(p, namePath), c.key, "occurrence numbers of this key are exhausted")})
 	case err != nil:
 		return "", err
 	case out.Duplicate != nil:
 		return "", Duplicate(p, c.kind.Kind, c.Namespace, *out.Duplicate)
 	}
 	return p.Name(c.keyHex, out.Next), nil
+}
+
+// keyPath is the field of an object its policy's key comes from (spec.signalFingerprint,
+// metadata.labels), or orElse when the key is no single field.
+func keyPath(p *policy.Compiled, orElse *field.Path) *field.Path {
+	if p.KeyField == "" {
+		return orElse
+	}
+	parts := strings.Split(p.KeyField, ".")
+	return field.NewPath(parts[0], parts[1:]...)
 }
 
 // Duplicate is the answer to a create while inflight is in flight: the same status the API server

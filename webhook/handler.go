@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -116,11 +115,7 @@ func decodeCreate(ctx context.Context, req admission.Request, p *policy.Compiled
 // invalidObject is the 422 for an object the policy cannot judge: the key (or a match
 // condition) cannot be read from it. It names the field of the object where the key comes from.
 func invalidObject(p *policy.Compiled, c *created, err error) *apierrors.StatusError {
-	path := field.NewPath("metadata")
-	if p.KeyField != "" {
-		parts := strings.Split(p.KeyField, ".")
-		path = field.NewPath(parts[0], parts[1:]...)
-	}
+	path := keyPath(p, field.NewPath("metadata"))
 	var ee *policy.EvalError
 	detail := err.Error()
 	if errors.As(err, &ee) {

@@ -43,14 +43,17 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "audit" {
 		os.Exit(auditCmd(os.Args[2:], os.Stdout, os.Stderr))
 	}
-	os.Exit(run(os.Args[1:]))
+	os.Exit(run(os.Args[1:], os.Stderr))
 }
 
-func run(args []string) int {
+// run serves until SIGINT or SIGTERM: 0 after a clean stop, 1 when rrguard cannot start (a port
+// taken, say: every listener is bound before anything serves) or stops on an error. Its log goes
+// to logs.
+func run(args []string, logs io.Writer) int {
 	fs := flag.NewFlagSet("rrguard", flag.ExitOnError)
 	var o serve.Options
 	fs.StringVar(&o.Host, "webhook-host", "", "address the webhook server listens on (all when empty)")
-	fs.IntVar(&o.Port, "webhook-port", 9443, "port the webhook server listens on")
+	fs.IntVar(&o.Port, "webhook-port", 9443, "port the webhook server listens on (0: any free port)")
 	fs.StringVar(&o.CertDir, "cert-dir", "/tmp/k8s-webhook-server/serving-certs", "folder holding tls.crt and tls.key; reloaded on change")
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", ":8443", `Prometheus metrics address ("0" disables)`)
 	fs.BoolVar(&o.MetricsSecure, "metrics-secure", true, "serve metrics over HTTPS to callers the API server authenticates and authorizes for GET /metrics (false: plain HTTP, anyone)")
@@ -71,11 +74,13 @@ func run(args []string) int {
 	fs.StringVar(&o.PoliciesWebhookConfiguration, "policies-webhook-configuration", serve.PoliciesWebhookConfiguration, "the Mutating and ValidatingWebhookConfigurations rrguard keeps in step with the cluster's UniquenessPolicies")
 	qps := fs.Float64("kube-api-qps", 200, "client-side QPS limit for API reads (each create costs one)")
 	burst := fs.Int("kube-api-burst", 400, "client-side burst for API reads")
-	zo := zap.Options{}
+	zo := zap.Options{DestWriter: logs}
 	zo.BindFlags(fs)
 	_ = fs.Parse(args)
-	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zo)))
-	log := ctrl.Log.WithName("rrguard")
+	logger := zap.New(zap.UseFlagOptions(&zo))
+	ctrl.SetLogger(logger)
+	// run's own lines go to logs even where the process had set its logger before (tests).
+	log := logger.WithName("rrguard")
 	o.RRNamespaces = splitList(*rrNamespaces)
 
 	if err := o.IndexSafety(); err != nil {

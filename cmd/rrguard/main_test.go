@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,5 +55,52 @@ func TestAuditCommand(t *testing.T) {
 	}
 	if code, _, stderr := run("-o", "yaml"); code != 2 || stderr == "" {
 		t.Fatalf("-o yaml: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// Every port rrguard serves on is bound before anything serves: one another process holds stops
+// the start at once with one log line naming the listener and its address, and exit code 1
+// (issue 27: the manager used to serve its webhooks, then stop when the metrics bind failed).
+func TestATakenPortStopsTheStart(t *testing.T) {
+	t.Setenv("KUBECONFIG", env.Kubeconfig(t))
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	addr := held.Addr().String()
+	_, port, _ := net.SplitHostPort(addr)
+	base := []string{"--marks-namespace", testenv.MarksNamespace, "--cert-dir", t.TempDir(), "--pprof-bind-address", "0"}
+	for _, tc := range []struct {
+		name, listener string
+		args           []string
+	}{
+		{"webhook", "webhook", []string{"--webhook-host", "127.0.0.1", "--webhook-port", port, "--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", "0"}},
+		{"metrics", "metrics", []string{"--webhook-host", "127.0.0.1", "--webhook-port", "0", "--metrics-bind-address", addr, "--health-probe-bind-address", "0"}},
+		{"metrics over HTTP", "metrics", []string{"--webhook-host", "127.0.0.1", "--webhook-port", "0", "--metrics-bind-address", addr, "--metrics-secure=false", "--health-probe-bind-address", "0"}},
+		{"health probe", "health probe", []string{"--webhook-host", "127.0.0.1", "--webhook-port", "0", "--metrics-bind-address", "127.0.0.1:0", "--health-probe-bind-address", addr}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			done := make(chan int, 1)
+			go func() { done <- run(append(append([]string{}, base...), tc.args...), &logs) }()
+			var code int
+			select {
+			case code = <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("rrguard did not stop within 30 s with its port taken")
+			}
+			lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+			var errLines []string
+			for _, l := range lines {
+				if strings.Contains(l, `"level":"error"`) {
+					errLines = append(errLines, l)
+				}
+			}
+			want := "listen tcp " + addr + ": bind: address already in use"
+			if code != 1 || len(errLines) != 1 || !strings.Contains(errLines[0], want) || !strings.Contains(errLines[0], tc.listener) {
+				t.Fatalf("exit %d, error lines %q; want exit 1 and one error line naming the %s listener and %q", code, errLines, tc.name, want)
+			}
+		})
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
-	"strconv"
 	"sync"
 	"time"
 
@@ -50,12 +49,12 @@ func (e *Env) ServeReplica(ctx context.Context, cfg *rest.Config, adjust ...func
 	}
 	// Stop ends every replica before the control plane and the serving certificates go away.
 	e.OnStop(stop)
-	addr := net.JoinHostPort(o.Host, strconv.Itoa(o.Port))
+	addr := r.WebhookAddr()
 	var last error
 	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
 		select {
 		case err := <-done:
-			return false, fmt.Errorf("rrguard stopped before serving: %v", err)
+			return false, fmt.Errorf("rrguard stopped before serving: %w", err)
 		default:
 		}
 		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", addr, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // readiness probe only

@@ -4,7 +4,6 @@ import (
 	"io"
 	"net"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -145,18 +144,16 @@ func (p *Proxy) copyDelayed(dst io.Writer, src io.Reader, backend string) {
 	}
 }
 
-// FreePort is a loopback TCP port that was free a moment ago.
-func FreePort(t testing.TB) int {
+// FreeAddr is a loopback address whose port was free a moment ago; another process may take it
+// before the caller binds it. Prefer port 0 where the binder says where it bound
+// (serve.Replica.WebhookAddr, MetricsAddr; testenv.Aside); FreeAddr is for a listener that does
+// not, and its caller retries an EADDRINUSE with a new one.
+func FreeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// FreeAddr is 127.0.0.1 with a FreePort.
-func FreeAddr(t testing.TB) string {
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t)))
+	return l.Addr().String()
 }

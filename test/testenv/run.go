@@ -3,9 +3,7 @@ package testenv
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
-	"strconv"
 	"testing"
 	"time"
 
@@ -63,12 +61,7 @@ func IndexTrusted(o *serve.Options) {
 	o.RequestTimeout, o.IndexMaxLag, o.ReleaseMinAge = time.Second, 4*time.Second, 7*time.Second
 }
 
-// At is a ServeRRGuard adjustment that serves on addr (host:port), for a replica beside the one
-// the webhook configurations name.
-func At(addr string) func(*serve.Options) {
-	return func(o *serve.Options) {
-		host, port, _ := net.SplitHostPort(addr)
-		o.Host = host
-		o.Port, _ = strconv.Atoi(port)
-	}
-}
+// Aside is a ServeReplica adjustment for a replica beside the one the webhook configurations
+// name: it serves on a loopback port the kernel picks as it binds (Replica.WebhookAddr), so no
+// other process can take the port between a pick and the bind.
+func Aside(o *serve.Options) { o.Host, o.Port = "127.0.0.1", 0 }

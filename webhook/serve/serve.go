@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -35,9 +36,9 @@ import (
 // Options configure one rrguard replica.
 type Options struct {
 	Host        string // webhook listen host; all interfaces when empty
-	Port        int    // webhook listen port
+	Port        int    // webhook listen port; 0: a free port (see Replica.WebhookAddr)
 	CertDir     string // holds tls.crt and tls.key; reloaded when they change
-	MetricsAddr string // "0" disables the metrics server
+	MetricsAddr string // host:port ("127.0.0.1:0": a free port, see Replica.MetricsAddr); "0" or "" serves no metrics
 	// MetricsSecure serves metrics over HTTPS to callers the API server authenticates (a
 	// TokenReview of their bearer token) and authorizes (a SubjectAccessReview of GET /metrics).
 	MetricsSecure bool
@@ -114,31 +115,37 @@ type Replica struct {
 	stopping atomic.Bool
 	delay    time.Duration
 	api      APIServer
+	// webhookAddr and metricsAddr are where the replica's listeners are bound (metricsAddr ""
+	// without a metrics server).
+	webhookAddr, metricsAddr string
+	listeners                []net.Listener
+}
+
+// closeListeners releases the ports New bound. A server that ran has closed its own already; one
+// the manager stopped before it started serving has not.
+func (r *Replica) closeListeners() {
+	for _, l := range r.listeners {
+		_ = l.Close()
+	}
 }
 
 // New builds a replica against the API server of cfg.
-func New(cfg *rest.Config, o Options) (*Replica, error) {
+func New(cfg *rest.Config, o Options) (_ *Replica, err error) {
 	cert := newServingCert(o.CertDir)
-	tlsOpts := []func(*tls.Config){func(c *tls.Config) {
-		c.GetCertificate = cert.GetCertificate
-		c.MinVersion = tls.VersionTLS12
+	server, err := newWebhookServer(o.Host, o.Port, &tls.Config{
+		GetCertificate: cert.GetCertificate,
+		MinVersion:     tls.VersionTLS12,
 		// HTTP/2 stays off: rapid-reset class attacks; the API server speaks HTTP/1.1 to webhooks.
-		c.NextProtos = []string{"http/1.1"}
-	}}
-	server := crwebhook.NewServer(crwebhook.Options{
-		Host: o.Host, Port: o.Port, CertDir: o.CertDir, TLSOpts: tlsOpts,
+		NextProtos: []string{"http/1.1"},
 	})
-	metricsOpts := metricsserver.Options{BindAddress: o.MetricsAddr}
-	if o.MetricsSecure {
-		// A self-signed certificate: the ServiceMonitor authenticates with its token, and the
-		// answer carries nothing secret.
-		metricsOpts.SecureServing, metricsOpts.FilterProvider = true, metricsAuth
-		metricsOpts.TLSOpts = []func(*tls.Config){func(c *tls.Config) { c.MinVersion = tls.VersionTLS12; c.NextProtos = []string{"http/1.1"} }}
+	if err != nil {
+		return nil, err
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:                 Scheme(),
-		WebhookServer:          server,
-		Metrics:                metricsOpts,
+		Scheme:        Scheme(),
+		WebhookServer: server,
+		// rrguard's own metrics server (newMetricsServer), bound here like the webhook's.
+		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: o.ProbeAddr,
 		PprofBindAddress:       o.PprofAddr,
 		// Every replica serves; there is nothing to lead.
@@ -146,11 +153,31 @@ func New(cfg *rest.Config, o Options) (*Replica, error) {
 		GracefulShutdownTimeout: ptr.To(30 * time.Second),
 	})
 	if err != nil {
+		_ = server.l.Close()
+		return nil, fmt.Errorf("the manager, which binds the health probe and pprof listeners: %w", err)
+	}
+	metricsServer, err := newMetricsServer(o.MetricsAddr, o.MetricsSecure, cfg, mgr.GetHTTPClient())
+	if err != nil {
+		_ = server.l.Close()
 		return nil, err
 	}
-	r := &Replica{mgr: mgr, delay: o.ShutdownDelay}
+	r := &Replica{mgr: mgr, delay: o.ShutdownDelay, webhookAddr: server.l.Addr().String(), listeners: []net.Listener{server.l}}
 	// The manager runs its webhook server only once it has been asked for it.
-	server = mgr.GetWebhookServer()
+	mgr.GetWebhookServer()
+	if metricsServer != nil {
+		r.metricsAddr = metricsServer.Listener.Addr().String()
+		r.listeners = append(r.listeners, metricsServer.Listener)
+		if err := mgr.Add(metricsServer); err != nil {
+			return nil, err
+		}
+	}
+	// The listeners are bound: a failure from here on must close them, or a caller that retries
+	// New finds its own ports taken.
+	defer func() {
+		if err != nil {
+			r.closeListeners()
+		}
+	}()
 
 	if o.MarksNamespace == "" {
 		return nil, errors.New("serve: MarksNamespace is required (rrguard's own namespace)")
@@ -332,6 +359,13 @@ func init() { metrics.Registry.MustRegister(indexDeciding) }
 // APIServer is what the replica's start-up probe found.
 func (r *Replica) APIServer() APIServer { return r.api }
 
+// WebhookAddr is the address the replica's webhook listener is bound to (host:port), the port
+// resolved when Options.Port was 0.
+func (r *Replica) WebhookAddr() string { return r.webhookAddr }
+
+// MetricsAddr is the address the replica's metrics listener is bound to; "" when it serves none.
+func (r *Replica) MetricsAddr() string { return r.metricsAddr }
+
 // Index is the replica's RR index, for tests that wait until it has seen an RR.
 func (r *Replica) Index() *rrfacts.Index { return r.index }
 
@@ -342,6 +376,7 @@ func (r *Replica) Seeded() error { return r.seeder.Ready() }
 func (r *Replica) Run(ctx context.Context) error {
 	mgrCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
+	defer r.closeListeners()
 	done := make(chan error, 1)
 	go func() { done <- r.mgr.Start(mgrCtx) }()
 	select {

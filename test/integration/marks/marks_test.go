@@ -256,8 +256,7 @@ func TestDeletionEdgeForced(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = stopA() })
-	addrB := testenv.FreeAddr(t)
-	stopB, err := env.ServeRRGuardWith(ctx, testenv.Gated(env.Config, gateB), testenv.At(addrB))
+	replicaB, stopB, err := env.ServeReplica(ctx, testenv.Gated(env.Config, gateB), testenv.Aside)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +282,7 @@ func TestDeletionEdgeForced(t *testing.T) {
 	<-held // X's reads saw -1 finished and no mark: it will answer -2
 
 	gone(ctx, t, first, 30*time.Second)
-	if err := env.PointNamer(ctx, addrB, ns, answeredByB); err != nil {
+	if err := env.PointNamer(ctx, replicaB.WebhookAddr(), ns, answeredByB); err != nil {
 		t.Fatal(err)
 	}
 	before := answeredByB()

@@ -50,12 +50,14 @@ func metricsReader(t *testing.T) *rbacv1.ClusterRole {
 
 func TestMetricsNeedAnAuthorizedToken(t *testing.T) {
 	ctx, ns := env.TestNamespace(t, "metricsauth", 2*time.Minute)
-	addr := testenv.FreeAddr(t)
-	stop, err := env.ServeRRGuard(ctx, func(o *serve.Options) { o.MetricsAddr, o.MetricsSecure = addr, true })
+	// Port 0: the listener is bound in serve.New, where the kernel picks a port nothing else
+	// holds, and rrguard serves nothing until it is.
+	r, stop, err := env.ServeReplica(ctx, env.Config, func(o *serve.Options) { o.MetricsAddr, o.MetricsSecure = "127.0.0.1:0", true })
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer stop()
+	addr := r.MetricsAddr()
 	// One decision, so that rrguard's admission metrics have a series to show.
 	if err := env.Client.Create(ctx, testenv.NewRR(ns, testenv.Fingerprint(ns))); err != nil {
 		t.Fatal(err)

@@ -51,14 +51,13 @@ func rollout(t *testing.T) *result {
 	ctx, ns := env.TestNamespace(t, "rollout", 5*time.Minute)
 	start := func() (string, func() error) {
 		t.Helper()
-		addr := testenv.FreeAddr(t)
-		stop, err := env.ServeRRGuard(ctx, testenv.At(addr), func(o *serve.Options) {
+		r, stop, err := env.ServeReplica(ctx, env.Config, testenv.Aside, func(o *serve.Options) {
 			o.ShutdownDelay = 2 * time.Second
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return addr, stop
+		return r.WebhookAddr(), stop
 	}
 	var addrs []string
 	var stops []func() error

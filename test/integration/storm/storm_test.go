@@ -83,14 +83,14 @@ func TestThousandSignalsExactCounts(t *testing.T) {
 	}
 }
 
-// replica runs one rrguard replica on addr; stop kills it.
-func replica(ctx context.Context, t *testing.T, addr string) (stop func() error) {
+// replica runs one rrguard replica on a port of its own, returned; stop kills it.
+func replica(ctx context.Context, t *testing.T) (addr string, stop func() error) {
 	t.Helper()
-	stop, err := env.ServeRRGuard(ctx, testenv.At(addr))
+	r, stop, err := env.ServeReplica(ctx, env.Config, testenv.Aside)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return stop
+	return r.WebhookAddr(), stop
 }
 
 // service is two rrguard replicas behind a round-robin proxy on the address the webhook
@@ -105,9 +105,10 @@ type service struct {
 func proxied(ctx context.Context, t *testing.T) *service {
 	t.Helper()
 	o := env.ServeOptions()
-	s := &service{addrs: []string{testenv.FreeAddr(t), testenv.FreeAddr(t)}}
-	for _, a := range s.addrs {
-		s.stops = append(s.stops, replica(ctx, t, a))
+	s := &service{}
+	for range 2 {
+		addr, stop := replica(ctx, t)
+		s.addrs, s.stops = append(s.addrs, addr), append(s.stops, stop)
 	}
 	p, err := testenv.NewProxy(net.JoinHostPort(o.Host, strconv.Itoa(o.Port)), s.addrs...)
 	if err != nil {
@@ -168,7 +169,10 @@ func TestReplicaKilledMidStorm(t *testing.T) {
 	case <-points[1]:
 	case <-done:
 	}
-	svc.stops[0] = replica(ctx, t, svc.addrs[0])
+	// The replacement serves where the kernel puts it, as a new pod would; the Service (the proxy)
+	// sends to it from now on.
+	svc.addrs[0], svc.stops[0] = replica(ctx, t)
+	svc.proxy.SetBackends(svc.addrs...)
 	<-done
 	exact(ctx, t, ns, s, s.Ambiguous)
 	exact(ctx, t, hotNS, hot, hot.Ambiguous)

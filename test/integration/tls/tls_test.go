@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -373,15 +374,30 @@ func TestRotationUnderLoad(t *testing.T) {
 	}
 }
 
+// bindAttempts bounds the picks of a free port for one listener: each fails only if another
+// process took the port in the instant between pick and bind.
+const bindAttempts = 5
+
 // Until a serving certificate is loaded, /readyz fails, so no Service routes the API server to the
 // replica; it turns ready once the files appear, without a restart.
 func TestNotReadyWithoutServingCert(t *testing.T) {
 	s := setup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	probe := testenv.FreeAddr(t)
 	dir := t.TempDir()
-	r, err := serve.New(env.Config, serve.Options{Host: "127.0.0.1", Port: testenv.FreePort(t), CertDir: dir, MetricsAddr: "0", ProbeAddr: probe, MarksNamespace: testenv.MarksNamespace})
+	// The probe's address must be known before New binds it (controller-runtime does not say where
+	// a port of 0 went): a port another process takes between the pick and the bind is New's
+	// EADDRINUSE, and another pick is tried.
+	var probe string
+	var r *serve.Replica
+	var err error
+	for attempt := 1; ; attempt++ {
+		probe = testenv.FreeAddr(t)
+		r, err = serve.New(env.Config, serve.Options{Host: "127.0.0.1", Port: 0, CertDir: dir, MetricsAddr: "0", ProbeAddr: probe, MarksNamespace: testenv.MarksNamespace})
+		if err == nil || !errors.Is(err, syscall.EADDRINUSE) || attempt == bindAttempts {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -64,6 +64,9 @@ type Compiled struct {
 	Versions      []string
 	Namespaces    []string
 	NamesForLife  bool
+	// KeyRequired refuses an object whose key is absent; otherwise it is not the policy's
+	// (IsKeyAbsent).
+	KeyRequired bool
 	// Read is how a decision reads the key's objects when the index cannot vouch for itself;
 	// LabelKeys are the labels a LabelSelector read requires; KeyField is the field a
 	// FieldSelector read selects on (and where a bad key is reported).
@@ -125,6 +128,7 @@ func Compile(p *v1alpha1.UniquenessPolicy, rrguardNamespace string) (*Compiled, 
 		Versions:      t.Versions,
 		Namespaces:    t.Namespaces,
 		NamesForLife:  p.Spec.NamesForLife == nil || *p.Spec.NamesForLife,
+		KeyRequired:   p.Spec.Key.Required,
 		prefix:        p.Spec.Key.NamePrefix,
 		hex:           p.Spec.Key.Encoding == v1alpha1.KeyHex,
 		message:       p.Spec.Message,
@@ -264,6 +268,28 @@ func (e *EvalError) Unwrap() error { return e.Err }
 // ErrEmptyKey: the key expression gave "".
 var ErrEmptyKey = errors.New("the key is empty")
 
+// ErrNoKey: the key expression read a map key, attribute or list element the object does not
+// have (a label not set, a field left out).
+var ErrNoKey = errors.New("the key is absent")
+
+// IsKeyAbsent reports whether err, from Key, says the object has no key: it is not the policy's,
+// unless the policy requires one (KeyRequired).
+func IsKeyAbsent(err error) bool { return errors.Is(err, ErrNoKey) || errors.Is(err, ErrEmptyKey) }
+
+// missing tells an evaluation that failed because the object lacks what the expression reads.
+// cel-go exports no type for it: these are the messages of its resolution errors
+// (interpreter/attributes.go, resolutionError) and of a map lookup (common/types/map.go), stable
+// since cel-go 0.10.
+func missing(err error) bool {
+	msg := err.Error()
+	for _, p := range []string{"no such key", "no such attribute", "index out of bounds"} {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
 // ErrNotHex: a Hex key that is not a lowercase hex SHA-256.
 var ErrNotHex = errors.New("must be 64 lowercase hex characters (a SHA-256)")
 
@@ -293,6 +319,9 @@ func typeErr(ok bool, i int, name string, v ref.Val) error {
 func (c *Compiled) Key(ctx context.Context, obj map[string]any) (keyHex, key string, err error) {
 	v, err := eval(ctx, c.key, obj)
 	if err != nil {
+		if missing(err) {
+			err = fmt.Errorf("%w: %v", ErrNoKey, err)
+		}
 		return "", "", &EvalError{Field: "spec.key.expression", Err: err}
 	}
 	key, ok := v.Value().(string)

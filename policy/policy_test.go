@@ -248,24 +248,34 @@ func TestKeyErrors(t *testing.T) {
 	tekton := compiled(t, "../config/samples/tekton-pipelinerun.yaml")
 	rr := compiled(t, rrPolicy)
 	labels := func(l map[string]any) map[string]any { return map[string]any{"metadata": map[string]any{"labels": l}} }
+	items := compiled(t, "testdata/first-item-key.yaml")
+	argo := compiled(t, "../config/samples/argo-workflow.yaml")
 	for _, c := range []struct {
-		name string
-		p    *Compiled
-		obj  map[string]any
-		err  error
+		name   string
+		p      *Compiled
+		obj    map[string]any
+		err    error
+		absent bool // not the policy's object, unless it requires a key
 	}{
-		{"no labels", tekton, map[string]any{"metadata": map[string]any{}}, nil},
-		{"one label missing", tekton, labels(map[string]any{"ci.example.com/repo": "a"}), nil},
-		{"not hex", rr, map[string]any{"spec": map[string]any{"signalFingerprint": strings.Repeat("G", 64)}}, ErrNotHex},
-		{"short hex", rr, map[string]any{"spec": map[string]any{"signalFingerprint": "abc"}}, ErrNotHex},
-		{"empty", rr, map[string]any{"spec": map[string]any{"signalFingerprint": ""}}, ErrEmptyKey},
-		{"wrong type", rr, map[string]any{"spec": map[string]any{"signalFingerprint": int64(7)}}, nil},
+		{"no labels", tekton, map[string]any{"metadata": map[string]any{}}, ErrNoKey, true},
+		{"one label missing", tekton, labels(map[string]any{"ci.example.com/repo": "a"}), ErrNoKey, true},
+		{"no metadata", tekton, map[string]any{}, ErrNoKey, true},
+		{"an empty label", argo, labels(map[string]any{"example.com/job": ""}), ErrEmptyKey, true},
+		{"no spec", rr, map[string]any{}, ErrNoKey, true},
+		{"no list element", items, map[string]any{"spec": map[string]any{"items": []any{}}}, ErrNoKey, true},
+		{"not hex", rr, map[string]any{"spec": map[string]any{"signalFingerprint": strings.Repeat("G", 64)}}, ErrNotHex, false},
+		{"short hex", rr, map[string]any{"spec": map[string]any{"signalFingerprint": "abc"}}, ErrNotHex, false},
+		{"empty", rr, map[string]any{"spec": map[string]any{"signalFingerprint": ""}}, ErrEmptyKey, true},
+		{"wrong type", rr, map[string]any{"spec": map[string]any{"signalFingerprint": int64(7)}}, nil, false},
 	} {
 		_, _, err := c.p.Key(ctx, c.obj)
 		var ee *EvalError
-		if !errors.As(err, &ee) || ee.Field != "spec.key.expression" || (c.err != nil && !errors.Is(err, c.err)) {
-			t.Errorf("%s: %v", c.name, err)
+		if !errors.As(err, &ee) || ee.Field != "spec.key.expression" || (c.err != nil && !errors.Is(err, c.err)) || IsKeyAbsent(err) != c.absent {
+			t.Errorf("%s: %v (absent %v, want %v)", c.name, err, IsKeyAbsent(err), c.absent)
 		}
+	}
+	if !rr.KeyRequired || tekton.KeyRequired {
+		t.Errorf("key required: RR policy %v, Tekton sample %v; want true, false", rr.KeyRequired, tekton.KeyRequired)
 	}
 	keyHex, key, err := tekton.Key(ctx, labels(map[string]any{"ci.example.com/repo": "shop", "ci.example.com/branch": "main"}))
 	if err != nil || key != "shop/main" || keyHex != rules.HashKey("shop/main") {

@@ -22,6 +22,7 @@ import (
 type Result struct {
 	Object    string // resource namespace/name (or generateName)
 	Matched   bool
+	Keyless   bool // matched, but has no key and the policy requires none: left alone
 	Key       string
 	KeyHex    string
 	InFlight  bool   // the object as written is in flight at now
@@ -49,6 +50,9 @@ func (c *Compiled) Simulate(ctx context.Context, objs []*unstructured.Unstructur
 			continue
 		}
 		if r.KeyHex, r.Key, r.Err = c.Key(ctx, obj); r.Err != nil {
+			if IsKeyAbsent(r.Err) && !c.KeyRequired {
+				r.Keyless, r.Err = true, nil
+			}
 			out = append(out, r)
 			continue
 		}

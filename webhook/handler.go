@@ -41,13 +41,14 @@ type created struct {
 	kind                          schema.GroupKind
 	fields                        map[string]any // the projected object, for the policy
 	matched                       bool           // every match condition holds
+	keyless                       bool           // matched, but its key is absent and not required
 	keyHex, key                   string
 }
 
 // decodeCreate turns a request into the object being created, judged by p as far as its match
 // conditions and key, or into the typed denial a client should see. skip is true for requests the
-// webhooks do not judge: anything but CREATE, and objects the policy's match conditions leave
-// alone.
+// webhooks do not judge: anything but CREATE, objects the policy's match conditions leave alone,
+// and objects without a key when the policy does not require one (c.keyless).
 func decodeCreate(ctx context.Context, req admission.Request, p *policy.Compiled, tree *jsonproject.Tree) (c *created, skip bool, err error) {
 	gr := p.GroupResource
 	if req.Resource.Group != gr.Group || req.Resource.Resource != gr.Resource || req.SubResource != "" {
@@ -107,6 +108,10 @@ func decodeCreate(ctx context.Context, req admission.Request, p *policy.Compiled
 	}
 	c.matched = true
 	if c.keyHex, c.key, err = p.Key(ctx, m); err != nil {
+		if policy.IsKeyAbsent(err) && !p.KeyRequired {
+			c.keyless = true
+			return c, true, nil
+		}
 		return nil, false, invalidObject(p, c, err)
 	}
 	return c, false, nil
@@ -120,6 +125,10 @@ func invalidObject(p *policy.Compiled, c *created, err error) *apierrors.StatusE
 	detail := err.Error()
 	if errors.As(err, &ee) {
 		detail = fmt.Sprintf("%v (policy %s, %s)", ee.Err, p.Policy, ee.Field)
+	}
+	if policy.IsKeyAbsent(err) {
+		detail += fmt.Sprintf("; policy %s requires a key of every %s it matches (spec.key.required): set what the key reads, "+
+			"or exempt such objects with a match condition of the policy", p.Policy, c.kind.Kind)
 	}
 	var value any = c.key
 	if errors.Is(err, policy.ErrEmptyKey) || c.key == "" {

@@ -28,7 +28,7 @@ func (f listerFunc) ReadKey(ctx context.Context, ns, keyHex, _ string) ([]decisi
 	if err != nil {
 		return nil, err
 	}
-	return factsOf(keyHex, rrs...), nil
+	return factsOf(keyHex, rrs...)
 }
 
 func staticLister(rrs ...v1alpha1.RemediationRequest) Lister {
@@ -152,7 +152,10 @@ func TestChecker(t *testing.T) {
 func BenchmarkNamerHandle(b *testing.B) {
 	// The facts are judged once, as a read's would be per decision: what is measured is the
 	// handler's own work (decode, key, decide, patch), not the test lister's conversions.
-	facts := factsOf(fp, rr(rules.Name(fp, 4), phase(v1alpha1.PhaseCompleted)))
+	facts, err := factsOf(fp, rr(rules.Name(fp, 4), phase(v1alpha1.PhaseCompleted)))
+	if err != nil {
+		b.Fatal(err)
+	}
 	h := &Namer{Policy: rrPol, Lister: factsLister(facts)}
 	req := createReq(rrJSON)
 	b.ReportAllocs()
@@ -281,7 +284,7 @@ func (l factsLister) ReadKey(context.Context, string, string, string) ([]decisio
 type factIndex []v1alpha1.RemediationRequest
 
 func (x factIndex) Lookup(_, fp string, _ time.Time) ([]decision.Fact, error) {
-	return factsOf(fp, x...), nil
+	return factsOf(fp, x...)
 }
 func (factIndex) MayBeMarked(string, string) bool                        { return true }
 func (factIndex) AwaitFresh(context.Context, string, time.Duration) bool { return true }

@@ -57,4 +57,11 @@ var (
 	}, []string{"reason"})
 )
 
-func init() { metrics.Registry.MustRegister(decisionReads, fallbacks) }
+// keyless counts the creates a policy left alone because they have no key (policy.IsKeyAbsent):
+// a policy that matches more than its author meant shows here, not as refusals.
+var keyless = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "rrguard_policy_keyless_creates_total",
+	Help: "Creates a policy left alone, unchanged, because the object has no key (a label or field its key reads is absent), by policy.",
+}, []string{"policy"})
+
+func init() { metrics.Registry.MustRegister(decisionReads, fallbacks, keyless) }

@@ -91,6 +91,10 @@ func (h *Namer) handle(ctx context.Context, req admission.Request) (admission.Re
 	h.treeOnce.Do(func() { h.tree = h.Policy.Reads().Merge(createReads) })
 	c, skip, err := decodeCreate(ctx, req, h.Policy, h.tree)
 	if skip {
+		if c != nil && c.keyless {
+			keyless.WithLabelValues(h.Policy.Policy).Inc()
+			return admission.Allowed("left alone: the object has no key under policy " + h.Policy.Policy), DecisionAllowed
+		}
 		if c != nil {
 			return admission.Allowed("left alone: a match condition of policy " + h.Policy.Policy + " is false"), DecisionAllowed
 		}

@@ -3,6 +3,7 @@ package webhook
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -25,28 +26,44 @@ var rrPol = func() *policy.Compiled {
 	return c
 }()
 
-// factsOf judges typed RRs as the index and a consistent read do, keeping those of key keyHex.
-func factsOf(keyHex string, rrs ...v1alpha1.RemediationRequest) []decision.Fact {
+// factsOf judges typed RRs as the index and a consistent read do, keeping those of key keyHex;
+// an RR the policy cannot judge (its in-flight rule fails on it) is an error, not a silent
+// "in flight".
+func factsOf(keyHex string, rrs ...v1alpha1.RemediationRequest) ([]decision.Fact, error) {
 	ctx := context.Background()
 	var out []decision.Fact
 	for i := range rrs {
-		b, _ := json.Marshal(&rrs[i])
+		b, err := json.Marshal(&rrs[i])
+		if err != nil {
+			return nil, err
+		}
 		var m map[string]any
-		_ = utiljson.Unmarshal(b, &m)
+		if err := utiljson.Unmarshal(b, &m); err != nil {
+			return nil, err
+		}
 		kh, _, err := rrPol.Key(ctx, m)
-		if err != nil || kh != keyHex {
+		if err != nil {
+			return nil, fmt.Errorf("RR %s: %w", rrs[i].Name, err)
+		}
+		if kh != keyHex {
 			continue
 		}
-		f, _ := rrPol.Fact(ctx, m, rrs[i].Name, kh, rrs[i].CreationTimestamp.Time, rrs[i].DeletionTimestamp != nil)
+		f, err := rrPol.Fact(ctx, m, rrs[i].Name, kh, rrs[i].CreationTimestamp.Time, rrs[i].DeletionTimestamp != nil)
+		if err != nil {
+			return nil, fmt.Errorf("RR %s: %w", rrs[i].Name, err)
+		}
 		out = append(out, f)
 	}
-	return out
+	return out, nil
 }
 
 // Decide is a create of rr decided from existing RRs (read consistently) and a mark, through the
 // handler's own decode and decision.
 func Decide(rr *v1alpha1.RemediationRequest, existing []v1alpha1.RemediationRequest, mark int64, now time.Time) (string, error) {
-	b, _ := json.Marshal(rr)
+	b, err := json.Marshal(rr)
+	if err != nil {
+		return "", err
+	}
 	req := admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
 		Operation: admissionv1.Create, Resource: rrResource, Namespace: "kubernaut-system",
 		Kind:   metav1.GroupVersionKind{Group: "kubernaut.ai", Version: "v1alpha1", Kind: "RemediationRequest"},
@@ -56,5 +73,9 @@ func Decide(rr *v1alpha1.RemediationRequest, existing []v1alpha1.RemediationRequ
 	if err != nil {
 		return "", err
 	}
-	return decideFacts(rrPol, c, factsOf(c.keyHex, existing...), mark, now)
+	facts, err := factsOf(c.keyHex, existing...)
+	if err != nil {
+		return "", err
+	}
+	return decideFacts(rrPol, c, facts, mark, now)
 }

@@ -79,12 +79,12 @@ func policyCmd(args []string, stdout, stderr io.Writer) int {
 	if *output == "json" {
 		type row struct {
 			Object, Key, KeyHex, Until, Name, Duplicate, Error string
-			Matched, InFlight                                  bool
+			Matched, Keyless, InFlight                         bool
 		}
 		rows := make([]row, len(results))
 		for i, r := range results {
 			rows[i] = row{Object: r.Object, Key: r.Key, KeyHex: r.KeyHex, Until: r.Until, Name: r.Name, Duplicate: r.Duplicate,
-				Matched: r.Matched, InFlight: r.InFlight}
+				Matched: r.Matched, Keyless: r.Keyless, InFlight: r.InFlight}
 			if r.Err != nil {
 				rows[i].Error = r.Err.Error()
 			}
@@ -112,6 +112,8 @@ func policyCmd(args []string, stdout, stderr io.Writer) int {
 		switch {
 		case !r.Matched && r.Err == nil:
 			answer, inFlight = "left alone (a match condition is false)", "-"
+		case r.Keyless:
+			answer, inFlight = "left alone (no key; the policy does not require one)", "-"
 		case r.Err != nil && r.Name == "":
 			answer = "422: " + r.Err.Error()
 		case r.Duplicate != "":

@@ -97,11 +97,18 @@ const (
 
 // Key is the uniqueness key and the names made from it.
 type Key struct {
-	// Expression is CEL over `object` giving the key, a string. A create whose object gives an
-	// error or an empty key is refused (422).
+	// Expression is CEL over `object` giving the key, a string. An object whose key is absent (a
+	// field, label or list element the expression reads is missing, or it gives "") is not the
+	// policy's unless Required: a create is left alone, unchanged. Any other failure (a wrong
+	// type, a Hex key that is not hex) refuses the create (422).
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=4096
 	Expression string `json:"expression"`
+	// Required refuses (422) a create whose key is absent, naming the policy and the field,
+	// instead of leaving it alone: for a resource whose every object must have a key (the RR's
+	// fingerprint). Objects a match condition excludes are still left alone.
+	// +optional
+	Required bool `json:"required,omitempty"`
 	// Encoding: Hex or SHA256 (default).
 	// +optional
 	// +kubebuilder:default=SHA256

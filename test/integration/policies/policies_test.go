@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -361,4 +362,49 @@ func TestJobsOfACronJobAreLeftAlone(t *testing.T) {
 	if err := env.Client.Create(ctx, u); err != nil || u.GetName() != "in-rrguards-namespace" {
 		t.Fatalf("a Job in rrguard's own namespace: %q, %v", u.GetName(), err)
 	}
+}
+
+// A sample applied changes nothing for objects it is not about: on each project's own CRD
+// (testdata/crds: Tekton's PipelineRun and Argo's Workflow, pinned; batch/v1 Jobs), an object
+// without the labels its key reads is stored as sent (its name, no finalizer), while one with
+// them is judged.
+func TestSamplesLeaveObjectsWithoutTheirKeyAlone(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "keyless", 2*time.Minute)
+	serving(ctx, t)
+	installWebhooks(ctx, t)
+	for _, tg := range targets {
+		t.Run(tg.gvk.Kind, func(t *testing.T) {
+			awaitJudged(ctx, t, tg, ns)
+			for i, labels := range []map[string]string{nil, {"unrelated": "x"}, firstLabelOnly(tg.labels)} {
+				u := tg.object(ns)
+				u.SetGenerateName("")
+				u.SetName(fmt.Sprintf("mine-%d", i))
+				u.SetLabels(labels)
+				if err := env.Client.Create(ctx, u); err != nil {
+					t.Fatalf("a %s labelled %v: %v", tg.gvk.Kind, labels, err)
+				}
+				if u.GetName() != fmt.Sprintf("mine-%d", i) || len(u.GetFinalizers()) != 0 {
+					t.Fatalf("a %s labelled %v was changed: stored as %s, finalizers %v", tg.gvk.Kind, labels, u.GetName(), u.GetFinalizers())
+				}
+			}
+			// Judged alongside: the keyed one is named, and a second while it runs refused.
+			first := createNext(ctx, t, tg, ns)
+			if first.GetName() != tg.name(1) {
+				t.Fatalf("the keyed %s was named %s, want %s", tg.gvk.Kind, first.GetName(), tg.name(1))
+			}
+			if err := env.Client.Create(ctx, tg.object(ns)); !apierrors.IsAlreadyExists(err) || detailsName(err) != tg.name(1) {
+				t.Fatalf("a second keyed %s while %s runs: %v", tg.gvk.Kind, tg.name(1), err)
+			}
+		})
+	}
+}
+
+// firstLabelOnly keeps the alphabetically first of a key's labels; nil when the key has one label
+// (then the object has none of them).
+func firstLabelOnly(labels map[string]string) map[string]string {
+	if len(labels) < 2 {
+		return nil
+	}
+	keys := slices.Sorted(maps.Keys(labels))
+	return map[string]string{keys[0]: labels[keys[0]]}
 }

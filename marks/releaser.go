@@ -124,8 +124,19 @@ type Releaser struct {
 	queue workqueue.TypedRateLimitingInterface[types.NamespacedName]
 }
 
-// deletionWorkers release objects deleted during their hold concurrently.
+// deletionWorkers release objects deleted during their hold concurrently: each release is two
+// writes (the mark, the finalizer) waiting on the API server, so the workers wait in parallel; 16
+// keeps within the client's default burst of reads and writes beside the webhooks' reads.
 const deletionWorkers = 16
+
+// unindexedRetry is how soon an object deleted during its hold is looked at again when the index
+// has not seen it yet: the index lags a read by a watch event, milliseconds as a rule, so a second
+// is ample and the object stays held meanwhile (safe: held longer, never released unmarked).
+const unindexedRetry = time.Second
+
+// syncPoll is how often a loop that needs the index (the sweep, the seeder) looks again while it
+// has not synced: short, because replicas answer 503 until the seeder has run once.
+const syncPoll = 100 * time.Millisecond
 
 // object is an empty metadata-only object of the target's kind.
 func (r *Releaser) object(namespace, name string) *metav1.PartialObjectMetadata {
@@ -226,7 +237,7 @@ func (r *Releaser) Reconcile(ctx context.Context, req reconcile.Request) (reconc
 	keyHex, n, ok := r.Index.KeyOf(o.Namespace, o.Name)
 	if !ok {
 		// Not in the index yet (it lags the read above): its key is unknown, so it stays held.
-		return reconcile.Result{RequeueAfter: time.Second}, nil
+		return reconcile.Result{RequeueAfter: unindexedRetry}, nil
 	}
 	if err := r.Store.cover(ctx, o.Namespace, o.Name, keyHex, n); err != nil {
 		// A conflict or a concurrent shard create: the next try reads afresh.
@@ -252,7 +263,7 @@ func (r *Releaser) sweep(ctx context.Context) error {
 	}
 	log := ctrl.Log.WithName("marks")
 	for {
-		wait := min(every, 100*time.Millisecond) // until the index has synced
+		wait := min(every, syncPoll)
 		if r.Index.Synced() {
 			wait = every
 			due, total := r.due(time.Now(), batch)

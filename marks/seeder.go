@@ -37,6 +37,14 @@ type Seeder struct {
 	lastGC           time.Time
 }
 
+// Defaults of the seeder: seedEvery repeats the seeding of marks from objects without the finalizer
+// (the ones an older release or an outage left unmarked), which is idempotent and reads only the
+// index and the marks; gcEvery looks for marks past the horizon, which change over days.
+const (
+	defaultSeedEvery = 30 * time.Second
+	defaultGCEvery   = time.Hour
+)
+
 // DefaultHorizon is how long Kubernaut's DataStorage keeps audit events (2,555 days): after it, the
 // name's old correlation data is gone, unless a legal hold keeps it longer.
 const DefaultHorizon = 2555 * 24 * time.Hour
@@ -54,7 +62,7 @@ func (s *Seeder) Ready() error {
 func (s *Seeder) Start(ctx context.Context) error {
 	every := s.Every
 	if every == 0 {
-		every = 30 * time.Second
+		every = defaultSeedEvery
 	}
 	for {
 		if err := s.pass(ctx); err != nil {
@@ -69,7 +77,7 @@ func (s *Seeder) Start(ctx context.Context) error {
 		}
 		wait := every
 		if !s.seeded.Load() {
-			wait = 100 * time.Millisecond
+			wait = syncPoll
 		}
 		select {
 		case <-ctx.Done():
@@ -160,7 +168,7 @@ func (s *Seeder) pass(ctx context.Context) error {
 	heldOldest.Set(oldest.Seconds())
 	gcEvery := s.GCEvery
 	if gcEvery == 0 {
-		gcEvery = time.Hour
+		gcEvery = defaultGCEvery
 	}
 	if time.Since(s.lastGC) >= gcEvery {
 		if err := s.collect(ctx, live); err != nil {

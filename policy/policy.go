@@ -243,8 +243,13 @@ func (sizeBound) EstimateCallCost(string, string, *checker.AstNode, []checker.As
 	return nil
 }
 
+// MaxNamePrefix is the longest namePrefix: with the 32 hex characters of the key, "-" and the 19
+// digits of the largest occurrence number, a name fits the 63 characters of a label value (names
+// of objects often end up in labels, as Kubernaut's children's do).
+const MaxNamePrefix = 63 - rules.KeyLen - 1 - 19
+
 func validPrefix(p string) bool {
-	if p == "" || len(p) > 11 || p[0] < 'a' || p[0] > 'z' {
+	if p == "" || len(p) > MaxNamePrefix || p[0] < 'a' || p[0] > 'z' {
 		return false
 	}
 	for i := 0; i < len(p); i++ {
@@ -368,7 +373,7 @@ func (c *Compiled) Fact(ctx context.Context, obj map[string]any, name, keyHex st
 		}
 	case time.Time:
 		f.Until = x
-		if x.Year() >= 9999 { // the way to write "until it changes" as a time
+		if x.Year() >= foreverYear {
 			f.Until = decision.Forever
 		}
 	default:
@@ -377,6 +382,10 @@ func (c *Compiled) Fact(ctx context.Context, obj map[string]any, name, keyHex st
 	}
 	return f, nil
 }
+
+// foreverYear: an in-flight time in this year or later is how a rule says "until the object
+// changes" (spec.inFlight), since CEL has no infinite timestamp.
+const foreverYear = 9999
 
 // Name is the name of occurrence n of the key keyHex.
 func (c *Compiled) Name(keyHex string, n int64) string { return rules.NameFor(c.prefix, keyHex, n) }

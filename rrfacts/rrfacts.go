@@ -473,6 +473,11 @@ func (ix *Index) judge(o *object) (decision.Fact, string, error) {
 	return f, keyHex, err
 }
 
+// maxInterned bounds the phases interned: a phase is one of a handful of enum values (the RR's 12),
+// so a policy whose phase expression gives more is not giving a phase, and its strings are kept
+// per object instead of growing the table without bound.
+const maxInterned = 256
+
 // intern shares the phase strings, which repeat across objects; the caller holds the lock.
 func (ix *Index) intern(s string) string {
 	if s == "" {
@@ -481,7 +486,7 @@ func (ix *Index) intern(s string) string {
 	if x, ok := ix.phases[s]; ok {
 		return x
 	}
-	if len(ix.phases) < 256 {
+	if len(ix.phases) < maxInterned {
 		ix.phases[s] = s
 	}
 	return s

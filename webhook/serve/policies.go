@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"reflect"
 	"slices"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -81,11 +83,11 @@ func (ps *policySet) Start(ctx context.Context) error {
 	ps.mu.Unlock()
 	<-ctx.Done()
 	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	for name, lp := range ps.live {
-		lp.cancel()
-		lp.done.Wait()
-		delete(ps.live, name)
+	live := ps.live
+	ps.live = map[string]*livePolicy{}
+	ps.mu.Unlock()
+	for _, lp := range live {
+		lp.end()
 	}
 	return nil
 }
@@ -93,34 +95,67 @@ func (ps *policySet) Start(ctx context.Context) error {
 // NeedLeaderElection implements manager.LeaderElectionRunnable: every replica enforces.
 func (ps *policySet) NeedLeaderElection() bool { return false }
 
-// enforce compiles p and starts enforcing it, replacing what ran for an earlier generation.
-func (ps *policySet) enforce(p *rrguardv1.UniquenessPolicy) (*livePolicy, error) {
+// swapWait bounds how long a changed policy's earlier generation keeps judging while the new one
+// syncs its watch and seeds its marks; past it the new one takes over, answering 503 until ready.
+// The index of 100,000 objects syncs in about 20 s (docs/benchmarks.md).
+const swapWait = time.Minute
+
+// swapPoll is how often a change looks whether its new generation is ready.
+const swapPoll = 50 * time.Millisecond
+
+// enforce compiles p and starts enforcing it. A new generation of a policy already enforced is
+// made before the old one is broken: the old one keeps judging creates until the new one's watch
+// has synced and its marks are seeded (or swapWait), then the webhooks switch to the new one and
+// the old one stops. So a change never answers 503, and nothing waits under the set's lock:
+// creates of every policy go on meanwhile. Two generations judge one target only in the sense
+// that the handler looked up at a request's start serves it: each decision is one generation's.
+func (ps *policySet) enforce(ctx context.Context, p *rrguardv1.UniquenessPolicy) (*livePolicy, error) {
 	lp, err := ps.build(p)
 	if err != nil {
 		return nil, err
 	}
 	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	if old := ps.live[p.Name]; old != nil {
-		old.cancel()
-		old.done.Wait()
-	}
-	ps.live[p.Name] = lp
-	if ps.ctx != nil {
+	old := ps.live[p.Name]
+	running := ps.ctx != nil
+	if running {
 		ps.run(lp)
 	}
+	if old == nil || !running {
+		ps.live[p.Name] = lp
+		ps.mu.Unlock()
+		return lp, nil
+	}
+	ps.mu.Unlock()
+	_ = wait.PollUntilContextTimeout(ctx, swapPoll, swapWait, true, func(context.Context) (bool, error) {
+		return lp.ready() || lp.index.LastError() != nil, nil
+	})
+	ps.mu.Lock()
+	ps.live[p.Name] = lp
+	ps.mu.Unlock()
+	old.end()
 	return lp, nil
 }
 
 // stop ends the enforcement of policy name, if any.
 func (ps *policySet) stop(name string) {
 	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	if lp := ps.live[name]; lp != nil {
-		lp.cancel()
-		lp.done.Wait()
-		delete(ps.live, name)
+	lp := ps.live[name]
+	delete(ps.live, name)
+	ps.mu.Unlock()
+	if lp != nil {
+		lp.end()
 	}
+}
+
+// ready: lp's watch has synced and its marks are seeded: it decides.
+func (lp *livePolicy) ready() bool { return lp.index.Synced() && lp.seeder.Ready() == nil }
+
+// end stops what runs for lp and waits for it.
+func (lp *livePolicy) end() {
+	if lp.cancel != nil {
+		lp.cancel()
+	}
+	lp.done.Wait()
 }
 
 func (ps *policySet) get(name string) *livePolicy {
@@ -256,7 +291,7 @@ func (pc *policyController) Reconcile(ctx context.Context, req reconcile.Request
 		pc.set.stop(p.Name)
 		lp = nil
 	case lp == nil || lp.generation != p.Generation:
-		if lp, enforceErr = pc.set.enforce(&p); enforceErr != nil {
+		if lp, enforceErr = pc.set.enforce(ctx, &p); enforceErr != nil {
 			pc.set.stop(p.Name)
 		}
 	}
@@ -307,8 +342,20 @@ func (pc *policyController) conflict(ctx context.Context, p *rrguardv1.Uniquenes
 	return nil, nil
 }
 
-// ReasonConflictingPolicy: another policy judges the target.
-const ReasonConflictingPolicy = "ConflictingPolicy"
+// Reasons a policy's conditions give, besides policy.Error's.
+const (
+	// ReasonConflictingPolicy: another policy judges the target.
+	ReasonConflictingPolicy = "ConflictingPolicy"
+	ReasonCompiled          = "Compiled"
+	ReasonNotCompiled       = "NotCompiled"
+	// ReasonTargetNotWatchable: the API server does not serve the target, or rrguard may not read it.
+	ReasonTargetNotWatchable = "TargetNotWatchable"
+	ReasonSynced             = "Synced"
+	ReasonSyncing            = "Syncing"
+	ReasonEnforced           = "Enforced"
+	// ReasonNotReady: the watch has not synced or the marks are not seeded yet.
+	ReasonNotReady = "NotReady"
+)
 
 // statusOf is a policy's status as this replica sees it.
 func statusOf(p *rrguardv1.UniquenessPolicy, lp *livePolicy, enforceErr error) rrguardv1.UniquenessPolicyStatus {
@@ -330,31 +377,31 @@ func statusOf(p *rrguardv1.UniquenessPolicy, lp *livePolicy, enforceErr error) r
 	switch {
 	case errors.As(enforceErr, &pe):
 		set(rrguardv1.ConditionCompiled, false, pe.Reason, pe.Error())
-		set(rrguardv1.ConditionWatching, false, "NotCompiled", "a policy that does not compile is never enforced")
+		set(rrguardv1.ConditionWatching, false, ReasonNotCompiled, "a policy that does not compile is never enforced")
 		set(rrguardv1.ConditionEnforced, false, pe.Reason, "not enforced: "+pe.Error())
 		return st
 	case errors.As(enforceErr, &te), enforceErr != nil:
-		set(rrguardv1.ConditionCompiled, true, "Compiled", "every expression compiled within the cost budget")
-		set(rrguardv1.ConditionWatching, false, "TargetNotWatchable", enforceErr.Error())
-		set(rrguardv1.ConditionEnforced, false, "TargetNotWatchable", "not enforced: "+enforceErr.Error())
+		set(rrguardv1.ConditionCompiled, true, ReasonCompiled, "every expression compiled within the cost budget")
+		set(rrguardv1.ConditionWatching, false, ReasonTargetNotWatchable, enforceErr.Error())
+		set(rrguardv1.ConditionEnforced, false, ReasonTargetNotWatchable, "not enforced: "+enforceErr.Error())
 		return st
 	}
-	set(rrguardv1.ConditionCompiled, true, "Compiled", "every expression compiled within the cost budget")
+	set(rrguardv1.ConditionCompiled, true, ReasonCompiled, "every expression compiled within the cost budget")
 	st.ConsistentRead = lp.index.ReadMode()
 	st.Objects = int64(lp.index.Len())
 	synced := lp.index.Synced()
 	switch {
 	case synced:
-		set(rrguardv1.ConditionWatching, true, "Synced", "rrguard watches "+lp.compiled.GroupResource.String())
+		set(rrguardv1.ConditionWatching, true, ReasonSynced, "rrguard watches "+lp.compiled.GroupResource.String())
 	case lp.index.LastError() != nil:
-		set(rrguardv1.ConditionWatching, false, "TargetNotWatchable", lp.index.LastError().Error())
+		set(rrguardv1.ConditionWatching, false, ReasonTargetNotWatchable, lp.index.LastError().Error())
 	default:
-		set(rrguardv1.ConditionWatching, false, "Syncing", "the watch of "+lp.compiled.GroupResource.String()+" has not synced yet")
+		set(rrguardv1.ConditionWatching, false, ReasonSyncing, "the watch of "+lp.compiled.GroupResource.String()+" has not synced yet")
 	}
 	if ready := lp.seeder.Ready(); synced && ready == nil {
-		set(rrguardv1.ConditionEnforced, true, "Enforced", "creates of "+lp.compiled.GroupResource.String()+" are judged")
+		set(rrguardv1.ConditionEnforced, true, ReasonEnforced, "creates of "+lp.compiled.GroupResource.String()+" are judged")
 	} else {
-		set(rrguardv1.ConditionEnforced, false, "NotReady", "the watch has not synced, or the marks are not seeded yet")
+		set(rrguardv1.ConditionEnforced, false, ReasonNotReady, "the watch has not synced, or the marks are not seeded yet")
 	}
 	return st
 }
@@ -383,8 +430,10 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 	var val []admissionregistrationv1.ValidatingWebhook
 	for i := range list.Items {
 		p := &list.Items[i]
+		// What is enforced now, of whichever generation: a change being made keeps its earlier
+		// generation's webhook until the new one takes over.
 		lp := pc.set.get(p.Name)
-		if lp == nil || lp.generation != p.Generation {
+		if lp == nil {
 			continue
 		}
 		// A policy whose target cannot be watched (no RBAC, say) is not enforced: its target's
@@ -392,10 +441,10 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 		if !lp.index.Synced() && lp.index.LastError() != nil {
 			continue
 		}
-		t := p.Spec.Target
+		c := lp.compiled
 		rules := []admissionregistrationv1.RuleWithOperations{{
 			Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
-			Rule:       admissionregistrationv1.Rule{APIGroups: []string{t.Group}, APIVersions: t.Versions, Resources: []string{t.Resource}},
+			Rule:       admissionregistrationv1.Rule{APIGroups: []string{c.GroupResource.Group}, APIVersions: c.Versions, Resources: []string{c.GroupResource.Resource}},
 		}}
 		cc := func(kind string) admissionregistrationv1.WebhookClientConfig {
 			c := *rr.Webhooks[0].ClientConfig.DeepCopy()
@@ -404,13 +453,12 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 			case c.Service != nil:
 				c.Service.Path = &path
 			case c.URL != nil:
-				u := *c.URL
-				if i := strings.Index(u, "://"); i >= 0 {
-					if j := strings.Index(u[i+3:], "/"); j >= 0 {
-						u = u[:i+3+j]
-					}
+				// The policy's path replaces the RR webhook's; a URL the API server accepted
+				// parses.
+				if u, err := url.Parse(*c.URL); err == nil {
+					u.Path, u.RawPath = path, ""
+					c.URL = ptr.To(u.String())
 				}
-				c.URL = ptr.To(u + path)
 			}
 			return c
 		}
@@ -419,9 +467,9 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 		// kube-system's Jobs, say.
 		sel := &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
 			Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpNotIn, Values: policy.NeverJudgedNamespaces(pc.set.o.MarksNamespace)}}}
-		if len(t.Namespaces) > 0 {
+		if len(c.Namespaces) > 0 {
 			sel = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
-				Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpIn, Values: t.Namespaces}}}
+				Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpIn, Values: c.Namespaces}}}
 		}
 		mut = append(mut, admissionregistrationv1.MutatingWebhook{
 			Name: name, ClientConfig: cc("mutate"), Rules: rules, NamespaceSelector: sel,

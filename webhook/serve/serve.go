@@ -260,7 +260,7 @@ func New(cfg *rest.Config, o Options) (_ *Replica, err error) {
 	ps := &policySet{r: r, cfg: cfg, o: o, store: store, maxLag: maxLag, indexDecides: indexDecides, live: map[string]*livePolicy{}}
 	static := map[string]bool{}
 	for _, p := range o.Policies {
-		if _, err := ps.enforce(p); err != nil {
+		if _, err := ps.enforce(context.Background(), p); err != nil {
 			return nil, fmt.Errorf("serve: policy %s: %w", p.Name, err)
 		}
 		static[p.Name] = true

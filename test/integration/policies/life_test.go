@@ -3,6 +3,7 @@ package policies
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -58,6 +59,14 @@ func waitCondition(ctx context.Context, t *testing.T, name, ctype string, status
 	return st
 }
 
+// enforceWithin is how soon a policy applied is enforced (issue 21's promise); creators is how many
+// create through a change of the policy.
+const (
+	enforceWithin = 10 * time.Second
+	creators      = 8
+	changes       = 5
+)
+
 // A policy applied to the cluster is enforced within 10 seconds (rrguard writes the webhooks for
 // it); changed while creates arrive, it keeps one in flight; deleted, its target is no longer
 // judged and its webhooks go.
@@ -71,13 +80,17 @@ func TestPolicyLife(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), p) })
-	st := waitCondition(ctx, t, p.Name, rrguardv1.ConditionEnforced, metav1.ConditionTrue, "Enforced", 10*time.Second)
+	st := waitCondition(ctx, t, p.Name, rrguardv1.ConditionEnforced, metav1.ConditionTrue, "Enforced", enforceWithin)
 	if !meta.IsStatusConditionTrue(st.Conditions, rrguardv1.ConditionCompiled) || !meta.IsStatusConditionTrue(st.Conditions, rrguardv1.ConditionWatching) ||
 		st.ConsistentRead != rrguardv1.ReadLabelSelector || st.ObservedGeneration != 1 {
 		t.Fatalf("status %+v", st)
 	}
 	var judged *unstructured.Unstructured
-	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 10*time.Second-time.Since(applied), true, func(ctx context.Context) (bool, error) {
+	left := enforceWithin - time.Since(applied)
+	if left <= 0 {
+		t.Fatalf("the policy reported Enforced only %v after it was applied, past the %v", time.Since(applied), enforceWithin)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, left, true, func(ctx context.Context) (bool, error) {
 		u := tg.object(ns)
 		if err := env.Client.Create(ctx, u); err != nil {
 			return false, nil
@@ -93,13 +106,14 @@ func TestPolicyLife(t *testing.T) {
 	}
 	t.Logf("judged %s after %s", judged.GetName(), time.Since(applied).Round(time.Millisecond))
 
-	// Changed (a new message) while 8 creators keep creating: the target is restarted under the
-	// new generation; creates meanwhile get 409 naming -1 or 503 (retry), and nothing else is stored.
+	// Changed five times (messages and the in-flight expression) while 8 creators keep creating:
+	// each generation is made before the last is broken, so every create meanwhile is answered
+	// 409 naming -1, by one generation or the next, never 503, and nothing else is stored.
 	var stop atomic.Bool
 	var wg sync.WaitGroup
 	var refused, unavailable, other atomic.Int64
 	var otherErr atomic.Value
-	for range 8 {
+	for range creators {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -117,31 +131,53 @@ func TestPolicyLife(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(300 * time.Millisecond)
-	if err := retryConflict(func() error {
-		var cur rrguardv1.UniquenessPolicy
-		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(p), &cur); err != nil {
-			return err
+	// The change lands while every creator is at work: each has been answered twice, and is
+	// answered twice more once the new generation is enforced.
+	answered := func() int64 { return refused.Load() + unavailable.Load() + other.Load() }
+	awaitAnswers := func(n int64) {
+		t.Helper()
+		if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+			return answered() >= n, nil
+		}); err != nil {
+			t.Fatalf("the creators were answered %d times, want %d: %v", answered(), n, err)
 		}
-		cur.Spec.Message = "a PipelineRun of this branch is running"
-		return env.Client.Update(ctx, &cur)
-	}); err != nil {
-		t.Fatal(err)
 	}
-	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 10*time.Second, true, func(ctx context.Context) (bool, error) {
-		st := policyStatus(ctx, t, p.Name)
-		return st.ObservedGeneration == 2 && meta.IsStatusConditionTrue(st.Conditions, rrguardv1.ConditionEnforced), nil
-	}); err != nil {
-		t.Fatalf("generation 2 not enforced: %v", err)
+	awaitAnswers(2 * creators)
+	inFlight := p.Spec.InFlight
+	lastMessage := ""
+	for change := 1; change <= changes; change++ {
+		if err := retryConflict(func() error {
+			var cur rrguardv1.UniquenessPolicy
+			if err := env.Client.Get(ctx, client.ObjectKeyFromObject(p), &cur); err != nil {
+				return err
+			}
+			if change%2 == 1 {
+				lastMessage = fmt.Sprintf("a PipelineRun of this branch is running (change %d)", change)
+				cur.Spec.Message = lastMessage
+			} else {
+				// The same rule, written anew: a new program and projection, one verdict.
+				cur.Spec.InFlight = fmt.Sprintf("(%s) || %d < 0", inFlight, change)
+			}
+			return env.Client.Update(ctx, &cur)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		generation := int64(1 + change)
+		if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, enforceWithin, true, func(ctx context.Context) (bool, error) {
+			st := policyStatus(ctx, t, p.Name)
+			return st.ObservedGeneration == generation && meta.IsStatusConditionTrue(st.Conditions, rrguardv1.ConditionEnforced), nil
+		}); err != nil {
+			t.Fatalf("generation %d not enforced: %v", generation, err)
+		}
+		awaitAnswers(answered() + 2*creators)
 	}
-	time.Sleep(300 * time.Millisecond)
 	stop.Store(true)
 	wg.Wait()
-	if other.Load() > 0 || refused.Load() == 0 {
+	if other.Load() > 0 || unavailable.Load() > 0 || refused.Load() == 0 {
 		t.Fatalf("creates through the change: %d refused naming -1, %d unavailable, %d other (last: %v)", refused.Load(), unavailable.Load(), other.Load(), otherErr.Load())
 	}
 	err := env.Client.Create(ctx, tg.object(ns))
-	if !apierrors.IsAlreadyExists(err) || !strings.Contains(err.Error(), "a PipelineRun of this branch is running") {
+	if !apierrors.IsAlreadyExists(err) || !strings.Contains(err.Error(), lastMessage) {
 		t.Fatalf("after the change, the 409 carries the new message: %v", err)
 	}
 	list := &unstructured.UnstructuredList{}
@@ -149,7 +185,7 @@ func TestPolicyLife(t *testing.T) {
 	if err := env.Client.List(ctx, list, client.InNamespace(ns)); err != nil || len(list.Items) != 1 {
 		t.Fatalf("stored %d PipelineRuns through the change (%v), want only %s", len(list.Items), err, tg.name(1))
 	}
-	t.Logf("through the change: %d refused naming -1, %d unavailable", refused.Load(), unavailable.Load())
+	t.Logf("through %d changes: %d refused naming -1, %d unavailable", changes, refused.Load(), unavailable.Load())
 
 	// Deleted: within 10 s a create keeps the name it was sent with, and the webhooks are gone.
 	if err := env.Client.Delete(ctx, p); err != nil {

@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -252,13 +253,7 @@ func finishStored(ctx context.Context, t *testing.T, tg target, u *unstructured.
 	}
 }
 
-func retryConflict(f func() error) error {
-	for {
-		if err := f(); !apierrors.IsConflict(err) {
-			return err
-		}
-	}
-}
+func retryConflict(f func() error) error { return retry.RetryOnConflict(retry.DefaultRetry, f) }
 
 // For each target: 64 simultaneous creates of one key store one object, and the 63 others are
 // refused with 409 naming it; once it finishes, the next create is -2; after both are deleted and

@@ -12,6 +12,7 @@ COPY audit/ audit/
 COPY cmd/rrguard/ cmd/rrguard/
 COPY config/policies/ config/policies/
 COPY internal/jsonproject/ internal/jsonproject/
+COPY kubernaut/ kubernaut/
 COPY marks/ marks/
 COPY policy/ policy/
 COPY rrfacts/ rrfacts/

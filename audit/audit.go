@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/kubernaut"
 	"github.com/rrguard/rrguard/marks"
 	"github.com/rrguard/rrguard/rules"
 )
@@ -113,7 +114,7 @@ func Run(ctx context.Context, c client.Reader, o Options) (Report, error) {
 				item := &list.Items[i]
 				k := key{item.Namespace, item.Spec.SignalFingerprint}
 				byKey[k] = append(byKey[k], rr{name: item.Name, fp: item.Spec.SignalFingerprint,
-					inFlight: rules.InFlight(item, t), finalizer: slices.Contains(item.Finalizers, marks.Finalizer),
+					inFlight: kubernaut.InFlight(item, t), finalizer: slices.Contains(item.Finalizers, marks.Finalizer),
 					age: t.Sub(item.CreationTimestamp.Time)})
 			}
 			if cont = list.Continue; cont == "" {

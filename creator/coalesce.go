@@ -12,7 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
-	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/kubernaut"
 )
 
 // recorder coalesces the repeats of one process. During a storm every signal's create is refused
@@ -153,7 +153,7 @@ func (r *recorder) writeBatch(ctx context.Context, key client.ObjectKey, q *queu
 		case err != nil:
 			end(failed, fmt.Errorf("reading %s: %w", key.Name, err))
 			return
-		case !mayHaveApplied && !rules.InFlight(&cur, time.Now()):
+		case !mayHaveApplied && !kubernaut.InFlight(&cur, time.Now()):
 			end(elsewhere, fmt.Errorf("the RR %s named by the 409 is no longer in flight (phase %s)", key.Name, cur.Status.OverallPhase))
 			return
 		}

@@ -20,9 +20,9 @@ import (
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/creator"
+	"github.com/rrguard/rrguard/kubernaut/cluster"
 	"github.com/rrguard/rrguard/rules"
 	"github.com/rrguard/rrguard/test/testenv"
-	"github.com/rrguard/rrguard/webhook/serve"
 )
 
 var env *testenv.Env
@@ -47,7 +47,7 @@ func setup(t *testing.T) (context.Context, string, string) {
 // for the fault to act through (another writer, a deletion) while the creator is mid-call.
 func faulty(t *testing.T, funcs interceptor.Funcs) (c client.Client, real client.WithWatch) {
 	t.Helper()
-	real, err := client.NewWithWatch(env.Config, client.Options{Scheme: serve.Scheme()})
+	real, err := client.NewWithWatch(env.Config, client.Options{Scheme: cluster.Scheme()})
 	if err != nil {
 		t.Fatal(err)
 	}

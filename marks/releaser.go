@@ -20,7 +20,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
-	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/rrfacts"
 	"github.com/rrguard/rrguard/rules"
 )
@@ -403,43 +402,50 @@ func dropFinalizer(ctx context.Context, c client.Client, o client.Object) error 
 // contended is a write that lost to another writer of the same object: worth a fresh read.
 func contended(err error) bool { return apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) }
 
-// ReleaseAll removes Finalizer from every RR in the namespaces (none: the whole cluster) that still
-// carries it (those in their hold, or not yet released after an upgrade), raising each RR's mark
-// first. It is the uninstall step (`rrguard release`, run by `make undeploy` before
-// the webhooks go and by the Helm chart's post-delete hook after): no RR stays held by a
-// controller that no longer runs. It returns how many RRs it released. A list per namespace needs
-// only the Roles rrguard has there, not a cluster-wide read.
-func ReleaseAll(ctx context.Context, c client.Client, store Store, namespaces ...string) (int, error) {
-	var items []v1alpha1.RemediationRequest
+// ReleaseAll removes Finalizer from every object of kind (a policy's target, read as metadata only)
+// in the namespaces (none: the whole cluster) that still carries it (those in their hold, or not
+// yet released after an upgrade), raising each one's mark first: its key and number are read from
+// its name (prefix, the policy's namePrefix; rules.ParseName), so a reinstall that keeps the marks
+// does not reissue them. store is scoped to the target (ScopeOf). It is the uninstall step
+// (`rrguard release`, run by `make undeploy` before the webhooks go and by the Helm chart's
+// post-delete hook after), once per policy: nothing stays held by a controller that no longer
+// runs. It returns how many objects it released. A list per namespace needs only the Roles
+// rrguard has there, not a cluster-wide read.
+func ReleaseAll(ctx context.Context, c client.Client, store Store, kind schema.GroupVersionKind, prefix string, namespaces ...string) (int, error) {
+	var items []metav1.PartialObjectMetadata
 	if len(namespaces) == 0 {
 		namespaces = []string{metav1.NamespaceAll}
 	}
 	for _, ns := range namespaces {
-		var list v1alpha1.RemediationRequestList
-		if err := c.List(ctx, &list, client.InNamespace(ns)); err != nil {
+		list := &metav1.PartialObjectMetadataList{}
+		list.SetGroupVersionKind(kind.GroupVersion().WithKind(kind.Kind + "List"))
+		if err := c.List(ctx, list, client.InNamespace(ns)); err != nil {
 			return 0, err
 		}
 		items = append(items, list.Items...)
 	}
 	released := 0
 	for i := range items {
-		rr := &items[i]
-		if !slices.Contains(rr.Finalizers, Finalizer) {
+		o := &items[i]
+		if !slices.Contains(o.Finalizers, Finalizer) {
 			continue
 		}
 		if err := retry.OnError(retry.DefaultBackoff, contended, func() error {
-			// With rrguard's namespace already gone, the marks are gone too: release anyway.
-			n, _ := rules.Occurrence(rr.Spec.SignalFingerprint, rr.Name)
-			if err := store.cover(ctx, rr.Namespace, rr.Name, rr.Spec.SignalFingerprint, n); err != nil && !apierrors.IsNotFound(err) {
-				return err
+			// A name outside the scheme has no number to cover; with rrguard's namespace already
+			// gone, the marks are gone too: release anyway.
+			if key, n, ok := rules.ParseName(prefix, o.Name); ok {
+				if err := store.cover(ctx, o.Namespace, o.Name, key, n); err != nil && !apierrors.IsNotFound(err) {
+					return err
+				}
 			}
-			var cur v1alpha1.RemediationRequest
-			if err := c.Get(ctx, client.ObjectKeyFromObject(rr), &cur); err != nil {
+			cur := &metav1.PartialObjectMetadata{}
+			cur.SetGroupVersionKind(kind)
+			if err := c.Get(ctx, client.ObjectKeyFromObject(o), cur); err != nil {
 				return client.IgnoreNotFound(err)
 			}
-			return dropFinalizer(ctx, c, &cur)
+			return dropFinalizer(ctx, c, cur)
 		}); err != nil {
-			return released, fmt.Errorf("releasing %s/%s: %w", rr.Namespace, rr.Name, err)
+			return released, fmt.Errorf("releasing %s %s/%s: %w", kind.Kind, o.Namespace, o.Name, err)
 		}
 		released++
 	}

@@ -63,7 +63,10 @@ type Compiled struct {
 	GroupResource schema.GroupResource
 	Versions      []string
 	Namespaces    []string
-	NamesForLife  bool
+	// NamespacesFrom is where Namespaces was set, for the answer to a create elsewhere:
+	// "spec.target.namespaces" unless the installer set them (a built-in policy's flag).
+	NamespacesFrom string
+	NamesForLife   bool
 	// KeyRequired refuses an object whose key is absent; otherwise it is not the policy's
 	// (IsKeyAbsent).
 	KeyRequired bool
@@ -123,16 +126,17 @@ func Compile(p *v1alpha1.UniquenessPolicy, rrguardNamespace string) (*Compiled, 
 	spec := field.NewPath("spec")
 	t := p.Spec.Target
 	c := &Compiled{
-		Policy:        p.Name,
-		GroupResource: schema.GroupResource{Group: t.Group, Resource: t.Resource},
-		Versions:      t.Versions,
-		Namespaces:    t.Namespaces,
-		NamesForLife:  p.Spec.NamesForLife == nil || *p.Spec.NamesForLife,
-		KeyRequired:   p.Spec.Key.Required,
-		prefix:        p.Spec.Key.NamePrefix,
-		hex:           p.Spec.Key.Encoding == v1alpha1.KeyHex,
-		message:       p.Spec.Message,
-		hint:          p.Spec.Hint,
+		Policy:         p.Name,
+		GroupResource:  schema.GroupResource{Group: t.Group, Resource: t.Resource},
+		Versions:       t.Versions,
+		Namespaces:     t.Namespaces,
+		NamespacesFrom: "spec.target.namespaces of policy " + p.Name,
+		NamesForLife:   p.Spec.NamesForLife == nil || *p.Spec.NamesForLife,
+		KeyRequired:    p.Spec.Key.Required,
+		prefix:         p.Spec.Key.NamePrefix,
+		hex:            p.Spec.Key.Encoding == v1alpha1.KeyHex,
+		message:        p.Spec.Message,
+		hint:           p.Spec.Hint,
 	}
 	if err := forbidden(t, rrguardNamespace, spec.Child("target")); err != nil {
 		return nil, err

@@ -18,6 +18,7 @@ import (
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
 	"github.com/rrguard/rrguard/internal/jsonproject"
+	"github.com/rrguard/rrguard/kubernaut"
 	"github.com/rrguard/rrguard/rules"
 )
 
@@ -149,7 +150,7 @@ func TestRRPolicyAgreesWithTheRules(t *testing.T) {
 			t.Fatalf("%s: fact %+v", b, f)
 		}
 		for _, at := range []time.Duration{0, 59 * time.Minute, time.Hour, time.Hour + time.Second, 1000 * time.Hour} {
-			if got, want := f.InFlight(now.Add(at)), rules.InFlight(&rr, now.Add(at)); got != want {
+			if got, want := f.InFlight(now.Add(at)), kubernaut.InFlight(&rr, now.Add(at)); got != want {
 				t.Fatalf("%s at now+%v: policy says in flight %v, the rule %v", b, at, got, want)
 			}
 		}

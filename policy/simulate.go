@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -142,4 +144,35 @@ func RemediationRequests() (*Compiled, error) {
 		return nil, err
 	}
 	return Compile(p, "")
+}
+
+// ErrUnknownBuiltin: no policy of that name is built into rrguard.
+var ErrUnknownBuiltin = errors.New("no such built-in policy")
+
+// BuiltinNames are the policies built into rrguard (config/policies), sorted.
+func BuiltinNames() []string {
+	entries, _ := fs.ReadDir(policies.Files, ".") // an embed.FS reads its root without error
+	var names []string
+	for _, e := range entries {
+		if n, ok := strings.CutSuffix(e.Name(), ".yaml"); ok {
+			names = append(names, n)
+		}
+	}
+	return names
+}
+
+// Builtin is the built-in policy name, as shipped.
+func Builtin(name string) (*v1alpha1.UniquenessPolicy, error) {
+	b, err := policies.Files.ReadFile(name + ".yaml")
+	if err != nil {
+		return nil, fmt.Errorf("%w: %q (built in: %s)", ErrUnknownBuiltin, name, strings.Join(BuiltinNames(), ", "))
+	}
+	p, err := ReadPolicy(b)
+	if err != nil {
+		return nil, err
+	}
+	if p.Name != name {
+		return nil, fmt.Errorf("built-in policy file %s.yaml names policy %q", name, p.Name)
+	}
+	return p, nil
 }

@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	"github.com/rrguard/rrguard/kubernaut"
 	"github.com/rrguard/rrguard/policy"
 	"github.com/rrguard/rrguard/rules"
 )
@@ -146,7 +147,7 @@ func TestDecodeKeepsDecisionFields(t *testing.T) {
 	}
 }
 
-// The index applies the in-flight rule exactly as rules.InFlight does on the typed RR, for random
+// The index applies the in-flight rule exactly as kubernaut.InFlight does on the typed RR, for random
 // statuses decoded from the same JSON.
 func TestInFlightAgreesWithTheRule(t *testing.T) {
 	phases := []string{"", "Pending", "Blocked", "Completed", "Failed", "TimedOut", "Skipped", "Cancelled", "SomethingNew"}
@@ -182,7 +183,7 @@ func TestInFlightAgreesWithTheRule(t *testing.T) {
 		if err != nil || len(facts) != 1 {
 			t.Fatalf("lookup: %v, %v", facts, err)
 		}
-		if got, want := facts[0].InFlight(now), rules.InFlight(&typed, now); got != want {
+		if got, want := facts[0].InFlight(now), kubernaut.InFlight(&typed, now); got != want {
 			t.Fatalf("status %s: index says in flight %v, the rule %v", b, got, want)
 		}
 	}

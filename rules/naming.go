@@ -10,7 +10,8 @@ import (
 // The naming rule. An RR's name is derived from its fingerprint and an occurrence number, so that
 // two concurrent creates of one fingerprint carry the same name and the API server stores only one.
 const (
-	namePrefix = "rr-"
+	// RRNamePrefix starts every RR name (the RR policy's namePrefix).
+	RRNamePrefix = "rr-"
 	// KeyLen hex characters of the fingerprint (128 bits) keep names short enough for the child
 	// objects Kubernaut derives from them: "rr-" + 32 + "-" + up to 19 digits stays under 63.
 	KeyLen         = 32
@@ -26,7 +27,7 @@ func NameFor(prefix, keyHex string, n int64) string {
 
 // Name is the name the RR with the given fingerprint and occurrence number must carry.
 // The fingerprint must have passed ValidFingerprint.
-func Name(fingerprint string, n int64) string { return NameFor(namePrefix, fingerprint, n) }
+func Name(fingerprint string, n int64) string { return NameFor(RRNamePrefix, fingerprint, n) }
 
 // HashKey is the hex form of a key that is not hex already: its SHA-256.
 func HashKey(key string) string {
@@ -40,7 +41,7 @@ func Occurrence(fingerprint, name string) (int64, bool) {
 	if !ValidFingerprint(fingerprint) {
 		return 0, false
 	}
-	return OccurrenceFor(namePrefix, fingerprint, name)
+	return OccurrenceFor(RRNamePrefix, fingerprint, name)
 }
 
 // OccurrenceFor is Occurrence for any key's prefix and hex form (as NameFor takes them).
@@ -62,6 +63,19 @@ func OccurrenceFor(prefix, keyHex, name string) (int64, bool) {
 		return 0, false
 	}
 	return n, true
+}
+
+// ParseName reads a name made by NameFor with prefix back into the first KeyLen characters of
+// its key's hex form and its number: what marks are keyed by, so an object can be covered by its
+// mark from its metadata alone.
+func ParseName(prefix, name string) (key string, n int64, ok bool) {
+	rest, found := strings.CutPrefix(name, prefix)
+	if !found || len(rest) < KeyLen+2 || !IsHex(rest[:KeyLen]) {
+		return "", 0, false
+	}
+	key = rest[:KeyLen]
+	n, ok = OccurrenceFor(prefix, key, name)
+	return key, n, ok
 }
 
 // ValidFingerprint reports whether fp is a lowercase hex SHA-256, as Kubernaut's CRD requires.

@@ -3,13 +3,15 @@ package webhook
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
+	"github.com/rrguard/rrguard/policy"
 )
 
 // An object reaches the API server as a create by two routes, and they differ in where its storage
@@ -71,9 +73,10 @@ func renamedApply(c *created, key string) *apierrors.StatusError {
 			"the object would carry a name other than its key. Create it instead (kubectl create), or apply it under the name it is to carry", key))})
 }
 
-// notJudged is the answer to a create in a namespace outside --rr-namespaces.
-func notJudged(c *created, gr schema.GroupResource) *apierrors.StatusError {
-	return apierrors.NewForbidden(gr, "", fmt.Errorf(
-		"rrguard judges %s only in the namespaces of its --rr-namespaces flag, and %q is not one of them: "+
-			"create them in Kubernaut's controller namespace, or add this namespace to rrguard's --rr-namespaces", gr, c.Namespace))
+// notJudged is the answer to a create in a namespace outside the policy's namespaces: rrguard
+// neither watches it nor could release what it admitted there.
+func notJudged(c *created, p *policy.Compiled) *apierrors.StatusError {
+	return apierrors.NewForbidden(p.GroupResource, "", fmt.Errorf(
+		"rrguard judges %s only in the namespaces of %s (%s), and %q is not one of them: "+
+			"create it in one of those, or add this namespace there", p.GroupResource, p.NamespacesFrom, strings.Join(p.Namespaces, ", "), c.Namespace))
 }

@@ -113,7 +113,7 @@ func (h *Namer) handle(ctx context.Context, req admission.Request) (admission.Re
 		return admission.Allowed("rrguard never judges namespace " + c.Namespace), DecisionAllowed
 	}
 	if h.Judged != nil && !h.Judged(c.Namespace) {
-		return deny(notJudged(c, h.Policy.GroupResource)), DecisionInvalid
+		return deny(notJudged(c, h.Policy)), DecisionInvalid
 	}
 	if h.Ready != nil {
 		if err := h.Ready(); err != nil {

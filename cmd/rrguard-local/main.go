@@ -21,6 +21,7 @@ import (
 
 	"github.com/rrguard/rrguard/certs"
 	"github.com/rrguard/rrguard/internal/localcp"
+	"github.com/rrguard/rrguard/kubernaut/cluster"
 	"github.com/rrguard/rrguard/webhook/serve"
 )
 
@@ -147,7 +148,7 @@ func storm(ctx context.Context, env *localcp.Env, ns string) error {
 func checkUntil(ctx context.Context, env *localcp.Env, ns string, limit time.Duration) (string, error) {
 	deadline := time.Now().Add(limit)
 	for {
-		name, err := serve.Check(ctx, env.Client, ns)
+		name, err := cluster.Check(ctx, env.Client, ns)
 		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
 			return name, err
 		}

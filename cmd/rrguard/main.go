@@ -18,6 +18,7 @@ import (
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -25,6 +26,7 @@ import (
 
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
 	"github.com/rrguard/rrguard/audit"
+	"github.com/rrguard/rrguard/kubernaut/cluster"
 	"github.com/rrguard/rrguard/marks"
 	"github.com/rrguard/rrguard/policy"
 	"github.com/rrguard/rrguard/webhook/serve"
@@ -69,7 +71,8 @@ func run(args []string, logs io.Writer) int {
 	fs.DurationVar(&o.ReleaseEvery, "release-every", marks.DefaultReleaseEvery, "how often to look for RRs past the hold that still carry the finalizer")
 	fs.IntVar(&o.ReleaseBatch, "release-batch", marks.DefaultReleaseBatch, "at most this many RRs released per round (an upgrade releases the RRs an older release held for life about this many per second)")
 	fs.DurationVar(&o.MarkHorizon, "mark-horizon", marks.DefaultHorizon, "remove the high-water mark of a fingerprint with no RR left once it is older than this (Kubernaut keeps audit data 2,555 days)")
-	policyFiles := fs.String("policy-files", "", "comma-separated UniquenessPolicy files to enforce besides the RR policy (each needs webhook rules and RBAC for its target: docs/design.md, \"Policies\")")
+	builtins := fs.String("builtin-policies", serve.RRPolicy, fmt.Sprintf("comma-separated built-in policies to enforce (of %s); empty: none, for a cluster without Kubernaut", strings.Join(policy.BuiltinNames(), ", ")))
+	policyFiles := fs.String("policy-files", "", "comma-separated UniquenessPolicy files to enforce besides the built-in ones (each needs webhook rules and RBAC for its target: docs/design.md, \"Policies\")")
 	fs.StringVar(&o.RRWebhookConfiguration, "webhook-configuration", serve.RRWebhookConfiguration, "the RR's MutatingWebhookConfiguration, whose client configuration the policies' webhooks copy")
 	fs.StringVar(&o.PoliciesWebhookConfiguration, "policies-webhook-configuration", serve.PoliciesWebhookConfiguration, "the Mutating and ValidatingWebhookConfigurations rrguard keeps in step with the cluster's UniquenessPolicies")
 	qps := fs.Float64("kube-api-qps", 200, "client-side QPS limit for API reads (each create costs one)")
@@ -82,6 +85,7 @@ func run(args []string, logs io.Writer) int {
 	// run's own lines go to logs even where the process had set its logger before (tests).
 	log := logger.WithName("rrguard")
 	o.RRNamespaces = splitList(*rrNamespaces)
+	o.BuiltinPolicies = splitList(*builtins)
 
 	if err := o.IndexSafety(); err != nil {
 		log.Error(err, "refusing to start")
@@ -121,13 +125,17 @@ func run(args []string, logs io.Writer) int {
 	return 0
 }
 
-// release removes rrguard's finalizer from every RR, for uninstalling: without rrguard running,
-// nothing else would, and deleted RRs would wait for ever. It raises each RR's mark first, as the
-// controller does, so a reinstall that keeps the marks does not reissue their names.
+// release removes rrguard's finalizer from every object of every policy (the built-in ones
+// enabled, those given by file, the cluster's UniquenessPolicies), for uninstalling: without
+// rrguard running, nothing else would, and deleted objects would wait for ever. It raises each
+// object's mark first, as the controller does, so a reinstall that keeps the marks does not
+// reissue their names. It reads and patches metadata only.
 func release(args []string) int {
 	fs := flag.NewFlagSet("rrguard release", flag.ExitOnError)
-	namespaces := fs.String("namespaces", os.Getenv("RR_NAMESPACES"), "comma-separated namespaces to release RRs in (default $RR_NAMESPACES; empty: every namespace)")
+	namespaces := fs.String("namespaces", os.Getenv("RR_NAMESPACES"), "comma-separated namespaces to release objects in (default $RR_NAMESPACES; empty: each policy's namespaces, or every namespace)")
 	marksNS := fs.String("marks-namespace", "rrguard-system", "namespace of the high-water mark ConfigMaps")
+	builtins := fs.String("builtin-policies", serve.RRPolicy, "comma-separated built-in policies whose objects to release (as rrguard's flag)")
+	policyFiles := fs.String("policy-files", "", "comma-separated UniquenessPolicy files whose objects to release (as rrguard's flag)")
 	timeout := fs.Duration("timeout", 5*time.Minute, "how long to try")
 	_ = fs.Parse(args)
 	c, err := apiClient()
@@ -137,13 +145,69 @@ func release(args []string) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	n, err := marks.ReleaseAll(ctx, c, marks.Store{Namespace: *marksNS, Reader: c, Writer: c}, splitList(*namespaces)...)
+	ps, err := policiesOf(ctx, c, splitList(*builtins), splitList(*policyFiles))
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL after releasing %d RRs: %v\n", n, err)
+		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		return 1
 	}
-	fmt.Printf("OK: released %d RRs from rrguard's finalizer\n", n)
+	for _, p := range ps {
+		cp, err := policy.Compile(p, "")
+		if err != nil {
+			fmt.Printf("skipped policy %s: %v\n", p.Name, err)
+			continue
+		}
+		gvk, err := c.RESTMapper().KindFor(cp.GroupResource.WithVersion(cp.Versions[0]))
+		if err != nil {
+			fmt.Printf("skipped policy %s: its target %s is not served: %v\n", p.Name, cp.GroupResource, err)
+			continue
+		}
+		nss := splitList(*namespaces)
+		if len(nss) == 0 {
+			nss = cp.Namespaces
+		}
+		store := marks.Store{Namespace: *marksNS, Reader: c, Writer: c, Scope: marks.ScopeOf(cp.GroupResource.Group, cp.GroupResource.Resource)}
+		n, err := marks.ReleaseAll(ctx, c, store, gvk, cp.NamePrefix(), nss...)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "FAIL after releasing %d %s of policy %s: %v\n", n, cp.GroupResource, p.Name, err)
+			return 1
+		}
+		fmt.Printf("OK: released %d %s of policy %s from rrguard's finalizer\n", n, cp.GroupResource, p.Name)
+	}
 	return 0
+}
+
+// policiesOf is every policy rrguard may have enforced: the built-in ones named, those in files, and
+// the cluster's UniquenessPolicies (none where their CRD is not installed).
+func policiesOf(ctx context.Context, c client.Client, builtins, files []string) ([]*rrguardv1.UniquenessPolicy, error) {
+	var out []*rrguardv1.UniquenessPolicy
+	for _, name := range builtins {
+		p, err := policy.Builtin(name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		p, err := policy.ReadPolicy(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", f, err)
+		}
+		out = append(out, p)
+	}
+	var list rrguardv1.UniquenessPolicyList
+	switch err := c.List(ctx, &list); {
+	case meta.IsNoMatchError(err):
+	case err != nil:
+		return nil, fmt.Errorf("listing UniquenessPolicies: %w", err)
+	}
+	for i := range list.Items {
+		out = append(out, &list.Items[i])
+	}
+	return out, nil
 }
 
 // check makes a dry-run create through the API server, as an RR creator would, and reports
@@ -163,14 +227,14 @@ func check(args []string) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	name, err := serve.Check(ctx, c, *ns)
+	name, err := cluster.Check(ctx, c, *ns)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		return 1
 	}
 	fmt.Printf("OK: rrguard answered through the API server; a new RR in %s would be named %s (dry run, nothing stored)\n", *ns, name)
 	if cfg, err := ctrl.GetConfig(); err == nil {
-		api, err := serve.ProbeAPIServer(ctx, cfg, c, *ns)
+		api, err := serve.ProbeAPIServer(ctx, cfg)
 		switch {
 		case err != nil:
 			fmt.Fprintln(os.Stderr, "FAIL:", err)
@@ -256,11 +320,7 @@ func apiServerLine(a serve.APIServer) string {
 	if !a.Tested {
 		tested = fmt.Sprintf("newer than tested (1.%d to 1.%d)", serve.OldestMinor, serve.NewestMinor)
 	}
-	sel := "spec.signalFingerprint selectable: consistent reads filter server-side"
-	if !a.SelectableFingerprint {
-		sel = "spec.signalFingerprint NOT selectable: consistent reads list the whole namespace and filter"
-	}
-	return fmt.Sprintf("API server %s: %s; %s", a.GitVersion, tested, sel)
+	return fmt.Sprintf("API server %s: %s", a.GitVersion, tested)
 }
 
 func splitList(s string) []string {
@@ -280,7 +340,7 @@ func apiClient(add ...func(*runtime.Scheme) error) (client.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("no Kubernetes configuration: %w", err)
 	}
-	scheme := serve.Scheme()
+	scheme := cluster.Scheme()
 	for _, f := range add {
 		if err := f(scheme); err != nil {
 			return nil, err

@@ -19,8 +19,8 @@ import (
 
 	"github.com/rrguard/rrguard/creator"
 	"github.com/rrguard/rrguard/internal/storm"
+	"github.com/rrguard/rrguard/kubernaut/cluster"
 	"github.com/rrguard/rrguard/rules"
-	"github.com/rrguard/rrguard/webhook/serve"
 )
 
 func main() {
@@ -37,7 +37,7 @@ func main() {
 		fail(err)
 	}
 	cfg.QPS, cfg.Burst = -1, -1
-	c, err := client.New(cfg, client.Options{Scheme: serve.Scheme()})
+	c, err := client.New(cfg, client.Options{Scheme: cluster.Scheme()})
 	if err != nil {
 		fail(err)
 	}

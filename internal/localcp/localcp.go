@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/rrguard/rrguard/certs"
+	"github.com/rrguard/rrguard/kubernaut/cluster"
 	"github.com/rrguard/rrguard/webhook/serve"
 )
 
@@ -175,7 +176,7 @@ func Start(o Options) (*Env, error) {
 	}
 	// Tests and benchmarks drive hundreds of concurrent requests: no client-side throttling.
 	cfg.QPS, cfg.Burst = -1, -1
-	scheme := serve.Scheme()
+	scheme := cluster.Scheme()
 	for _, add := range append([]func(*runtime.Scheme) error{apiextensionsv1.AddToScheme}, o.AddToScheme...) {
 		if err := add(scheme); err != nil {
 			_ = env.Stop()
@@ -249,6 +250,9 @@ func (e *Env) ServeOptions() serve.Options {
 		Host: w.LocalServingHost, Port: w.LocalServingPort, CertDir: w.LocalServingCertDir,
 		MetricsAddr: "0", ProbeAddr: "0",
 		MarksNamespace: MarksNamespace,
+		// The RR policy, as the binary enforces it by default (every local control plane has
+		// Kubernaut's CRD).
+		BuiltinPolicies: []string{serve.RRPolicy},
 		// Tests delete RRs right after creating them; the hold is tested where it is the point.
 		ReleaseMinAge: time.Millisecond,
 		// With a 1 ms hold, a sweep would release every RR while a test reads and updates it;

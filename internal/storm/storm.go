@@ -18,7 +18,7 @@ import (
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/creator"
 	"github.com/rrguard/rrguard/internal/localcp"
-	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/kubernaut"
 )
 
 // Options size a storm.
@@ -211,7 +211,7 @@ func Check(ctx context.Context, c client.Client, ns string, sent map[string]int)
 		rr := &list.Items[i]
 		fp := rr.Spec.SignalFingerprint
 		k.RRsPerFP[fp]++
-		if rules.InFlight(rr, now) {
+		if kubernaut.InFlight(rr, now) {
 			inflight[fp]++
 		}
 		k.CountPerFP[fp] += int(creator.Signals(rr))

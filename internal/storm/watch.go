@@ -15,7 +15,7 @@ import (
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/creator"
 	"github.com/rrguard/rrguard/internal/localcp"
-	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/kubernaut"
 )
 
 // InFlightWatch replays every change to a namespace's RRs, in the order etcd committed them, and
@@ -168,7 +168,7 @@ func (iw *InFlightWatch) measure(fp, rv string) {
 	now := time.Now()
 	var inflight []string
 	for _, rr := range iw.state {
-		if rr.Spec.SignalFingerprint == fp && rules.InFlight(rr, now) {
+		if rr.Spec.SignalFingerprint == fp && kubernaut.InFlight(rr, now) {
 			inflight = append(inflight, rr.Name)
 		}
 	}

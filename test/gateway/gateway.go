@@ -20,9 +20,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
-	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/kubernaut"
 	"github.com/rrguard/rrguard/test/testenv"
-	"github.com/rrguard/rrguard/webhook"
 )
 
 // Outcome is what Gateway believes happened to one signal.
@@ -123,12 +122,12 @@ func (g Gateway) listThenCreate(ctx context.Context, fp string) (Outcome, error)
 
 func (g Gateway) findInFlight(ctx context.Context, fp string) (*v1alpha1.RemediationRequest, error) {
 	var list v1alpha1.RemediationRequestList
-	if err := g.Client.List(ctx, &list, client.InNamespace(g.Namespace), client.MatchingFields{webhook.FingerprintField: fp}); err != nil {
+	if err := g.Client.List(ctx, &list, client.InNamespace(g.Namespace), client.MatchingFields{testenv.FingerprintField: fp}); err != nil {
 		return nil, err
 	}
 	now := time.Now()
 	for i := range list.Items {
-		if rules.InFlight(&list.Items[i], now) {
+		if kubernaut.InFlight(&list.Items[i], now) {
 			return &list.Items[i], nil
 		}
 	}

@@ -14,7 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/rrguard/rrguard/webhook/serve"
+	"github.com/rrguard/rrguard/kubernaut/cluster"
 )
 
 // JudgeOnly restricts rrguard's installed webhook configurations to namespaces that match sel,
@@ -64,7 +64,7 @@ func (e *Env) WaitJudged(ctx context.Context, ns string, judged bool) error {
 	var last error
 	err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 		if judged {
-			_, last = serve.Check(ctx, e.Client, ns)
+			_, last = cluster.Check(ctx, e.Client, ns)
 			return last == nil, nil
 		}
 		// Left alone means by the webhook and by the policy alike, which the API server learns of
@@ -109,7 +109,7 @@ func (e *Env) PointNamer(ctx context.Context, addr, ns string, answered func() i
 	}
 	before := answered()
 	return wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		_, _ = serve.Check(ctx, e.Client, ns)
+		_, _ = cluster.Check(ctx, e.Client, ns)
 		return answered() > before, nil
 	})
 }

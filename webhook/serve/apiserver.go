@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/version"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/discovery"
@@ -15,7 +18,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
-	"github.com/rrguard/rrguard/webhook"
+	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
+	"github.com/rrguard/rrguard/policy"
 )
 
 // The Kubernetes releases rrguard is tested on (make test-k8s); the chart's kubeVersion says the
@@ -31,18 +35,21 @@ var ErrUntestedRelease = errors.New("kube-apiserver older than the oldest releas
 
 var apiServerFeature = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 	Name: "rrguard_api_server_feature",
-	Help: "What the API server offers that rrguard relies on, probed at start-up (1 on, 0 off): tested-release (its minor is in the tested range), selectable-fingerprint (the RR CRD declares spec.signalFingerprint selectable; off, a consistent read lists the whole namespace).",
+	Help: "What the API server offers that rrguard relies on, probed at start-up (1 on, 0 off): tested-release (its minor is in the tested range).",
 }, []string{"feature"})
 
-func init() { metrics.Registry.MustRegister(apiServerFeature) }
+var consistentRead = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+	Name: "rrguard_policy_consistent_read",
+	Help: "1 for the consistent read a policy's decisions fall back to (FieldSelector, LabelSelector, NamespaceScan: a key that is one field the CRD does not declare selectable scans the namespace), by policy.",
+}, []string{"policy", "read"})
+
+func init() { metrics.Registry.MustRegister(apiServerFeature, consistentRead) }
 
 // APIServer is what the start-up probe found.
 type APIServer struct {
 	GitVersion string
 	// Tested: the release is in the tested range (a newer one is served, with a warning).
 	Tested bool
-	// SelectableFingerprint: the consistent List filters by fingerprint server-side.
-	SelectableFingerprint bool
 }
 
 // CheckRelease says whether rrguard may run on an API server of gitVersion: an error below the
@@ -62,9 +69,8 @@ func CheckRelease(gitVersion string) (tested bool, err error) {
 	return v.Minor() <= NewestMinor, nil
 }
 
-// ProbeAPIServer reads the API server's version and whether it filters RRs by fingerprint, retrying
-// transient errors for up to a minute. namespace is one rrguard judges ("" for all).
-func ProbeAPIServer(ctx context.Context, cfg *rest.Config, r client.Reader, namespace string) (APIServer, error) {
+// ProbeAPIServer reads the API server's version, retrying transient errors for up to a minute.
+func ProbeAPIServer(ctx context.Context, cfg *rest.Config) (APIServer, error) {
 	dc, err := discovery.NewDiscoveryClientForConfig(cfg)
 	if err != nil {
 		return APIServer{}, err
@@ -80,15 +86,6 @@ func ProbeAPIServer(ctx context.Context, cfg *rest.Config, r client.Reader, name
 		a.GitVersion = info.GitVersion
 		if a.Tested, err = CheckRelease(info.GitVersion); err != nil {
 			return false, err
-		}
-		switch err := webhook.ProbeSelectableFingerprint(ctx, r, namespace); {
-		case err == nil:
-			a.SelectableFingerprint = true
-		case errors.Is(err, webhook.ErrNoSelectableFingerprint):
-			a.SelectableFingerprint = false
-		default:
-			last = err
-			return false, nil
 		}
 		return true, nil
 	})
@@ -108,13 +105,36 @@ func (a APIServer) report() {
 		return 0
 	}
 	apiServerFeature.WithLabelValues("tested-release").Set(gauge(a.Tested))
-	apiServerFeature.WithLabelValues("selectable-fingerprint").Set(gauge(a.SelectableFingerprint))
 	if !a.Tested {
 		log.Info("the API server is newer than the newest release rrguard is tested on", "version", a.GitVersion, "tested", fmt.Sprintf("1.%d-1.%d", OldestMinor, NewestMinor))
 	}
-	if !a.SelectableFingerprint {
-		log.Info("feature off: the RemediationRequest CRD does not declare spec.signalFingerprint selectable; "+
-			"a consistent read lists the whole namespace in pages and filters (it ships every RR of the namespace to rrguard: at 10,000 RRs, 2.5 s and 117x the API server's CPU of a read by selector); declare the field selectable on the CRD",
-			"version", a.GitVersion)
+}
+
+// probeFieldSelector asks the API server once for gvk's objects by a field selector on field: true
+// when it serves it, false when it refuses the selector (a CRD that does not declare the field
+// selectable), any other error as it came (the target not served, no access).
+func probeFieldSelector(ctx context.Context, r client.Reader, gvk schema.GroupVersionKind, field, namespace string) (bool, error) {
+	list := &metav1.PartialObjectMetadataList{}
+	list.SetGroupVersionKind(gvk.GroupVersion().WithKind(gvk.Kind + "List"))
+	err := r.List(ctx, list, client.InNamespace(namespace), client.Limit(1), client.MatchingFields{field: "rrguard-probe"})
+	if apierrors.IsBadRequest(err) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// reportRead exports and, when it costs, logs the consistent read policy c's decisions fall back to.
+func reportRead(c *policy.Compiled, read rrguardv1.ConsistentRead) {
+	for _, r := range []rrguardv1.ConsistentRead{rrguardv1.ReadFieldSelector, rrguardv1.ReadLabelSelector, rrguardv1.ReadNamespaceScan} {
+		v := 0.0
+		if r == read {
+			v = 1
+		}
+		consistentRead.WithLabelValues(c.Policy, string(r)).Set(v)
+	}
+	if c.Read == rrguardv1.ReadFieldSelector && read == rrguardv1.ReadNamespaceScan {
+		ctrl.Log.WithName("policies").Info("the target does not declare the key's field selectable: "+
+			"a consistent read lists the whole namespace in pages and filters (at 10,000 RRs, 2.5 s and 117x the API server's CPU of a read by selector); declare the field selectable on the CRD",
+			"policy", c.Policy, "target", c.GroupResource.String(), "field", c.KeyField)
 	}
 }

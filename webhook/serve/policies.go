@@ -67,6 +67,9 @@ type policySet struct {
 	maxLag       time.Duration
 	indexDecides bool
 
+	// namespacesFrom names, per built-in policy, the setting its namespaces come from (a flag).
+	namespacesFrom map[string]string
+
 	mu   sync.RWMutex
 	ctx  context.Context // the manager's, once it runs
 	live map[string]*livePolicy
@@ -186,6 +189,9 @@ func (ps *policySet) build(p *rrguardv1.UniquenessPolicy) (*livePolicy, error) {
 	if err != nil {
 		return nil, err
 	}
+	if from := ps.namespacesFrom[p.Name]; from != "" {
+		c.NamespacesFrom = from
+	}
 	if !c.NamesForLife {
 		return nil, &policy.Error{Reason: policy.ReasonInvalid, Errs: field.ErrorList{field.NotSupported(field.NewPath("spec", "namesForLife"), false, []string{"true"})}}
 	}
@@ -195,17 +201,30 @@ func (ps *policySet) build(p *rrguardv1.UniquenessPolicy) (*livePolicy, error) {
 	if err != nil {
 		return nil, &targetError{fmt.Errorf("the target %s: %w", gr, err)}
 	}
+	// A key that is one field: read by field selector where the API server serves one on it (a
+	// CRD declares it selectable), else by scanning the namespace.
+	selectable := false
+	if c.Read == rrguardv1.ReadFieldSelector && !strings.HasPrefix(c.KeyField, "metadata.") {
+		probeNS := ""
+		if len(c.Namespaces) > 0 {
+			probeNS = c.Namespaces[0]
+		}
+		if selectable, err = probeFieldSelector(context.Background(), mgr.GetAPIReader(), gvk, c.KeyField, probeNS); err != nil {
+			return nil, &targetError{fmt.Errorf("the target %s: %w", gr, err)}
+		}
+	}
 	store := ps.store
 	store.Scope = marks.ScopeOf(gr.Group, gr.Resource)
 	releaser := &marks.Releaser{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Store: store,
 		MinAge: ps.o.ReleaseMinAge, Every: ps.o.ReleaseEvery, Batch: ps.o.ReleaseBatch, Kind: gvk, Name: c.Policy}
 	index, err := rrfacts.New(ps.cfg, rrfacts.Options{
 		Namespaces: c.Namespaces, Finalizer: marks.Finalizer, MarkKey: store.EntryKey,
-		MaxLag: ps.maxLag, OnDeleting: releaser.Enqueue, Policy: c, Kind: gvk,
+		MaxLag: ps.maxLag, OnDeleting: releaser.Enqueue, Policy: c, Kind: gvk, FieldSelectable: selectable,
 	})
 	if err != nil {
 		return nil, err
 	}
+	reportRead(c, index.ReadMode())
 	releaser.Index = index
 	seeder := &marks.Seeder{Index: index, Store: store, Every: ps.o.SeedEvery, Horizon: ps.o.MarkHorizon, GCEvery: ps.o.MarkGCEvery}
 	leaveAlone := func(ns string) bool { return policy.NeverJudgedNamespace(ns, ps.o.MarksNamespace) }
@@ -230,32 +249,40 @@ type targetError struct{ error }
 
 func (e *targetError) Unwrap() error { return e.error }
 
-// serve answers the webhook calls of policy paths (/mutate/<policy>, /validate/<policy>): the
-// live policy's handler; for a policy that exists but is not enforced yet here, 503 (retry: another
-// replica, or this one in a moment, decides); for one that does not exist (deleted, its webhook
-// not yet removed), the create passes untouched.
+// serve answers the webhook calls of policy paths (/mutate/<policy>, /validate/<policy>) with
+// serveOne for the policy the path names.
 func (ps *policySet) serve(kind string, exists func(string) bool) http.Handler {
-	notEnforced := func(name string) http.Handler {
-		return &crwebhook.Admission{Handler: admission.HandlerFunc(func(context.Context, admission.Request) admission.Response {
-			if exists(name) {
-				st := apierrors.NewServiceUnavailable("rrguard is starting to enforce policy " + name + " on this replica; retry").Status()
-				return admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{Allowed: false, Result: &st}}
-			}
-			return admission.Allowed("rrguard enforces no policy " + name)
-		})}
-	}
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		name := strings.TrimPrefix(req.URL.Path, "/"+kind+"/")
+		ps.serveOne(kind, strings.TrimPrefix(req.URL.Path, "/"+kind+"/"), exists).ServeHTTP(w, req)
+	})
+}
+
+// serveOne answers the webhook calls of policy name: the live policy's handler; for a policy that
+// exists but is not enforced yet here, 503 (retry: another replica, or this one in a moment,
+// decides); for one that does not exist (deleted, its webhook not yet removed), the create passes
+// untouched.
+func (ps *policySet) serveOne(kind, name string, exists func(string) bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		lp := ps.get(name)
 		switch {
 		case lp == nil:
-			notEnforced(name).ServeHTTP(w, req)
+			notEnforced(name, exists).ServeHTTP(w, req)
 		case kind == "mutate":
 			lp.mutate.ServeHTTP(w, req)
 		default:
 			lp.validate.ServeHTTP(w, req)
 		}
 	})
+}
+
+func notEnforced(name string, exists func(string) bool) http.Handler {
+	return &crwebhook.Admission{Handler: admission.HandlerFunc(func(context.Context, admission.Request) admission.Response {
+		if exists(name) {
+			st := apierrors.NewServiceUnavailable("rrguard is starting to enforce policy " + name + " on this replica; retry").Status()
+			return admission.Response{AdmissionResponse: admissionv1.AdmissionResponse{Allowed: false, Result: &st}}
+		}
+		return admission.Allowed("rrguard enforces no policy " + name)
+	})}
 }
 
 // policyController keeps the policy set and the webhook configurations in step with the
@@ -317,13 +344,16 @@ func (pc *policyController) Reconcile(ctx context.Context, req reconcile.Request
 }
 
 // conflict refuses a policy whose target another one judges already: two webhooks naming one
-// object would each undo the other's name. The RR's target is the built-in RR policy's; among
-// UniquenessPolicies of one target, the oldest (then the first by name) is enforced.
+// object would each undo the other's name. A target of a policy enforced from the start (built in,
+// or from a file) is that policy's; among UniquenessPolicies of one target, the oldest (then the
+// first by name) is enforced.
 func (pc *policyController) conflict(ctx context.Context, p *rrguardv1.UniquenessPolicy) (*policy.Error, error) {
 	t := p.Spec.Target
-	if t.Group == "kubernaut.ai" && t.Resource == "remediationrequests" {
-		return &policy.Error{Reason: ReasonConflictingPolicy, Errs: field.ErrorList{field.Forbidden(field.NewPath("spec", "target"),
-			"RemediationRequests are judged by the RR policy built into rrguard (config/policies)")}}, nil
+	for _, name := range pc.set.r.static {
+		if lp := pc.set.get(name); lp != nil && lp.compiled.GroupResource.Group == t.Group && lp.compiled.GroupResource.Resource == t.Resource {
+			return &policy.Error{Reason: ReasonConflictingPolicy, Errs: field.ErrorList{field.Forbidden(field.NewPath("spec", "target"),
+				fmt.Sprintf("%s is judged by policy %s, which rrguard enforces from its start (built in, or from a file)", policy.TargetString(t), name))}}, nil
+		}
 	}
 	var list rrguardv1.UniquenessPolicyList
 	if err := pc.List(ctx, &list); err != nil {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -23,9 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
-	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
 	"github.com/rrguard/rrguard/marks"
 	"github.com/rrguard/rrguard/policy"
@@ -76,7 +75,11 @@ type Options struct {
 	// MarkHorizon removes marks older than it whose fingerprint has no RR left
 	// (marks.DefaultHorizon when zero), looked for every MarkGCEvery (1 h when zero).
 	MarkHorizon, MarkGCEvery time.Duration
-	// Policies are enforced besides the RR's: UniquenessPolicies for other resources. Each gets a
+	// BuiltinPolicies names the policies built into rrguard (config/policies, policy.BuiltinNames)
+	// to enforce from the start: "remediationrequests", Kubernaut's, by default (the binary's
+	// --builtin-policies); none on a cluster without Kubernaut.
+	BuiltinPolicies []string
+	// Policies are enforced besides the built-in ones: UniquenessPolicies for other resources. Each gets a
 	// watch of its target, webhooks at webhook.PolicyPath, and marks scoped to its target; the
 	// webhook configurations that send its creates here, and the RBAC on its target, are the
 	// installer's (see docs/design.md, "Policies").
@@ -91,14 +94,42 @@ type Options struct {
 	ShutdownDelay time.Duration
 }
 
-// Scheme knows the built-in types and RemediationRequest.
+// RRPolicy is the name of the built-in RR policy: RRNamespaces sets its namespaces, and its
+// webhooks also answer at the paths the RR's were served at before the engine (webhook.NamePath,
+// CheckPath), which an older release's webhook configurations call through an upgrade.
+const RRPolicy = "remediationrequests"
+
+// staticPolicies are the policies a replica enforces from its start: the built-in ones enabled, then
+// those given by file.
+func (o Options) staticPolicies(ps *policySet) ([]*rrguardv1.UniquenessPolicy, error) {
+	var out []*rrguardv1.UniquenessPolicy
+	for _, name := range o.BuiltinPolicies {
+		p, err := policy.Builtin(name)
+		if err != nil {
+			return nil, fmt.Errorf("serve: %w", err)
+		}
+		if name == RRPolicy && len(o.RRNamespaces) > 0 {
+			p.Spec.Target.Namespaces = o.RRNamespaces
+			ps.namespacesFrom[name] = "rrguard's --rr-namespaces flag"
+		}
+		out = append(out, p)
+	}
+	seen := map[string]bool{}
+	for _, p := range append(out, o.Policies...) {
+		if seen[p.Name] {
+			return nil, fmt.Errorf("serve: policy %s is given twice (built in, or in two files)", p.Name)
+		}
+		seen[p.Name] = true
+	}
+	return append(out, o.Policies...), nil
+}
+
+// Scheme knows the built-in types and rrguard's UniquenessPolicy; a policy's target needs no Go
+// type (the engine reads it as JSON or metadata).
 func Scheme() *runtime.Scheme {
 	s := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(s); err != nil {
 		panic(err) // static registration; cannot fail at run time
-	}
-	if err := v1alpha1.AddToScheme(s); err != nil {
-		panic(err)
 	}
 	if err := rrguardv1.AddToScheme(s); err != nil {
 		panic(err)
@@ -109,9 +140,9 @@ func Scheme() *runtime.Scheme {
 // Replica is one rrguard webhook server.
 type Replica struct {
 	mgr      manager.Manager
-	seeder   *marks.Seeder
-	index    *rrfacts.Index
 	policies *policySet
+	// static are the policies enforced from the start: built in, or given by file.
+	static   []string
 	stopping atomic.Bool
 	delay    time.Duration
 	api      APIServer
@@ -191,34 +222,20 @@ func New(cfg *rest.Config, o Options) (_ *Replica, err error) {
 		return nil, err
 	}
 	store := marks.Store{Namespace: o.MarksNamespace, Reader: marksReader, Writer: mgr.GetClient()}
-	releaser := &marks.Releaser{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Store: store,
-		MinAge: o.ReleaseMinAge, Every: o.ReleaseEvery, Batch: o.ReleaseBatch,
-		Kind: v1alpha1.GroupVersion.WithKind("RemediationRequest"), Name: "remediationrequests"}
-	if err := releaser.SetupWithManager(mgr); err != nil {
-		return nil, err
-	}
-	probeNS := ""
-	if len(o.RRNamespaces) > 0 {
-		probeNS = o.RRNamespaces[0]
-	}
 	probeCtx, cancel := context.WithTimeout(context.Background(), 70*time.Second)
 	defer cancel()
-	api, err := ProbeAPIServer(probeCtx, cfg, mgr.GetAPIReader(), probeNS)
+	api, err := ProbeAPIServer(probeCtx, cfg)
 	if err != nil {
 		return nil, err
 	}
 	api.report()
 	r.api = api
-	// The RR policy: the one policy this release enforces, embedded from config/policies.
-	rrPolicy, err := policy.RemediationRequests()
-	if err != nil {
-		return nil, fmt.Errorf("serve: the RR policy: %w", err)
-	}
-	// With an unsafe lag the index still feeds the releaser and the seeder; it only stops deciding.
+	// With an unsafe lag the indexes still feed the releasers and the seeders; they only stop
+	// deciding.
 	indexDecides, maxLag := !o.ConsistentListOnly, time.Duration(0)
 	if err := o.IndexSafety(); err != nil {
 		indexDecides = false
-		ctrl.Log.WithName("rrguard").Info("WARNING: the RR index will not decide; every create is decided from consistent reads", "reason", err.Error())
+		ctrl.Log.WithName("rrguard").Info("WARNING: the indexes will not decide; every create is decided from consistent reads", "reason", err.Error())
 	}
 	if indexDecides {
 		_, maxLag, _ = o.lagInputs()
@@ -226,63 +243,46 @@ func New(cfg *rest.Config, o Options) (_ *Replica, err error) {
 	} else {
 		indexDeciding.Set(0)
 	}
-	index, err := rrfacts.New(cfg, rrfacts.Options{
-		Namespaces: o.RRNamespaces, Finalizer: marks.Finalizer, MarkKey: marks.EntryKey,
-		MaxLag: maxLag, OnDeleting: releaser.Enqueue,
-		Policy: rrPolicy, Kind: v1alpha1.GroupVersion.WithKind("RemediationRequest"), FieldSelectable: api.SelectableFingerprint,
-	})
+
+	// Every policy is enforced by the policy set, the same way: the built-in ones enabled, those
+	// given by file, and the cluster's UniquenessPolicies.
+	ps := &policySet{r: r, cfg: cfg, o: o, store: store, maxLag: maxLag, indexDecides: indexDecides,
+		live: map[string]*livePolicy{}, namespacesFrom: map[string]string{}}
+	static, err := o.staticPolicies(ps)
 	if err != nil {
 		return nil, err
 	}
-	if err := mgr.Add(index); err != nil {
-		return nil, err
-	}
-	r.index = index
-	releaser.Index = index
-	seeder := &marks.Seeder{Index: index, Store: store, Every: o.SeedEvery, Horizon: o.MarkHorizon, GCEvery: o.MarkGCEvery}
-	if err := mgr.Add(seeder); err != nil {
-		return nil, err
-	}
-	r.seeder = seeder
-	namer := &webhook.Namer{
-		Policy: rrPolicy, Lister: index, Marks: store, Finalizer: marks.Finalizer,
-		Ready: seeder.Ready,
-	}
-	if indexDecides {
-		namer.Index = index
-	}
-	if len(o.RRNamespaces) > 0 {
-		namer.Judged = index.Watches
-	}
-	server.Register(webhook.NamePath, r.drained(&crwebhook.Admission{Handler: namer}))
-	server.Register(webhook.CheckPath, r.drained(&crwebhook.Admission{Handler: &webhook.Checker{Policy: rrPolicy}}))
-	// Policies for other resources: those given, and the cluster's UniquenessPolicies.
-	ps := &policySet{r: r, cfg: cfg, o: o, store: store, maxLag: maxLag, indexDecides: indexDecides, live: map[string]*livePolicy{}}
-	static := map[string]bool{}
-	for _, p := range o.Policies {
+	for _, p := range static {
 		if _, err := ps.enforce(context.Background(), p); err != nil {
 			return nil, fmt.Errorf("serve: policy %s: %w", p.Name, err)
 		}
-		static[p.Name] = true
+		r.static = append(r.static, p.Name)
 	}
 	if err := mgr.Add(ps); err != nil {
 		return nil, err
 	}
 	r.policies = ps
-	exists := func(name string) bool { return static[name] }
+	isStatic := func(name string) bool { return slices.Contains(r.static, name) }
+	exists := isStatic
 	if _, err := mgr.GetRESTMapper().KindFor(rrguardv1.GroupVersion.WithResource("uniquenesspolicies")); err == nil {
 		if err := setupPolicyController(mgr, ps); err != nil {
 			return nil, err
 		}
 		exists = func(name string) bool {
 			var p rrguardv1.UniquenessPolicy
-			return static[name] || mgr.GetClient().Get(context.Background(), client.ObjectKey{Name: name}, &p) == nil
+			return isStatic(name) || mgr.GetClient().Get(context.Background(), client.ObjectKey{Name: name}, &p) == nil
 		}
 	} else {
-		ctrl.Log.WithName("rrguard").Info("the UniquenessPolicy CRD is not installed: only the RR policy and --policy-files are enforced", "reason", err.Error())
+		ctrl.Log.WithName("rrguard").Info("the UniquenessPolicy CRD is not installed: only the built-in policies and --policy-files are enforced", "reason", err.Error())
 	}
 	server.Register("/mutate/", r.drained(ps.serve("mutate", exists)))
 	server.Register("/validate/", r.drained(ps.serve("validate", exists)))
+	// The paths the RR's webhooks were served at before the engine, kept through upgrades: an
+	// older chart's webhook configurations call them.
+	if isStatic(RRPolicy) {
+		server.Register(webhook.NamePath, r.drained(ps.serveOne("mutate", RRPolicy, exists)))
+		server.Register(webhook.CheckPath, r.drained(ps.serveOne("validate", RRPolicy, exists)))
+	}
 
 	if err := mgr.Add(cert); err != nil {
 		return nil, err
@@ -293,15 +293,9 @@ func New(cfg *rest.Config, o Options) (_ *Replica, err error) {
 	if err := mgr.AddReadyzCheck("serving-cert", cert.Loaded); err != nil {
 		return nil, err
 	}
-	if err := mgr.AddReadyzCheck("rr-index", func(*http.Request) error {
-		if !index.Synced() {
-			return errors.New("the RR index has not synced")
-		}
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-	if err := mgr.AddReadyzCheck("marks-seeded", func(*http.Request) error { return seeder.Ready() }); err != nil {
+	// A replica serves once every policy it must enforce from its start (built in, or from files)
+	// decides; cluster policies report their own state in their status.
+	if err := mgr.AddReadyzCheck("policies", func(*http.Request) error { return r.Seeded() }); err != nil {
 		return nil, err
 	}
 	if err := mgr.AddReadyzCheck("webhook-tls", server.StartedChecker()); err != nil {
@@ -366,11 +360,32 @@ func (r *Replica) WebhookAddr() string { return r.webhookAddr }
 // MetricsAddr is the address the replica's metrics listener is bound to; "" when it serves none.
 func (r *Replica) MetricsAddr() string { return r.metricsAddr }
 
-// Index is the replica's RR index, for tests that wait until it has seen an RR.
-func (r *Replica) Index() *rrfacts.Index { return r.index }
+// Index is the index of the policy named, nil when it is not enforced here (for tests that wait
+// until it has seen an object).
+func (r *Replica) Index(policy string) *rrfacts.Index {
+	if lp := r.policies.get(policy); lp != nil {
+		return lp.index
+	}
+	return nil
+}
 
-// Seeded reports whether the replica has seeded its marks and decides.
-func (r *Replica) Seeded() error { return r.seeder.Ready() }
+// Seeded is nil once every policy the replica enforces from its start (built in, or from files) has
+// synced its watch and seeded its marks: the replica decides.
+func (r *Replica) Seeded() error {
+	for _, name := range r.static {
+		lp := r.policies.get(name)
+		switch {
+		case lp == nil:
+			return fmt.Errorf("policy %s is not enforced", name)
+		case !lp.index.Synced():
+			return fmt.Errorf("policy %s: the watch of %s has not synced", name, lp.compiled.GroupResource)
+		}
+		if err := lp.seeder.Ready(); err != nil {
+			return fmt.Errorf("policy %s: %w", name, err)
+		}
+	}
+	return nil
+}
 
 // Run serves until ctx is done, then fails readiness, waits ShutdownDelay, and stops.
 func (r *Replica) Run(ctx context.Context) error {

@@ -361,7 +361,8 @@ func TestWritesPerLifetime(t *testing.T) {
 	ctx, ns := env.TestNamespace(t, "writes", 3*time.Minute)
 	// Earlier tests leave RRs that carry the finalizer: the replica's first sweep would release
 	// them, and this count is of this test's RRs only.
-	if _, err := marks.ReleaseAll(ctx, env.Client, marks.Store{Namespace: testenv.MarksNamespace, Reader: env.Client, Writer: env.Client}); err != nil {
+	if _, err := marks.ReleaseAll(ctx, env.Client, marks.Store{Namespace: testenv.MarksNamespace, Reader: env.Client, Writer: env.Client},
+		v1alpha1.GroupVersion.WithKind("RemediationRequest"), "rr-"); err != nil {
 		t.Fatal(err)
 	}
 	var n testenv.Requests

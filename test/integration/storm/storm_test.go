@@ -23,9 +23,10 @@ import (
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/creator"
 	"github.com/rrguard/rrguard/internal/storm"
+	"github.com/rrguard/rrguard/kubernaut"
+	"github.com/rrguard/rrguard/kubernaut/cluster"
 	"github.com/rrguard/rrguard/rules"
 	"github.com/rrguard/rrguard/test/testenv"
-	"github.com/rrguard/rrguard/webhook/serve"
 )
 
 var env *testenv.Env
@@ -285,7 +286,7 @@ func TestStormWithCompletionsAndDeletions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stop()
-	wc, err := client.NewWithWatch(env.Config, client.Options{Scheme: serve.Scheme()})
+	wc, err := client.NewWithWatch(env.Config, client.Options{Scheme: cluster.Scheme()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +314,7 @@ func TestStormWithCompletionsAndDeletions(t *testing.T) {
 				}
 				switch {
 				case rr.DeletionTimestamp != nil:
-				case rules.InFlight(rr, time.Now()):
+				case kubernaut.InFlight(rr, time.Now()):
 					patch := client.RawPatch(types.MergePatchType, []byte(`{"status":{"overallPhase":"Completed"}}`))
 					if err := env.Client.Status().Patch(ctx, rr, patch); err == nil {
 						completed.Add(1)

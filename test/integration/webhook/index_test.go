@@ -110,7 +110,7 @@ func TestIndexReadsPerDecision(t *testing.T) {
 	}
 	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
 		left := 0
-		r.Index().Each(func(rr rrfacts.RR) {
+		r.Index(serve.RRPolicy).Each(func(rr rrfacts.RR) {
 			if rr.Namespace == ns && rr.Fingerprint == fp {
 				left++
 			}
@@ -261,7 +261,7 @@ func TestNamespacesGuarded(t *testing.T) {
 func waitIndexed(ctx context.Context, t *testing.T, r *serve.Replica, ns, fp string, n int64) {
 	t.Helper()
 	if err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
-		facts, err := r.Index().Lookup(ns, fp, time.Now())
+		facts, err := r.Index(serve.RRPolicy).Lookup(ns, fp, time.Now())
 		if err != nil {
 			return false, nil
 		}
@@ -280,7 +280,7 @@ func waitIndexed(ctx context.Context, t *testing.T, r *serve.Replica, ns, fp str
 func waitUntrusted(ctx context.Context, t *testing.T, r *serve.Replica, ns, fp string) {
 	t.Helper()
 	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
-		_, err := r.Index().Lookup(ns, fp, time.Now())
+		_, err := r.Index(serve.RRPolicy).Lookup(ns, fp, time.Now())
 		var u *rrfacts.Untrusted
 		return errors.As(err, &u) && u.Reason == rrfacts.ReasonNotFresh, nil
 	}); err != nil {

@@ -18,6 +18,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
+	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
+	"github.com/rrguard/rrguard/kubernaut"
+	"github.com/rrguard/rrguard/kubernaut/cluster"
 	"github.com/rrguard/rrguard/rules"
 	"github.com/rrguard/rrguard/test/testenv"
 	"github.com/rrguard/rrguard/webhook/serve"
@@ -120,7 +123,7 @@ func serving(t *testing.T) {
 	if stopRRG != nil {
 		return
 	}
-	r, stop, err := env.ServeReplica(context.Background(), env.Config, func(o *serve.Options) {
+	_, stop, err := env.ServeReplica(context.Background(), env.Config, func(o *serve.Options) {
 		testenv.IndexTrusted(o)
 		o.ConsistentListOnly = consistentListOnly
 	})
@@ -128,14 +131,14 @@ func serving(t *testing.T) {
 		t.Fatal(err)
 	}
 	stopRRG = stop
-	// The probe at start-up must have seen what the CRD declares, and said so.
-	feature, err := testenv.Metric("rrguard_api_server_feature", map[string]string{"feature": "selectable-fingerprint"})
-	if err != nil {
-		t.Fatal(err)
+	// The RR policy's probe at start-up must have seen what the CRD declares, and said so.
+	want := rrguardv1.ReadFieldSelector
+	if scanning {
+		want = rrguardv1.ReadNamespaceScan
 	}
-	if r.APIServer().SelectableFingerprint == scanning || (feature.GetGauge().GetValue() == 1) == scanning {
-		t.Fatalf("the replica probed selectable-fingerprint %v (metric %v) with the CRD declaring it: %v",
-			r.APIServer().SelectableFingerprint, feature.GetGauge().GetValue(), !scanning)
+	read, err := testenv.Metric("rrguard_policy_consistent_read", map[string]string{"policy": serve.RRPolicy, "read": string(want)})
+	if err != nil || read.GetGauge().GetValue() != 1 {
+		t.Fatalf("the RR policy's consistent read is not %s with the CRD declaring the field selectable: %v (%v)", want, !scanning, err)
 	}
 }
 
@@ -259,7 +262,7 @@ func setStatus(ctx context.Context, t *testing.T, rr *v1alpha1.RemediationReques
 	if err := env.Client.Status().Update(ctx, rr); err != nil {
 		t.Fatalf("status update: %v", err)
 	}
-	if !rules.InFlight(rr, time.Now()) {
+	if !kubernaut.InFlight(rr, time.Now()) {
 		if err := testenv.WaitFinishedJudged(ctx, env.Client, rr); err != nil {
 			t.Fatal(err)
 		}
@@ -455,23 +458,22 @@ func testRRGuardDownFailsClosed(t *testing.T) {
 // nothing, and says so clearly when the webhooks are not installed.
 func testInstallCheck(t *testing.T) {
 	ctx, ns := setup(t)
-	name, err := serve.Check(ctx, env.Client, ns)
+	name, err := cluster.Check(ctx, env.Client, ns)
 	if err != nil || !strings.HasPrefix(name, "rr-") {
 		t.Fatalf("check: %q, %v", name, err)
 	}
 	if n := len(list(ctx, t, ns)); n != 0 {
 		t.Fatalf("the check stored %d RRs", n)
 	}
-	// Its line on the API server: the release this control plane runs, in the tested range, and
-	// whether the CRD declares the selectable field (not in the consistent-scan mode).
-	api, err := serve.ProbeAPIServer(ctx, env.Config, env.Client, ns)
-	if err != nil || api.GitVersion != "v"+env.Release.String() || !api.Tested || api.SelectableFingerprint == scanning {
-		t.Fatalf("probe of kube-apiserver %s (selectable field taken off: %v): %+v, %v", env.Release, scanning, api, err)
+	// Its line on the API server: the release this control plane runs, in the tested range.
+	api, err := serve.ProbeAPIServer(ctx, env.Config)
+	if err != nil || api.GitVersion != "v"+env.Release.String() || !api.Tested {
+		t.Fatalf("probe of kube-apiserver %s: %+v, %v", env.Release, api, err)
 	}
 	env.WithoutWebhooks(ctx, t, func() {
 		var err error
 		poll(ctx, t, "check without webhooks", func() bool {
-			_, err = serve.Check(ctx, env.Client, ns)
+			_, err = cluster.Check(ctx, env.Client, ns)
 			return err != nil && strings.Contains(err.Error(), "without rrguard naming it")
 		}, &err)
 	})

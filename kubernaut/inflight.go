@@ -1,4 +1,8 @@
-package rules
+// Package kubernaut is Kubernaut's RemediationRequest as rrguard's RR tooling (creator, audit,
+// rrstorm, the tests' Gateway) sees it: the in-flight rule in Go, equal to the RR policy's CEL
+// (config/policies; policy.TestRRPolicyAgreesWithTheRules checks the two on 2,000 random RRs). The
+// engine judges RRs through that policy only and imports nothing here.
+package kubernaut
 
 import (
 	"time"

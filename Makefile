@@ -76,7 +76,7 @@ TEST_FUZZ_EXECS ?= 10000x
 # server-side apply's create path, watch-list and the RR index, CRD validation, the chart's
 # kubeVersion with Helm 4 and 3), and policies for other resources (label-selector reads, a built-in
 # kind's status rules).
-OLDEST_SUITES ?= webhook,crd,kubernaut,marks,policies,helm,helm3
+OLDEST_SUITES ?= webhook,crd,kubernaut,marks,policies,nokubernaut,helm,helm3
 
 .PHONY: test
 test: lint ## Every test: static checks, unit tests, integration tests on the newest API server (and the version-dependent ones on the oldest), alerts, the Helm chart with Helm 4 and 3, a short fuzz.

@@ -13,13 +13,17 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -73,7 +77,9 @@ func run(args []string, logs io.Writer) int {
 	fs.DurationVar(&o.MarkHorizon, "mark-horizon", marks.DefaultHorizon, "remove the high-water mark of a fingerprint with no RR left once it is older than this (Kubernaut keeps audit data 2,555 days)")
 	builtins := fs.String("builtin-policies", serve.RRPolicy, fmt.Sprintf("comma-separated built-in policies to enforce (of %s); empty: none, for a cluster without Kubernaut", strings.Join(policy.BuiltinNames(), ", ")))
 	policyFiles := fs.String("policy-files", "", "comma-separated UniquenessPolicy files to enforce besides the built-in ones (each needs webhook rules and RBAC for its target: docs/design.md, \"Policies\")")
-	fs.StringVar(&o.RRWebhookConfiguration, "webhook-configuration", serve.RRWebhookConfiguration, "the RR's MutatingWebhookConfiguration, whose client configuration the policies' webhooks copy")
+	_ = fs.String("webhook-configuration", "", "deprecated, ignored: the policies' webhooks take their client configuration from --webhook-service")
+	webhookService := fs.String("webhook-service", "", "the Service (name, in rrguard's namespace, port 443) through which the API server calls rrguard: written into each policy's webhooks")
+	fs.StringVar(&o.PolicyWebhookCAFile, "webhook-ca-file", "", "the CA bundle that verifies rrguard's serving certificate, written into each policy's webhooks (default: ca.crt in --cert-dir, as cert-manager writes it)")
 	fs.StringVar(&o.PoliciesWebhookConfiguration, "policies-webhook-configuration", serve.PoliciesWebhookConfiguration, "the Mutating and ValidatingWebhookConfigurations rrguard keeps in step with the cluster's UniquenessPolicies")
 	qps := fs.Float64("kube-api-qps", 200, "client-side QPS limit for API reads (each create costs one)")
 	burst := fs.Int("kube-api-burst", 400, "client-side burst for API reads")
@@ -85,6 +91,12 @@ func run(args []string, logs io.Writer) int {
 	// run's own lines go to logs even where the process had set its logger before (tests).
 	log := logger.WithName("rrguard")
 	o.RRNamespaces = splitList(*rrNamespaces)
+	if *webhookService != "" {
+		o.PolicyWebhookClient.Service = &admissionregistrationv1.ServiceReference{Namespace: o.MarksNamespace, Name: *webhookService, Port: ptr.To[int32](443)}
+	}
+	if o.PolicyWebhookCAFile == "" {
+		o.PolicyWebhookCAFile = filepath.Join(o.CertDir, "ca.crt")
+	}
 	o.BuiltinPolicies = splitList(*builtins)
 
 	if err := o.IndexSafety(); err != nil {
@@ -132,7 +144,7 @@ func run(args []string, logs io.Writer) int {
 // reissue their names. It reads and patches metadata only.
 func release(args []string) int {
 	fs := flag.NewFlagSet("rrguard release", flag.ExitOnError)
-	namespaces := fs.String("namespaces", os.Getenv("RR_NAMESPACES"), "comma-separated namespaces to release objects in (default $RR_NAMESPACES; empty: each policy's namespaces, or every namespace)")
+	namespaces := fs.String("namespaces", os.Getenv("RR_NAMESPACES"), "comma-separated namespaces to release RRs in, as rrguard's --rr-namespaces (default $RR_NAMESPACES; empty: every namespace); other policies' objects are released in their own namespaces")
 	marksNS := fs.String("marks-namespace", "rrguard-system", "namespace of the high-water mark ConfigMaps")
 	builtins := fs.String("builtin-policies", serve.RRPolicy, "comma-separated built-in policies whose objects to release (as rrguard's flag)")
 	policyFiles := fs.String("policy-files", "", "comma-separated UniquenessPolicy files whose objects to release (as rrguard's flag)")
@@ -161,9 +173,9 @@ func release(args []string) int {
 			fmt.Printf("skipped policy %s: its target %s is not served: %v\n", p.Name, cp.GroupResource, err)
 			continue
 		}
-		nss := splitList(*namespaces)
-		if len(nss) == 0 {
-			nss = cp.Namespaces
+		nss := cp.Namespaces
+		if p.Name == serve.RRPolicy && slices.Contains(splitList(*builtins), p.Name) {
+			nss = splitList(*namespaces)
 		}
 		store := marks.Store{Namespace: *marksNS, Reader: c, Writer: c, Scope: marks.ScopeOf(cp.GroupResource.Group, cp.GroupResource.Resource)}
 		n, err := marks.ReleaseAll(ctx, c, store, gvk, cp.NamePrefix(), nss...)

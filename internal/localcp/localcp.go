@@ -7,8 +7,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/version"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -53,6 +56,10 @@ type Options struct {
 	WebhookPort int
 	// AddToScheme registers more types with Env.Client (cert-manager's, say).
 	AddToScheme []func(*runtime.Scheme) error
+	// NoKubernaut is a cluster without Kubernaut: no RR CRD, and with Webhooks, none of the RR's
+	// webhooks or its ValidatingAdmissionPolicy; a replica serves only what policies configure.
+	// ServeOptions then enforce no built-in policy.
+	NoKubernaut bool
 }
 
 // Env is a running control plane.
@@ -64,6 +71,8 @@ type Env struct {
 	Release *version.Version
 	env     *envtest.Environment
 	reaper  *reaper
+	// noKubernaut: Options.NoKubernaut.
+	noKubernaut bool
 	// onStop run before the control plane stops: rrguard replicas, controllers of a test.
 	onStop []func() error
 }
@@ -117,7 +126,7 @@ func Start(o Options) (*Env, error) {
 	env := &envtest.Environment{
 		BinaryAssetsDirectory: bin,
 		CRDInstallOptions: envtest.CRDInstallOptions{
-			Paths:              append([]string{filepath.Join(root, "config", "crd", "bases"), filepath.Join(root, "config", "crd", "policies")}, o.ExtraCRDs...),
+			Paths:              append(crdPaths(root, o.NoKubernaut), o.ExtraCRDs...),
 			ErrorIfPathMissing: true,
 		},
 		ErrorIfCRDPathMissing: true,
@@ -130,6 +139,10 @@ func Start(o Options) (*Env, error) {
 		mut, val, err := webhookConfigurations(root, paths...)
 		if err != nil {
 			return nil, err
+		}
+		if o.NoKubernaut {
+			// Served where rrguard's policies' webhooks call it, with nothing of the RR's.
+			mut, val = nil, nil
 		}
 		env.WebhookInstallOptions = envtest.WebhookInstallOptions{
 			MutatingWebhooks:   mut,
@@ -196,7 +209,8 @@ func Start(o Options) (*Env, error) {
 		_ = e.Stop()
 		return nil, err
 	}
-	if o.Webhooks && !o.CheckWebhook {
+	e.noKubernaut = o.NoKubernaut
+	if o.Webhooks && !o.CheckWebhook && !o.NoKubernaut {
 		if err := e.InstallPolicy(context.Background()); err != nil {
 			_ = e.Stop()
 			return nil, err
@@ -209,6 +223,16 @@ func Start(o Options) (*Env, error) {
 		}
 	}
 	return e, nil
+}
+
+// crdPaths are the CRDs every local control plane has: rrguard's UniquenessPolicy, and unless
+// noKubernaut, Kubernaut's RemediationRequest.
+func crdPaths(root string, noKubernaut bool) []string {
+	paths := []string{filepath.Join(root, "config", "crd", "policies")}
+	if !noKubernaut {
+		paths = append(paths, filepath.Join(root, "config", "crd", "bases"))
+	}
+	return paths
 }
 
 // Stop stops the control plane and removes its data.
@@ -246,13 +270,22 @@ func (e *Env) Environment() *envtest.Environment { return e.env }
 // the address the installed webhook configurations name.
 func (e *Env) ServeOptions() serve.Options {
 	w := e.env.WebhookInstallOptions
+	builtins := []string{serve.RRPolicy}
+	if e.noKubernaut {
+		builtins = nil
+	}
 	return serve.Options{
 		Host: w.LocalServingHost, Port: w.LocalServingPort, CertDir: w.LocalServingCertDir,
 		MetricsAddr: "0", ProbeAddr: "0",
 		MarksNamespace: MarksNamespace,
 		// The RR policy, as the binary enforces it by default (every local control plane has
 		// Kubernaut's CRD).
-		BuiltinPolicies: []string{serve.RRPolicy},
+		BuiltinPolicies: builtins,
+		// The policies' webhooks call the address the installed ones do, with the local CA.
+		PolicyWebhookClient: admissionregistrationv1.WebhookClientConfig{
+			URL:      ptr.To("https://" + net.JoinHostPort(w.LocalServingHost, strconv.Itoa(w.LocalServingPort))),
+			CABundle: w.LocalServingCAData,
+		},
 		// Tests delete RRs right after creating them; the hold is tested where it is the point.
 		ReleaseMinAge: time.Millisecond,
 		// With a 1 ms hold, a sweep would release every RR while a test reads and updates it;

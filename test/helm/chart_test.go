@@ -352,8 +352,8 @@ func TestChartPolicyTargets(t *testing.T) {
 	}
 	dep := find(r.objects, "Deployment", "rrguard-controller-manager")
 	args, _, _ := unstructured.NestedSlice(dep.Object, "spec", "template", "spec", "containers")
-	if s := fmt.Sprint(args); !strings.Contains(s, "--policies-webhook-configuration=rrguard-policies") || !strings.Contains(s, "--webhook-configuration=rrguard-mutating-webhook-configuration") {
-		t.Errorf("the Deployment does not name the webhook configurations: %s", s)
+	if s := fmt.Sprint(args); !strings.Contains(s, "--policies-webhook-configuration=rrguard-policies") || !strings.Contains(s, "--webhook-service=rrguard-webhook-service") {
+		t.Errorf("the Deployment does not name the policies' webhook configurations and the Service they call: %s", s)
 	}
 }
 

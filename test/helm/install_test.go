@@ -137,7 +137,7 @@ func TestInstallUpgradeUninstall(t *testing.T) {
 
 	// Uninstall, with the post-delete hook's Job run as a kubelet would: its command, as its
 	// ServiceAccount.
-	if ran := uninstall(ctx, t, cfg); len(ran) != 1 || !strings.Contains(ran[0], "OK: released 3 RRs") {
+	if ran := uninstall(ctx, t, cfg); len(ran) != 1 || !strings.Contains(ran[0], "OK: released 3 remediationrequests.kubernaut.ai of policy remediationrequests") {
 		t.Fatalf("post-delete Jobs run: %q, want one that released the 3 held RRs", ran)
 	}
 	store := marks.Store{Namespace: releaseNS, Reader: env.Client}

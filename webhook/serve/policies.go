@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -35,13 +36,16 @@ import (
 	"github.com/rrguard/rrguard/webhook"
 )
 
-// Default names of the webhook configurations (serve.Options): the RR's, whose client
-// configuration the policies' copy, and the policies', which rrguard keeps in step with the
-// UniquenessPolicies of the cluster (one webhook per enforceable policy).
-const (
-	PoliciesWebhookConfiguration = "rrguard-policies"
-	RRWebhookConfiguration       = "rrguard-mutating-webhook-configuration"
-)
+// PoliciesWebhookConfiguration is the default name of the webhook configurations rrguard keeps in
+// step with the UniquenessPolicies of the cluster (one webhook per enforceable policy).
+const PoliciesWebhookConfiguration = "rrguard-policies"
+
+// policyWebhookTimeout is each policy webhook's timeoutSeconds: the RR webhook's, short, as
+// Gatekeeper's mutating webhook's, since a create waits for it.
+const policyWebhookTimeout int32 = 5
+
+// ErrNoWebhookClient: rrguard has no client configuration to write into the policies' webhooks.
+var ErrNoWebhookClient = errors.New("rrguard has no client configuration for the policies' webhooks: set --webhook-service (or Options.PolicyWebhookClient)")
 
 // livePolicy is one policy being enforced: its watch, releaser and seeder run until cancel.
 type livePolicy struct {
@@ -437,19 +441,17 @@ func statusOf(p *rrguardv1.UniquenessPolicy, lp *livePolicy, enforceErr error) r
 }
 
 // syncWebhooks makes the policies' webhook configurations hold one webhook per enforceable policy
-// (compiled, target known), calling rrguard where the RR webhook does (its client configuration,
-// CA and cert-manager annotation copied), for creates of the policy's target and versions.
+// (compiled, target known), calling rrguard as Options.PolicyWebhookClient says, for creates of the
+// policy's target and versions. The configurations' own metadata (cert-manager's CA injection
+// annotation, say) is the installer's and left as stored.
 func (pc *policyController) syncWebhooks(ctx context.Context) error {
-	var rr admissionregistrationv1.MutatingWebhookConfiguration
-	rrName, policiesName := pc.set.o.RRWebhookConfiguration, pc.set.o.PoliciesWebhookConfiguration
-	if rrName == "" {
-		rrName = RRWebhookConfiguration
+	base, err := pc.set.o.policyWebhookClient()
+	if err != nil {
+		return err
 	}
+	policiesName := pc.set.o.PoliciesWebhookConfiguration
 	if policiesName == "" {
 		policiesName = PoliciesWebhookConfiguration
-	}
-	if err := pc.Get(ctx, client.ObjectKey{Name: rrName}, &rr); err != nil || len(rr.Webhooks) == 0 {
-		return fmt.Errorf("the RR webhook configuration %s, whose client configuration the policies' copy: %w", rrName, err)
 	}
 	var list rrguardv1.UniquenessPolicyList
 	if err := pc.List(ctx, &list); err != nil {
@@ -477,18 +479,16 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 			Rule:       admissionregistrationv1.Rule{APIGroups: []string{c.GroupResource.Group}, APIVersions: c.Versions, Resources: []string{c.GroupResource.Resource}},
 		}}
 		cc := func(kind string) admissionregistrationv1.WebhookClientConfig {
-			c := *rr.Webhooks[0].ClientConfig.DeepCopy()
+			c := *base.DeepCopy()
 			path := webhook.PolicyPath(kind, p.Name)
 			switch {
 			case c.Service != nil:
 				c.Service.Path = &path
 			case c.URL != nil:
-				// The policy's path replaces the RR webhook's; a URL the API server accepted
-				// parses.
-				if u, err := url.Parse(*c.URL); err == nil {
-					u.Path, u.RawPath = path, ""
-					c.URL = ptr.To(u.String())
-				}
+				// policyWebhookClient checked that it parses.
+				u, _ := url.Parse(*c.URL)
+				u.Path, u.RawPath = path, ""
+				c.URL = ptr.To(u.String())
 			}
 			return c
 		}
@@ -504,19 +504,19 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 		mut = append(mut, admissionregistrationv1.MutatingWebhook{
 			Name: name, ClientConfig: cc("mutate"), Rules: rules, NamespaceSelector: sel,
 			SideEffects: ptr.To(admissionregistrationv1.SideEffectClassNone), AdmissionReviewVersions: []string{"v1"},
-			FailurePolicy: ptr.To(admissionregistrationv1.Fail), TimeoutSeconds: rr.Webhooks[0].TimeoutSeconds,
+			FailurePolicy: ptr.To(admissionregistrationv1.Fail), TimeoutSeconds: ptr.To(policyWebhookTimeout),
 		})
 		val = append(val, admissionregistrationv1.ValidatingWebhook{
 			Name: name, ClientConfig: cc("validate"), Rules: rules, NamespaceSelector: sel,
 			SideEffects: ptr.To(admissionregistrationv1.SideEffectClassNone), AdmissionReviewVersions: []string{"v1"},
-			FailurePolicy: ptr.To(admissionregistrationv1.Fail), TimeoutSeconds: rr.Webhooks[0].TimeoutSeconds,
+			FailurePolicy: ptr.To(admissionregistrationv1.Fail), TimeoutSeconds: ptr.To(policyWebhookTimeout),
 		})
 	}
-	meta := metav1.ObjectMeta{Name: policiesName, Annotations: rr.Annotations, Labels: map[string]string{"app.kubernetes.io/managed-by": "rrguard"}}
+	meta := metav1.ObjectMeta{Name: policiesName, Labels: map[string]string{"app.kubernetes.io/managed-by": "rrguard"}}
 	if err := upsert(ctx, pc.Client, &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: meta, Webhooks: mut},
 		func(cur, want *admissionregistrationv1.MutatingWebhookConfiguration) bool {
 			same := reflect.DeepEqual(cur.Webhooks, want.Webhooks) || (len(cur.Webhooks) == 0 && len(want.Webhooks) == 0)
-			cur.Webhooks, cur.Annotations = want.Webhooks, want.Annotations
+			cur.Webhooks = want.Webhooks
 			return same
 		}); err != nil {
 		return err
@@ -524,7 +524,7 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 	return upsert(ctx, pc.Client, &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: meta, Webhooks: val},
 		func(cur, want *admissionregistrationv1.ValidatingWebhookConfiguration) bool {
 			same := reflect.DeepEqual(cur.Webhooks, want.Webhooks) || (len(cur.Webhooks) == 0 && len(want.Webhooks) == 0)
-			cur.Webhooks, cur.Annotations = want.Webhooks, want.Annotations
+			cur.Webhooks = want.Webhooks
 			return same
 		})
 }
@@ -558,4 +558,25 @@ func setupPolicyController(mgr ctrl.Manager, set *policySet) error {
 		For(&rrguardv1.UniquenessPolicy{}).
 		WithOptions(controller.Options{SkipNameValidation: ptr.To(true)}).
 		Complete(&policyController{Client: mgr.GetClient(), set: set})
+}
+
+// policyWebhookClient is the client configuration every policy webhook starts from: Options'
+// Service or URL, with the CA bundle read afresh from PolicyWebhookCAFile where it is set and
+// readable (a rotated CA is picked up at the next write).
+func (o Options) policyWebhookClient() (admissionregistrationv1.WebhookClientConfig, error) {
+	c := *o.PolicyWebhookClient.DeepCopy()
+	switch {
+	case c.Service == nil && c.URL == nil:
+		return c, ErrNoWebhookClient
+	case c.URL != nil:
+		if _, err := url.Parse(*c.URL); err != nil {
+			return c, fmt.Errorf("the policies' webhook URL: %w", err)
+		}
+	}
+	if o.PolicyWebhookCAFile != "" {
+		if ca, err := os.ReadFile(o.PolicyWebhookCAFile); err == nil && len(ca) > 0 {
+			c.CABundle = ca
+		}
+	}
+	return c, nil
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -84,11 +85,16 @@ type Options struct {
 	// webhook configurations that send its creates here, and the RBAC on its target, are the
 	// installer's (see docs/design.md, "Policies").
 	Policies []*rrguardv1.UniquenessPolicy
-	// RRWebhookConfiguration is the RR's mutating webhook configuration, whose client
-	// configuration (Service, CA) the policies' webhooks copy; PoliciesWebhookConfiguration is
-	// the pair (mutating and validating) rrguard keeps in step with the cluster's
-	// UniquenessPolicies. The defaults are config/default's names.
-	RRWebhookConfiguration, PoliciesWebhookConfiguration string
+	// PoliciesWebhookConfiguration is the pair (mutating and validating) rrguard keeps in step
+	// with the cluster's UniquenessPolicies; config/default's name when empty.
+	PoliciesWebhookConfiguration string
+	// PolicyWebhookClient is how the API server reaches rrguard for those webhooks: a Service
+	// (the chart's and config/default's) or a URL (a local control plane); each webhook gets its
+	// policy's path. Its CABundle verifies rrguard's serving certificate; PolicyWebhookCAFile,
+	// when set and readable, replaces it at every write (cert-manager's ca.crt beside tls.crt, so
+	// rrguard writes what cert-manager's CA injector would, and the two never disagree).
+	PolicyWebhookClient admissionregistrationv1.WebhookClientConfig
+	PolicyWebhookCAFile string
 	// ShutdownDelay keeps serving after a stop is asked for, while /readyz already fails, so that
 	// endpoints drop the pod before it stops answering the API server.
 	ShutdownDelay time.Duration

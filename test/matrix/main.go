@@ -27,6 +27,7 @@ var Suites = []suite{
 	{"storm", ".", "./test/integration/storm"},
 	{"kubernaut", ".", "./test/integration/kubernaut"},
 	{"policies", ".", "./test/integration/policies"},
+	{"nokubernaut", ".", "./test/integration/nokubernaut"},
 	{"rollout", ".", "./test/integration/rollout"},
 	{"deploy", ".", "./test/integration/deploy"},
 	{"tls", ".", "./test/integration/tls"},

@@ -484,3 +484,58 @@ func TestKubeVersionRange(t *testing.T) {
 		t.Fatalf("helm template without --kube-version (Helm 4): %v", err)
 	}
 }
+
+// With the RR policy off, for a cluster without Kubernaut, the chart renders nothing of the RR's:
+// no RR webhook, name-check policy or Role (hooks included), and rrguard and its release hook are
+// told to enforce no built-in policy. Every other object is still there.
+func TestChartWithoutKubernaut(t *testing.T) {
+	with := mustRender(t, releaseName, releaseNS, values(t, ""))
+	without := mustRender(t, releaseName, releaseNS, values(t, "builtinPolicies: []\npolicyTargets: [{apiGroup: tekton.dev, resource: pipelineruns}]"))
+	keys := func(objs []*unstructured.Unstructured) []string {
+		var out []string
+		for _, u := range objs {
+			out = append(out, key(u))
+		}
+		return out
+	}
+	dropped := func(a, b []*unstructured.Unstructured) []string {
+		var out []string
+		for _, k := range keys(a) {
+			if !slices.Contains(keys(b), k) {
+				out = append(out, k)
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	want := []string{
+		"MutatingWebhookConfiguration /rrguard-mutating-webhook-configuration",
+		"Role kubernaut-system/rrguard-rr-role",
+		"RoleBinding kubernaut-system/rrguard-rr-rolebinding",
+		"ValidatingAdmissionPolicy /rrguard-name-check",
+		"ValidatingAdmissionPolicyBinding /rrguard-name-check",
+	}
+	if got := dropped(with.objects, without.objects); !slices.Equal(got, want) {
+		t.Errorf("objects dropped with builtinPolicies []: %v, want the RR's %v", got, want)
+	}
+	if got, want := dropped(with.hooks, without.hooks), []string{"Role kubernaut-system/rrguard-release", "RoleBinding kubernaut-system/rrguard-release"}; !slices.Equal(got, want) {
+		t.Errorf("hooks dropped with builtinPolicies []: %v, want the RR's %v", got, want)
+	}
+	for _, u := range append(without.objects, without.hooks...) {
+		b, err := u.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case u.GetKind() == "Deployment" || u.GetKind() == "Job":
+			containers, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "containers")
+			if s := fmt.Sprint(containers); !strings.Contains(s, "--builtin-policies= ") && !strings.Contains(s, "--builtin-policies=]") {
+				t.Errorf("%s does not disable the built-in policies: %s", key(u), s)
+			}
+		case u.GetKind() == "PrometheusRule":
+			// rrguard's alerts still speak of RRs in their text (issue 25, part 7: per policy).
+		case strings.Contains(strings.ToLower(string(b)), "remediationrequest"):
+			t.Errorf("with builtinPolicies [] the chart renders %s, which names RemediationRequests", key(u))
+		}
+	}
+}

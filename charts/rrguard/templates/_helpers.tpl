@@ -48,6 +48,12 @@ control-plane: rrguard
 {{- end }}
 {{- end }}
 
+{{- /* "true" when the built-in RR policy is enabled: then, and only then, the chart renders the
+RR's webhooks, its name-check policy and its Roles in rrNamespaces. */}}
+{{- define "rrguard.enforcesRR" -}}
+{{- if has "remediationrequests" .Values.builtinPolicies }}true{{ end }}
+{{- end }}
+
 {{- define "rrguard.webhookService" -}}
 {{ include "rrguard.fullname" . }}-webhook-service
 {{- end }}

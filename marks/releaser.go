@@ -61,22 +61,22 @@ var (
 		Name: "rrguard_finalizers_released_total",
 		Help: "RRs whose rrguard finalizer was released after their mark was raised (at the end of the hold, or at a deletion during it).",
 	})
-	held = prometheus.NewGauge(prometheus.GaugeOpts{
+	held = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "rrguard_deletions_held",
-		Help: "RRs being deleted that still carry rrguard's finalizer, as of the last seeding pass: RRs deleted during their hold, or any while no replica releases.",
-	})
+		Help: "Objects being deleted that still carry rrguard's finalizer, as of the last seeding pass: objects deleted during their hold, or any while no replica releases; by policy.",
+	}, []string{"policy"})
 	collected = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "rrguard_mark_collections_total",
 		Help: "Writes that removed marks past the horizon whose fingerprint has no RR left.",
 	})
-	heldOldest = prometheus.NewGauge(prometheus.GaugeOpts{
+	heldOldest = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "rrguard_deletion_held_oldest_seconds",
-		Help: "How long the oldest deletion held by rrguard's finalizer has waited, as of the last seeding pass.",
-	})
-	backlog = prometheus.NewGauge(prometheus.GaugeOpts{
+		Help: "How long the oldest deletion held by rrguard's finalizer has waited, as of the last seeding pass, by policy.",
+	}, []string{"policy"})
+	backlog = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "rrguard_release_backlog",
-		Help: "RRs older than the hold that still carry rrguard's finalizer, as of the last release round (after an upgrade: those the old release held for life, going down batch by batch).",
-	})
+		Help: "Objects older than the hold that still carry rrguard's finalizer, as of the last release round (after an upgrade: those the old release held for life, going down batch by batch), by policy.",
+	}, []string{"policy"})
 )
 
 func init() { metrics.Registry.MustRegister(raises, released, held, heldOldest, collected, backlog) }
@@ -89,6 +89,8 @@ type Facts interface {
 	NoteCovered(namespace, fp string, upTo int64)
 	// KeyOf is the key (hex) and number of the object of that name, as the index judged it.
 	KeyOf(namespace, name string) (keyHex string, n int64, ok bool)
+	// PolicyName is the policy whose objects the index holds (the metrics' policy label).
+	PolicyName() string
 }
 
 // Releaser removes rrguard's finalizer from RRs once their number is covered: it raises the
@@ -261,6 +263,8 @@ func (r *Releaser) sweep(ctx context.Context) error {
 		batch = DefaultReleaseBatch
 	}
 	log := ctrl.Log.WithName("marks")
+	// A policy no longer enforced here has no backlog to report.
+	defer backlog.DeleteLabelValues(r.Name)
 	for {
 		wait := min(every, syncPoll)
 		if r.Index.Synced() {
@@ -270,7 +274,7 @@ func (r *Releaser) sweep(ctx context.Context) error {
 				log.Info("releasing RRs past the hold in rounds", "backlog", total, "round", batch)
 			}
 			done := r.releaseRound(ctx, due)
-			backlog.Set(float64(total - done))
+			backlog.WithLabelValues(r.Name).Set(float64(total - done))
 			if len(due) == batch && done > 0 {
 				wait = min(every, maxRoundPause)
 			}

@@ -64,6 +64,11 @@ func (s *Seeder) Start(ctx context.Context) error {
 	if every == 0 {
 		every = defaultSeedEvery
 	}
+	// A policy no longer enforced here has nothing held to report.
+	defer func() {
+		held.DeleteLabelValues(s.Index.PolicyName())
+		heldOldest.DeleteLabelValues(s.Index.PolicyName())
+	}()
 	for {
 		if err := s.pass(ctx); err != nil {
 			if ctx.Err() != nil {
@@ -164,8 +169,8 @@ func (s *Seeder) pass(ctx context.Context) error {
 	for k, m := range coveredNow {
 		s.Index.NoteCovered(k.ns, k.fp, m)
 	}
-	held.Set(float64(heldNow))
-	heldOldest.Set(oldest.Seconds())
+	held.WithLabelValues(s.Index.PolicyName()).Set(float64(heldNow))
+	heldOldest.WithLabelValues(s.Index.PolicyName()).Set(oldest.Seconds())
 	gcEvery := s.GCEvery
 	if gcEvery == 0 {
 		gcEvery = defaultGCEvery

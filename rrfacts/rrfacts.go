@@ -404,6 +404,9 @@ func (ix *Index) Len() int {
 	return n
 }
 
+// PolicyName is the name of the policy whose objects the index holds.
+func (ix *Index) PolicyName() string { return ix.o.Policy.Policy }
+
 // put stores o's facts; the caller holds the lock. It returns o's key (hex; "" when the policy
 // does not judge o: a match condition is false, or its key cannot be read) and whether o is being
 // deleted while it carries the finalizer.

@@ -31,7 +31,9 @@ var _ admission.Handler = (*Checker)(nil)
 // Handle implements admission.Handler.
 func (h *Checker) Handle(ctx context.Context, req admission.Request) admission.Response {
 	start := time.Now()
-	defer func() { duration.WithLabelValues(webhookCheck).Observe(time.Since(start).Seconds()) }()
+	defer func() {
+		duration.WithLabelValues(webhookCheck, policyOf(h.Policy)).Observe(time.Since(start).Seconds())
+	}()
 
 	if h.Policy == nil {
 		return deny(errNoPolicy)
@@ -52,9 +54,9 @@ func (h *Checker) Handle(ctx context.Context, req admission.Request) admission.R
 		}
 	}
 	if err != nil {
-		decisions.WithLabelValues(webhookCheck, decisionOf(err)).Inc()
+		decisions.WithLabelValues(webhookCheck, decisionOf(err), policyOf(h.Policy)).Inc()
 		return deny(err)
 	}
-	decisions.WithLabelValues(webhookCheck, DecisionAllowed).Inc()
+	decisions.WithLabelValues(webhookCheck, DecisionAllowed, policyOf(h.Policy)).Inc()
 	return admission.Allowed("")
 }

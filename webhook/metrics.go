@@ -2,6 +2,8 @@ package webhook
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/rrguard/rrguard/policy"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 )
 
@@ -14,6 +16,14 @@ const (
 	DecisionAllowed   = "allowed" // the validating webhook's pass
 )
 
+// policyOf is the policy label of a request to a handler with policy p (none: misconfigured).
+func policyOf(p *policy.Compiled) string {
+	if p == nil {
+		return ""
+	}
+	return p.Policy
+}
+
 // Webhook labels.
 const (
 	webhookName  = "name"
@@ -25,18 +35,18 @@ const (
 var (
 	decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rrguard_admission_decisions_total",
-		Help: "Admission decisions on RemediationRequest creates, by webhook and decision.",
-	}, []string{"webhook", "decision"})
+		Help: "Admission decisions on the creates a policy judges, by webhook, decision and policy.",
+	}, []string{"webhook", "decision", "policy"})
 
 	duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "rrguard_admission_duration_seconds",
-		Help:    "Time to answer one admission request, by webhook.",
+		Help:    "Time to answer one admission request, by webhook and policy.",
 		Buckets: prometheus.ExponentialBucketsRange(0.0005, 10, 16),
-	}, []string{"webhook"})
+	}, []string{"webhook", "policy"})
 
 	readDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "rrguard_api_read_duration_seconds",
-		Help:    "Time of the API read that lists a fingerprint's RemediationRequests.",
+		Help:    "Time of the consistent read that lists a key's objects.",
 		Buckets: prometheus.ExponentialBucketsRange(0.0005, 10, 16),
 	})
 )

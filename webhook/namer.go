@@ -78,9 +78,9 @@ func (h *Namer) Handle(ctx context.Context, req admission.Request) admission.Res
 	start := time.Now()
 	resp, decision := h.handle(ctx, req)
 	if decision != "" {
-		decisions.WithLabelValues(webhookName, decision).Inc()
+		decisions.WithLabelValues(webhookName, decision, policyOf(h.Policy)).Inc()
 	}
-	duration.WithLabelValues(webhookName).Observe(time.Since(start).Seconds())
+	duration.WithLabelValues(webhookName, policyOf(h.Policy)).Observe(time.Since(start).Seconds())
 	return resp
 }
 

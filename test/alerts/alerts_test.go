@@ -52,8 +52,8 @@ func groups(t *testing.T) *rulefmt.RuleGroups {
 }
 
 // fires evaluates an alerting rule every minute over the series loaded (promqltest's "load"
-// syntax, from time 0) for the given span, and reports whether it is firing at the end.
-func fires(t *testing.T, r rulefmt.Rule, load string, span time.Duration) bool {
+// syntax, from time 0) for the given span, and returns the labels of each alert firing at the end.
+func fires(t *testing.T, r rulefmt.Rule, load string, span time.Duration) []labels.Labels {
 	t.Helper()
 	storage := promqltest.LoadedStorage(t, load)
 	engine := promqltest.NewTestEngine(t, false, 0, promqltest.DefaultMaxSamplesPerQuery)
@@ -69,22 +69,32 @@ func fires(t *testing.T, r rulefmt.Rule, load string, span time.Duration) bool {
 			t.Fatalf("%s at %s: %v", r.Alert, ts, err)
 		}
 	}
+	var firing []labels.Labels
 	for _, a := range ar.ActiveAlerts() {
 		if a.State == rules.StateFiring {
-			return true
+			firing = append(firing, a.Labels)
 		}
 	}
-	return false
+	return firing
 }
 
-// cases: for each alert, series it must fire on and series it must ignore, over 30 minutes.
-var cases = map[string]struct{ fire, quiet string }{
+// cases: for each alert, series it must fire on and series it must ignore, over 30 minutes; names
+// is the label an alert about one policy (or one webhook) carries, and the value it must have.
+var cases = map[string]struct {
+	fire, quiet string
+	names       [2]string
+}{
 	"RRGuardAdmissionLatencyHigh": {
 		// Every decision between 1 and 2.5 s.
 		fire: `load 1m
-			rrguard_admission_duration_seconds_bucket{webhook="name",le="1"} 0+0x30
-			rrguard_admission_duration_seconds_bucket{webhook="name",le="2.5"} 0+60x30
-			rrguard_admission_duration_seconds_bucket{webhook="name",le="+Inf"} 0+60x30`,
+			rrguard_admission_duration_seconds_bucket{webhook="name",policy="tekton",le="1"} 0+0x30
+			rrguard_admission_duration_seconds_bucket{webhook="name",policy="tekton",le="2.5"} 0+60x30
+			rrguard_admission_duration_seconds_bucket{webhook="name",policy="tekton",le="+Inf"} 0+60x30
+			rrguard_admission_duration_seconds_bucket{webhook="name",policy="remediationrequests",le="0.005"} 0+6000x30
+			rrguard_admission_duration_seconds_bucket{webhook="name",policy="remediationrequests",le="1"} 0+6000x30
+			rrguard_admission_duration_seconds_bucket{webhook="name",policy="remediationrequests",le="2.5"} 0+6000x30
+			rrguard_admission_duration_seconds_bucket{webhook="name",policy="remediationrequests",le="+Inf"} 0+6000x30`,
+		names: [2]string{"policy", "tekton"},
 		quiet: `load 1m
 			rrguard_admission_duration_seconds_bucket{webhook="name",le="0.005"} 0+60x30
 			rrguard_admission_duration_seconds_bucket{webhook="name",le="1"} 0+60x30
@@ -92,9 +102,12 @@ var cases = map[string]struct{ fire, quiet string }{
 			rrguard_admission_duration_seconds_bucket{webhook="name",le="+Inf"} 0+60x30`,
 	},
 	"RRGuardAdmissionErrors": {
+		// One policy's errors, drowned in another's successes across all creates: still its alert.
 		fire: `load 1m
-			rrguard_admission_decisions_total{webhook="name",decision="error"} 0+10x30
-			rrguard_admission_decisions_total{webhook="name",decision="created"} 0+100x30`,
+			rrguard_admission_decisions_total{webhook="name",decision="error",policy="tekton"} 0+10x30
+			rrguard_admission_decisions_total{webhook="name",decision="created",policy="tekton"} 0+100x30
+			rrguard_admission_decisions_total{webhook="name",decision="created",policy="remediationrequests"} 0+100000x30`,
+		names: [2]string{"policy", "tekton"},
 		// Errors of the other webhook are not the naming webhook's error ratio.
 		quiet: `load 1m
 			rrguard_admission_decisions_total{webhook="check",decision="error"} 0+50x30
@@ -111,21 +124,25 @@ var cases = map[string]struct{ fire, quiet string }{
 	},
 	"RRGuardDeletionsHeld": {
 		fire: `load 1m
-			rrguard_deletion_held_oldest_seconds{instance="a"} 400x30`,
+			rrguard_deletion_held_oldest_seconds{instance="a",policy="remediationrequests"} 400x30
+			rrguard_deletion_held_oldest_seconds{instance="a",policy="tekton"} 20x30`,
+		names: [2]string{"policy", "remediationrequests"},
 		quiet: `load 1m
 			rrguard_deletion_held_oldest_seconds{instance="a"} 20x30`,
 	},
 	"RRGuardReleaseBacklog": {
 		fire: `load 1m
-			rrguard_release_backlog{instance="a"} 0x5 3x30
-			rrguard_release_backlog{instance="b"} 0x35`,
+			rrguard_release_backlog{instance="a",policy="tekton"} 0x5 3x30
+			rrguard_release_backlog{instance="b",policy="tekton"} 0x35`,
+		names: [2]string{"policy", "tekton"},
 		// An upgrade's backlog going down round by round clears well within the 15 minutes.
 		quiet: `load 1m
 			rrguard_release_backlog{instance="a"} 900 600 300 0x30`,
 	},
 	"RRGuardUnreachableFromAPIServer": {
 		fire: `load 1m
-			apiserver_admission_webhook_rejection_count{name="name.rrguard.kubernaut.ai",type="admit",operation="CREATE",error_type="calling_webhook_error",rejection_code="0"} 0+3x30`,
+			apiserver_admission_webhook_rejection_count{name="tekton.policies.rrguard.kubernaut.ai",type="admit",operation="CREATE",error_type="calling_webhook_error",rejection_code="0"} 0+3x30`,
+		names: [2]string{"name", "tekton.policies.rrguard.kubernaut.ai"},
 		// rrguard's own 409s are rejections without an error; another webhook's failures are not rrguard's.
 		quiet: `load 1m
 			apiserver_admission_webhook_rejection_count{name="name.rrguard.kubernaut.ai",type="admit",operation="CREATE",error_type="no_error",rejection_code="409"} 0+100x30
@@ -136,6 +153,7 @@ var cases = map[string]struct{ fire, quiet string }{
 			apiserver_admission_webhook_admission_duration_seconds_bucket{name="name.rrguard.kubernaut.ai",le="2.5"} 0+0x30
 			apiserver_admission_webhook_admission_duration_seconds_bucket{name="name.rrguard.kubernaut.ai",le="10"} 0+60x30
 			apiserver_admission_webhook_admission_duration_seconds_bucket{name="name.rrguard.kubernaut.ai",le="+Inf"} 0+60x30`,
+		names: [2]string{"name", "name.rrguard.kubernaut.ai"},
 		quiet: `load 1m
 			apiserver_admission_webhook_admission_duration_seconds_bucket{name="name.rrguard.kubernaut.ai",le="0.025"} 0+60x30
 			apiserver_admission_webhook_admission_duration_seconds_bucket{name="name.rrguard.kubernaut.ai",le="2.5"} 0+60x30
@@ -157,11 +175,15 @@ func TestEveryAlertFiresOnlyWhenItShould(t *testing.T) {
 				continue
 			}
 			t.Run(r.Alert, func(t *testing.T) {
-				if !fires(t, r, c.fire, 30*time.Minute) {
+				firing := fires(t, r, c.fire, 30*time.Minute)
+				if len(firing) == 0 {
 					t.Errorf("did not fire on the series it is for")
 				}
-				if fires(t, r, c.quiet, 30*time.Minute) {
-					t.Errorf("fired on the series it must ignore")
+				if c.names[0] != "" && (len(firing) != 1 || firing[0].Get(c.names[0]) != c.names[1]) {
+					t.Errorf("fired as %v; want one alert with %s=%q (the policy or webhook it is about)", firing, c.names[0], c.names[1])
+				}
+				if quiet := fires(t, r, c.quiet, 30*time.Minute); len(quiet) > 0 {
+					t.Errorf("fired on the series it must ignore: %v", quiet)
 				}
 			})
 		}

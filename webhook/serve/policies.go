@@ -82,6 +82,8 @@ type policySet struct {
 // Start implements manager.Runnable: the static policies run until ctx is done, and so does
 // every policy started later.
 func (ps *policySet) Start(ctx context.Context) error {
+	policyStates.add(ps)
+	defer policyStates.remove(ps)
 	ps.mu.Lock()
 	ps.ctx = ctx
 	for _, lp := range ps.live {

@@ -105,6 +105,12 @@ func TestTektonOnlyCluster(t *testing.T) {
 	if st.ConsistentRead != rrguardv1.ReadLabelSelector {
 		t.Errorf("consistent read %q, want LabelSelector", st.ConsistentRead)
 	}
+	if m, err := testenv.Metric("rrguard_policy_enforced", map[string]string{"policy": p.Name}); err != nil || m.GetGauge().GetValue() != 1 {
+		t.Errorf("rrguard_policy_enforced{policy=%q} is not 1 once the status says Enforced: %v", p.Name, err)
+	}
+	if _, err := testenv.Metric("rrguard_policy_enforced", map[string]string{"policy": serve.RRPolicy}); err == nil {
+		t.Error("the RR policy is reported with no built-in policy enabled")
+	}
 	// Its webhooks call rrguard as rrguard's own options say, with nothing of the RR's to copy.
 	var mut admissionregistrationv1.MutatingWebhookConfiguration
 	if err := env.Client.Get(ctx, client.ObjectKey{Name: serve.PoliciesWebhookConfiguration}, &mut); err != nil {

@@ -140,6 +140,10 @@ func serving(t *testing.T) {
 	if err != nil || read.GetGauge().GetValue() != 1 {
 		t.Fatalf("the RR policy's consistent read is not %s with the CRD declaring the field selectable: %v (%v)", want, !scanning, err)
 	}
+	// The built-in policy has no object to carry a status: its metrics say it is enforced.
+	if enforced, err := testenv.Metric("rrguard_policy_enforced", map[string]string{"policy": serve.RRPolicy}); err != nil || enforced.GetGauge().GetValue() != 1 {
+		t.Fatalf("rrguard_policy_enforced{policy=%q} is not 1 on a serving replica: %v", serve.RRPolicy, err)
+	}
 }
 
 // replaced stops the suite's replica for a test that runs one of its own.

@@ -3,6 +3,7 @@ package testenv
 import (
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -15,6 +16,27 @@ type Requests struct {
 	All, Writes, Reads atomic.Int64
 	mu                 sync.Mutex
 	paths              []string // the last reads, for a failing test to show
+	writes             []string // the writes, "METHOD path", up to maxWritesKept
+}
+
+// maxWritesKept bounds the writes a Requests keeps for WritesTo: a benchmark's millions of writes
+// are counted, not kept.
+const maxWritesKept = 10000
+
+// WritesTo are the writes ("METHOD path") whose path holds any of the resources named.
+func (n *Requests) WritesTo(resources ...string) []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []string
+	for _, w := range n.writes {
+		for _, r := range resources {
+			if strings.Contains(w, "/"+r) {
+				out = append(out, w)
+				break
+			}
+		}
+	}
+	return out
 }
 
 // Paths are the last 20 reads counted.
@@ -33,6 +55,11 @@ func Counting(cfg *rest.Config, n *Requests) *rest.Config {
 			switch {
 			case r.Method != http.MethodGet && r.Method != http.MethodHead:
 				n.Writes.Add(1)
+				n.mu.Lock()
+				if len(n.writes) < maxWritesKept {
+					n.writes = append(n.writes, r.Method+" "+r.URL.Path)
+				}
+				n.mu.Unlock()
 			case r.URL.Query().Get("watch") != "true" && r.URL.Path != "/api" && r.URL.Path != "/apis":
 				n.Reads.Add(1)
 				n.mu.Lock()

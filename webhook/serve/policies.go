@@ -478,7 +478,8 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 		c := lp.compiled
 		rules := []admissionregistrationv1.RuleWithOperations{{
 			Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
-			Rule:       admissionregistrationv1.Rule{APIGroups: []string{c.GroupResource.Group}, APIVersions: c.Versions, Resources: []string{c.GroupResource.Resource}},
+			Rule: admissionregistrationv1.Rule{APIGroups: []string{c.GroupResource.Group}, APIVersions: c.Versions, Resources: []string{c.GroupResource.Resource},
+				Scope: ptr.To(admissionregistrationv1.AllScopes)},
 		}}
 		cc := func(kind string) admissionregistrationv1.WebhookClientConfig {
 			c := *base.DeepCopy()
@@ -503,15 +504,19 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 			sel = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
 				Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpIn, Values: c.Namespaces}}}
 		}
+		// Every field the API server would default is written as it stores it, so that what is
+		// stored equals what is wanted and an unchanged set of policies writes nothing.
 		mut = append(mut, admissionregistrationv1.MutatingWebhook{
-			Name: name, ClientConfig: cc("mutate"), Rules: rules, NamespaceSelector: sel,
+			Name: name, ClientConfig: cc("mutate"), Rules: rules, NamespaceSelector: sel, ObjectSelector: &metav1.LabelSelector{},
 			SideEffects: ptr.To(admissionregistrationv1.SideEffectClassNone), AdmissionReviewVersions: []string{"v1"},
 			FailurePolicy: ptr.To(admissionregistrationv1.Fail), TimeoutSeconds: ptr.To(policyWebhookTimeout),
+			MatchPolicy: ptr.To(admissionregistrationv1.Equivalent), ReinvocationPolicy: ptr.To(admissionregistrationv1.NeverReinvocationPolicy),
 		})
 		val = append(val, admissionregistrationv1.ValidatingWebhook{
-			Name: name, ClientConfig: cc("validate"), Rules: rules, NamespaceSelector: sel,
+			Name: name, ClientConfig: cc("validate"), Rules: rules, NamespaceSelector: sel, ObjectSelector: &metav1.LabelSelector{},
 			SideEffects: ptr.To(admissionregistrationv1.SideEffectClassNone), AdmissionReviewVersions: []string{"v1"},
 			FailurePolicy: ptr.To(admissionregistrationv1.Fail), TimeoutSeconds: ptr.To(policyWebhookTimeout),
+			MatchPolicy: ptr.To(admissionregistrationv1.Equivalent),
 		})
 	}
 	meta := metav1.ObjectMeta{Name: policiesName, Labels: map[string]string{"app.kubernetes.io/managed-by": "rrguard"}}
@@ -574,6 +579,8 @@ func (o Options) policyWebhookClient() (admissionregistrationv1.WebhookClientCon
 		if _, err := url.Parse(*c.URL); err != nil {
 			return c, fmt.Errorf("the policies' webhook URL: %w", err)
 		}
+	case c.Service.Port == nil:
+		c.Service.Port = ptr.To[int32](443) // the API server's default, written so it compares equal
 	}
 	if o.PolicyWebhookCAFile != "" {
 		if ca, err := os.ReadFile(o.PolicyWebhookCAFile); err == nil && len(ca) > 0 {

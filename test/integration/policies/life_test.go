@@ -24,6 +24,7 @@ import (
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
 	"github.com/rrguard/rrguard/policy"
 	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/test/testenv"
 	"github.com/rrguard/rrguard/webhook/serve"
 )
 
@@ -209,6 +210,83 @@ func TestPolicyLife(t *testing.T) {
 		t.Fatalf("the deleted policy's webhook is still configured: %+v", mut.Webhooks)
 	}
 	t.Logf("left alone %s after the delete", time.Since(deleted).Round(time.Millisecond))
+}
+
+// idleWindow is how long the idle test watches for writes; settleWithin bounds how long replicas
+// may take to agree once every policy is enforced.
+const (
+	idleWindow   = time.Minute
+	settleWithin = time.Minute
+	settledAfter = 5 * time.Second
+)
+
+// Three replicas enforcing three policies from the cluster, once their statuses and the webhook
+// configurations agree, write nothing while nothing changes: not the policies' status (the
+// replicas do not overwrite each other's), not the webhook configurations (rrguard writes them as
+// the API server stores them, defaults included), not a mark or a finalizer. Counted at each
+// replica's client for a minute.
+func TestIdlePoliciesWriteNothing(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "idle", 4*time.Minute)
+	counts := make([]*testenv.Requests, 3)
+	for i := range counts {
+		counts[i] = &testenv.Requests{}
+		adjust := []func(*serve.Options){func(o *serve.Options) { o.Policies = nil }}
+		if i > 0 {
+			adjust = append(adjust, testenv.Aside)
+		}
+		_, stop, err := env.ServeReplica(ctx, testenv.Counting(env.Config, counts[i]), adjust...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = stop() })
+	}
+	for _, tg := range targets {
+		p := tg.policy(t)
+		p.Name = "idle-" + p.Name
+		p.Spec.Target.Namespaces = []string{ns}
+		if err := env.Client.Create(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = env.Client.Delete(context.Background(), p) })
+		waitCondition(ctx, t, p.Name, rrguardv1.ConditionEnforced, metav1.ConditionTrue, "Enforced", enforceWithin)
+	}
+	writes := func() (n int64) {
+		for _, c := range counts {
+			n += c.Writes.Load()
+		}
+		return n
+	}
+	// Settled: no write by any replica for settledAfter.
+	last, lastChange := writes(), time.Now()
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, settleWithin, true, func(context.Context) (bool, error) {
+		if w := writes(); w != last {
+			last, lastChange = w, time.Now()
+		}
+		return time.Since(lastChange) >= settledAfter, nil
+	}); err != nil {
+		t.Fatalf("the replicas kept writing for %v after every policy was enforced: %v", settleWithin, err)
+	}
+	before := writes()
+	var seen []string
+	for _, c := range counts {
+		seen = append(seen, c.WritesTo("mutatingwebhookconfigurations", "validatingwebhookconfigurations", "uniquenesspolicies")...)
+	}
+	time.Sleep(idleWindow) // a window to count in, not a wait for anything
+	if n := writes() - before; n != 0 {
+		var now []string
+		for _, c := range counts {
+			now = append(now, c.WritesTo("mutatingwebhookconfigurations", "validatingwebhookconfigurations", "uniquenesspolicies")...)
+		}
+		t.Fatalf("%d writes in an idle minute with 3 replicas and 3 policies; to webhook configurations and policies, before %d, now %d: %v",
+			n, len(seen), len(now), now[min(len(seen), len(now)):])
+	}
+	byKind := map[string]int{}
+	for _, w := range seen {
+		method, path, _ := strings.Cut(w, " ")
+		parts := strings.Split(path, "/")
+		byKind[method+" "+strings.Join(parts[max(0, len(parts)-2):], "/")]++
+	}
+	t.Logf("setting up 3 policies on 3 replicas took %d writes to webhook configurations and policies (%v); an idle minute, none", len(seen), byKind)
 }
 
 // A policy rrguard cannot enforce says why in its status, and is not enforced: a bad expression,

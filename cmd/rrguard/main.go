@@ -8,6 +8,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -228,7 +229,9 @@ func policiesOf(ctx context.Context, c client.Client, builtins, files []string) 
 // CA bundle verifies it for the host the API server calls.
 func check(args []string) int {
 	fs := flag.NewFlagSet("rrguard check", flag.ExitOnError)
-	ns := fs.String("namespace", "kubernaut-system", "namespace where RemediationRequests are created")
+	ns := fs.String("namespace", "kubernaut-system", "namespace where RemediationRequests (or the -f object) are created")
+	policyName := fs.String("policy", "", "with -f: the policy (built in, or the cluster's) whose target the object is; rrguard must name it by that policy's scheme")
+	objectFile := fs.String("f", "", "an object of the policy's target, carrying its key, to dry-run create instead of an RR (for a cluster without Kubernaut)")
 	certificate := fs.String("certificate", "rrguard-system/rrguard-serving-cert", `cert-manager Certificate (namespace/name) rrguard serves; "" skips the certificate check`)
 	timeout := fs.Duration("timeout", 15*time.Second, "how long to wait for the answer")
 	_ = fs.Parse(args)
@@ -239,12 +242,17 @@ func check(args []string) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	name, err := cluster.Check(ctx, c, *ns)
+	what, name := "RR", ""
+	if *objectFile != "" {
+		what, name, err = checkPolicy(ctx, c, *policyName, *objectFile, *ns)
+	} else {
+		name, err = cluster.Check(ctx, c, *ns)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		return 1
 	}
-	fmt.Printf("OK: rrguard answered through the API server; a new RR in %s would be named %s (dry run, nothing stored)\n", *ns, name)
+	fmt.Printf("OK: rrguard answered through the API server; a new %s in %s would be named %s (dry run, nothing stored)\n", what, *ns, name)
 	if cfg, err := ctrl.GetConfig(); err == nil {
 		api, err := serve.ProbeAPIServer(ctx, cfg)
 		switch {
@@ -324,6 +332,51 @@ func auditCmd(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// checkPolicy dry-run creates the object of file through the API server and checks that rrguard
+// named it by policy's scheme; it returns what was created (its resource) and the name given.
+func checkPolicy(ctx context.Context, c client.Client, policyName, file, namespace string) (string, string, error) {
+	if policyName == "" {
+		return "", "", errors.New("-f needs --policy, the policy whose target the object is")
+	}
+	ps, err := policiesOf(ctx, c, policy.BuiltinNames(), nil)
+	if err != nil {
+		return "", "", err
+	}
+	i := slices.IndexFunc(ps, func(p *rrguardv1.UniquenessPolicy) bool { return p.Name == policyName })
+	if i < 0 {
+		return "", "", fmt.Errorf("no policy %s, built in or in the cluster", policyName)
+	}
+	cp, err := policy.Compile(ps[i], "")
+	if err != nil {
+		return "", "", err
+	}
+	r, err := os.Open(file)
+	if err != nil {
+		return "", "", err
+	}
+	defer r.Close()
+	objs, err := policy.ReadObjects(r)
+	if err != nil || len(objs) != 1 {
+		return "", "", fmt.Errorf("%s: want one object (%d read): %v", file, len(objs), err)
+	}
+	u := objs[0]
+	if u.GetNamespace() == "" {
+		u.SetNamespace(namespace)
+	}
+	keyHex, _, err := cp.Key(ctx, u.Object)
+	if err != nil {
+		return "", "", fmt.Errorf("the object has no key under policy %s (%v): rrguard would leave it alone, so it checks nothing", policyName, err)
+	}
+	name, err := serve.Check(ctx, c, u, cp.NamePrefix())
+	if err != nil {
+		return "", "", err
+	}
+	if _, ok := cp.Occurrence(keyHex, name); !ok {
+		return "", "", fmt.Errorf("the API server stored the object as %s, not a name of its key under policy %s", name, policyName)
+	}
+	return cp.GroupResource.String(), name, nil
 }
 
 // apiServerLine says what the API server offers rrguard, and what each feature that is off costs.

@@ -130,6 +130,21 @@ func TestTektonOnlyCluster(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("PipelineRuns are not named by rrguard: %v", err)
 	}
+	// `rrguard check` on the policy's target, as an operator verifies an install: a dry-run create
+	// of a PipelineRun through the API server, named by rrguard.
+	run := newRun(ns)
+	b, err = run.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runFile := filepath.Join(t.TempDir(), "run.json")
+	if err := os.WriteFile(runFile, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := rrguardCmd(ctx, t, "check", "--policy", p.Name, "-f", runFile, "--namespace", ns, "--certificate", "")
+	if err != nil || !strings.Contains(string(out), "OK: rrguard answered through the API server; a new pipelineruns.tekton.dev in "+ns+" would be named "+name1) {
+		t.Fatalf("rrguard check: %v\n%s", err, out)
+	}
 	const n = 64
 	errs, names := make([]error, n), make([]string, n)
 	var wg sync.WaitGroup
@@ -160,10 +175,7 @@ func TestTektonOnlyCluster(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.CommandContext(ctx, "go", "run", "./cmd/rrguard", "release", "--builtin-policies=", "--marks-namespace", testenv.MarksNamespace)
-	cmd.Dir = env.Root
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+env.Kubeconfig(t))
-	out, err := cmd.CombinedOutput()
+	out, err = rrguardCmd(ctx, t, "release", "--builtin-policies=", "--marks-namespace", testenv.MarksNamespace)
 	if err != nil || !strings.Contains(string(out), "OK: released 1 pipelineruns.tekton.dev of policy "+p.Name) {
 		t.Fatalf("rrguard release: %v\n%s", err, out)
 	}
@@ -176,4 +188,14 @@ func TestTektonOnlyCluster(t *testing.T) {
 	if mark, err := store.Get(ctx, ns, rules.HashKey("shop/main")); err != nil || mark != 1 {
 		t.Fatalf("the mark of shop/main after release: %d, %v; want 1", mark, err)
 	}
+}
+
+// rrguardCmd runs the rrguard binary with args against the test's control plane, as an operator
+// would, and returns its output.
+func rrguardCmd(ctx context.Context, t *testing.T, args ...string) ([]byte, error) {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, "go", append([]string{"run", "./cmd/rrguard"}, args...)...)
+	cmd.Dir = env.Root
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+env.Kubeconfig(t))
+	return cmd.CombinedOutput()
 }

@@ -466,3 +466,48 @@ func TestDeployImage(t *testing.T) {
 		}
 	}
 }
+
+// config/without-kubernaut is config/default with nothing of the RR's: exactly the RR webhook, the
+// name-check policy and its binding, and the Role and RoleBinding in Kubernaut's namespace gone,
+// no object naming RemediationRequests, and rrguard told to enforce no built-in policy.
+func TestWithoutKubernautOverlay(t *testing.T) {
+	def := objects(t, render(t, "config/default"))
+	without := objects(t, render(t, "config/without-kubernaut"))
+	keyOf := func(u *unstructured.Unstructured) string {
+		return u.GetKind() + " " + u.GetNamespace() + "/" + u.GetName()
+	}
+	kept := map[string]bool{}
+	for _, u := range without {
+		kept[keyOf(u)] = true
+		b, err := u.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(strings.ToLower(string(b)), "remediationrequest") {
+			t.Errorf("config/without-kubernaut renders %s, which names RemediationRequests", keyOf(u))
+		}
+		if u.GetKind() == "Deployment" {
+			args, _, _ := unstructured.NestedSlice(u.Object, "spec", "template", "spec", "containers")
+			if s := fmt.Sprint(args); !strings.Contains(s, "--builtin-policies= ") {
+				t.Errorf("the Deployment does not disable the built-in policies: %s", s)
+			}
+		}
+	}
+	var dropped []string
+	for _, u := range def {
+		if !kept[keyOf(u)] {
+			dropped = append(dropped, keyOf(u))
+		}
+	}
+	slices.Sort(dropped)
+	want := []string{
+		"MutatingWebhookConfiguration /rrguard-mutating-webhook-configuration",
+		"Role kubernaut-system/rrguard-rr-role",
+		"RoleBinding kubernaut-system/rrguard-rr-rolebinding",
+		"ValidatingAdmissionPolicy rrguard-system/rrguard-name-check",
+		"ValidatingAdmissionPolicyBinding rrguard-system/rrguard-name-check",
+	}
+	if !slices.Equal(dropped, want) || len(without) != len(def)-len(want) {
+		t.Errorf("config/without-kubernaut drops %v (renders %d of %d), want exactly the RR's %v", dropped, len(without), len(def), want)
+	}
+}

@@ -155,6 +155,73 @@ func (l *objectList) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// decodeListStream reads a list of the target from r one item at a time, each projected along tree
+// as it is read: the list's bytes are never held whole, so the first list of a target of 100,000
+// objects of kilobytes each costs the memory of their projections, not of the response
+// (TestListStreamHoldsNoBody). An error leaves nothing usable.
+func decodeListStream(r io.Reader, tree *jsonproject.Tree) (*objectList, error) {
+	l := &objectList{tree: tree}
+	dec := json.NewDecoder(r)
+	if err := expectDelim(dec, '{'); err != nil {
+		return nil, err
+	}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		switch key, _ := tok.(string); key {
+		case "kind":
+			err = dec.Decode(&l.Kind)
+		case "apiVersion":
+			err = dec.Decode(&l.APIVersion)
+		case "metadata":
+			err = dec.Decode(&l.ListMeta)
+		case "items":
+			err = l.decodeItems(dec)
+		default:
+			var skip json.RawMessage
+			err = dec.Decode(&skip)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("rrfacts: decoding a list of the target: %w", err)
+		}
+	}
+	return l, expectDelim(dec, '}')
+}
+
+func (l *objectList) decodeItems(dec *json.Decoder) error {
+	if tok, err := dec.Token(); err != nil || tok == nil {
+		return err // null: no items
+	} else if d, ok := tok.(json.Delim); !ok || d != '[' {
+		return fmt.Errorf("items: want an array, got %v", tok)
+	}
+	var raw json.RawMessage
+	for dec.More() {
+		raw = raw[:0]
+		if err := dec.Decode(&raw); err != nil {
+			return err
+		}
+		o := object{tree: l.tree}
+		if err := o.UnmarshalJSON(raw); err != nil {
+			return err
+		}
+		l.Items = append(l.Items, o)
+	}
+	return expectDelim(dec, ']')
+}
+
+func expectDelim(dec *json.Decoder, want json.Delim) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if d, ok := tok.(json.Delim); !ok || d != want {
+		return fmt.Errorf("rrfacts: want %q in a list, got %v", want, tok)
+	}
+	return nil
+}
+
 func (l *objectList) DeepCopyObject() runtime.Object {
 	c := *l
 	c.Items = make([]object, len(l.Items))

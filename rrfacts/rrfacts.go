@@ -526,9 +526,7 @@ func (f *feed) listWatch() *cache.ListWatch {
 	return &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
 			f.noteCall()
-			out := &objectList{tree: f.ix.tree}
-			err := rc.Get().Namespace(f.namespace).Resource(f.ix.o.Policy.GroupResource.Resource).
-				VersionedParams(&opts, metav1.ParameterCodec).Do(ctx).Into(out)
+			out, err := f.list(ctx, opts)
 			f.noteErr(err)
 			return out, err
 		},
@@ -541,6 +539,18 @@ func (f *feed) listWatch() *cache.ListWatch {
 			return w, err
 		},
 	}
+}
+
+// list reads one list (or page) of the target, streamed (decodeListStream): an API server may
+// answer the first list of a reflector whole, whatever its limit (from its watch cache).
+func (f *feed) list(ctx context.Context, opts metav1.ListOptions) (*objectList, error) {
+	body, err := f.ix.rc.Get().Namespace(f.namespace).Resource(f.ix.o.Policy.GroupResource.Resource).
+		VersionedParams(&opts, metav1.ParameterCodec).Stream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer body.Close()
+	return decodeListStream(body, f.ix.tree)
 }
 
 // noteErr keeps the last error of a list or watch call (nil once one succeeds), for LastError.

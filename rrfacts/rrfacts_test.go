@@ -1,14 +1,17 @@
 package rrfacts
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
+	"reflect"
 	"runtime"
 	"strings"
 	"sync"
@@ -571,5 +574,64 @@ func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The first list of a target is read one item at a time: decoding 5,000 Kubernaut-shaped RRs (a
+// 2 KB payload each) allocates less than the response's size in all, projections included, so no
+// copy of the whole response is ever made (reading it whole, as the reflector's list did, costs
+// the body once more before the first item is decoded); and it decodes what the whole-body decode
+// does.
+func TestListStreamHoldsNoBody(t *testing.T) {
+	const n = 5000
+	items := make([]any, n)
+	for i := range items {
+		rr := kubernautRR("kubernaut-system", i, "Completed")
+		rr["spec"].(map[string]any)["originalPayload"] = strings.Repeat("p", 2048)
+		items[i] = rr
+	}
+	body, err := json.Marshal(map[string]any{"apiVersion": "kubernaut.ai/v1alpha1", "kind": "RemediationRequestList",
+		"metadata": map[string]any{"resourceVersion": "4242", "continue": "next"}, "items": items})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree := rrPolicy().Reads().Merge(metaReads)
+	allocatedBy := func(f func()) uint64 {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		f()
+		runtime.ReadMemStats(&after)
+		return after.TotalAlloc - before.TotalAlloc
+	}
+	var got *objectList
+	streamed := allocatedBy(func() { got, err = decodeListStream(bytes.NewReader(body), tree) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 0.9: the projections' own garbage is about 0.6 of an item's bytes; a whole copy alone is 1.
+	if limit := uint64(len(body)) * 9 / 10; streamed > limit {
+		t.Errorf("decoding a %d-byte list allocated %d bytes, over %d: a copy of the response was made", len(body), streamed, limit)
+	}
+	whole := &objectList{tree: tree}
+	wholeAlloc := allocatedBy(func() {
+		read, _ := io.ReadAll(bytes.NewReader(body))
+		err = whole.UnmarshalJSON(read)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("a %d-byte list of %d RRs: streamed, %d bytes allocated (%.0f per RR); read whole, %d", len(body), n, streamed, float64(streamed)/n, wholeAlloc)
+	if got.ResourceVersion != "4242" || got.Continue != "next" || got.Kind != "RemediationRequestList" || len(got.Items) != n {
+		t.Fatalf("list metadata %+v %+v, %d items", got.TypeMeta, got.ListMeta, len(got.Items))
+	}
+	for i := range got.Items {
+		if !reflect.DeepEqual(got.Items[i].Meta, whole.Items[i].Meta) || !reflect.DeepEqual(got.Items[i].fields, whole.Items[i].fields) {
+			t.Fatalf("item %d: streamed %+v, whole %+v", i, got.Items[i], whole.Items[i])
+		}
+	}
+	for _, bad := range []string{`[]`, `{"items": {}}`, `{"items": [1}`, `{"kind": "X"`} {
+		if _, err := decodeListStream(strings.NewReader(bad), tree); err == nil {
+			t.Errorf("%s: decoded without error", bad)
+		}
 	}
 }

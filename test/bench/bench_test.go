@@ -57,7 +57,7 @@ func TestBenchSmoke(t *testing.T) {
 			t.Errorf("%d rows of %s, want 1", kinds[k], k)
 		}
 	}
-	if len(b.memory) != 2 || b.memory[1].LiveHeapMB <= 0 || b.memory[1].RSSMB <= 0 {
+	if len(b.memory) != 2 || b.memory[1].LiveHeapMB <= 0 || b.memory[1].RSSMB <= 0 || b.memory[1].PeakRSSMB < b.memory[1].RSSMB {
 		t.Errorf("memory rows: %+v", b.memory)
 	}
 	if md := b.markdown(time.Minute); len(md) < 500 {

@@ -44,7 +44,7 @@ import (
 const benchLabel = "rrguard-bench"
 
 type config struct {
-	quick                       bool
+	quick, memoryOnly           bool
 	rounds, creators, signals   int
 	rowTime                     time.Duration
 	sizes, memSizes             []int
@@ -68,6 +68,7 @@ func main() {
 	flag.BoolVar(&c.profile, "profile", false, "write 8 s CPU profiles of kube-apiserver and rrguard, taken during the first rrguard throughput row, to bin/bench/*.pprof")
 	flag.StringVar(&c.out, "out", "bin/bench/results.json", "where to write every row as JSON")
 	flag.StringVar(&c.doc, "doc", "docs/benchmarks.md", "Markdown file whose results section is replaced (empty: none)")
+	flag.BoolVar(&c.memoryOnly, "memory-only", false, "only the memory rows: rrguard started with -memory RRs already there, time to ready, live heap, RSS and peak RSS")
 	policyOnly := flag.Bool("policy", false, "only the generic target's rows (make bench-policy): PipelineRuns under the Tekton sample policy against no webhook, and rrguard's heap per PipelineRun")
 	policyObjects := flag.Int("policy-objects", 100000, "PipelineRuns in rrguard's index for the memory row of -policy (0: none)")
 	flag.Parse()
@@ -120,6 +121,9 @@ type bench struct {
 	rrguardPprof   string
 	rrguardMetrics string
 }
+
+// chartGoMemLimit is the chart's goMemLimit: rrguard runs here as deployed.
+const chartGoMemLimit = "200MiB"
 
 func run(cfg config) error {
 	began := time.Now()
@@ -203,7 +207,7 @@ func runBench(cfg config) (*bench, error) {
 			return nil, err
 		}
 		b.rrguardMetrics = metrics
-		return start(ctx, "rrguard", rrguardBin, []string{"KUBECONFIG=" + kubeconfig, "POD_NAMESPACE=" + testenv.MarksNamespace},
+		return start(ctx, "rrguard", rrguardBin, []string{"KUBECONFIG=" + kubeconfig, "POD_NAMESPACE=" + testenv.MarksNamespace, "GOMEMLIMIT=" + chartGoMemLimit},
 			httpReady("http://"+probe+"/readyz"), pprof,
 			"--webhook-host=127.0.0.1", "--webhook-port="+strconv.Itoa(w.LocalServingPort), "--cert-dir="+w.LocalServingCertDir,
 			"--metrics-bind-address="+metrics, "--metrics-secure=false", "--health-probe-bind-address="+probe, "--pprof-bind-address="+pprof,
@@ -227,12 +231,17 @@ func runBench(cfg config) (*bench, error) {
 	}
 
 	for _, size := range cfg.sizes {
+		if cfg.memoryOnly {
+			break
+		}
 		if err := b.throughput(ctx, size); err != nil {
 			return nil, err
 		}
 	}
-	if err := b.latencyAndStorm(ctx); err != nil {
-		return nil, err
+	if !cfg.memoryOnly {
+		if err := b.latencyAndStorm(ctx); err != nil {
+			return nil, err
+		}
 	}
 	if err := b.memoryRows(ctx); err != nil {
 		return nil, err

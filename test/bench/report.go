@@ -171,13 +171,13 @@ func (b *bench) markdown(elapsed time.Duration) string {
 	}
 
 	w.WriteString("\n### rrguard's memory (one replica, RRs of Kubernaut's size in the namespace it watches)\n\n")
-	w.WriteString("| RRs | ready after start (s) | live heap after GC (MB) | per RR over the empty heap (bytes) | RSS (MB) |\n|---:|---:|---:|---:|---:|\n")
+	w.WriteString("| RRs | ready after start (s) | live heap after GC (MB) | per RR over the empty heap (bytes) | RSS (MB) | peak RSS since start (MB) |\n|---:|---:|---:|---:|---:|---:|\n")
 	for _, m := range b.memory {
 		per := "-"
 		if m.RRs > 0 && len(b.memory) > 0 {
 			per = fmt.Sprintf("%.0f", (m.LiveHeapMB-b.memory[0].LiveHeapMB)*(1<<20)/float64(m.RRs))
 		}
-		fmt.Fprintf(&w, "| %d | %.1f | %.1f | %s | %.1f |\n", m.RRs, m.StartSeconds, m.LiveHeapMB, per, m.RSSMB)
+		fmt.Fprintf(&w, "| %d | %.1f | %.1f | %s | %.1f | %.1f |\n", m.RRs, m.StartSeconds, m.LiveHeapMB, per, m.RSSMB, m.PeakRSSMB)
 	}
 	w.WriteString("\n" + b.targets())
 	return w.String()

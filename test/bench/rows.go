@@ -233,6 +233,8 @@ type memRow struct {
 	StartSeconds float64 `json:"startupSeconds"`
 	LiveHeapMB   float64 `json:"liveHeapMB"`
 	RSSMB        float64 `json:"rssMB"`
+	// PeakRSSMB is the largest RSS since the process started: the start-up's first list included.
+	PeakRSSMB float64 `json:"peakRssMB"`
 }
 
 // memoryRows fills one namespace with RRs of Kubernaut's size step by step and, at each step,
@@ -262,11 +264,12 @@ func (b *bench) memoryRows(ctx context.Context) error {
 		live, err := s.liveHeapMB()
 		r.LiveHeapMB = live
 		r.RSSMB = float64(testenv.RSSBytes(s.pid())) / (1 << 20)
+		r.PeakRSSMB = float64(testenv.PeakRSSBytes(s.pid())) / (1 << 20)
 		s.stop()
 		if err != nil {
 			return err
 		}
-		fmt.Printf("memory: %d RRs: ready in %.1fs, live heap %.1f MB, RSS %.1f MB\n", n, r.StartSeconds, r.LiveHeapMB, r.RSSMB)
+		fmt.Printf("memory: %d RRs: ready in %.1fs, live heap %.1f MB, RSS %.1f MB, peak RSS %.1f MB\n", n, r.StartSeconds, r.LiveHeapMB, r.RSSMB, r.PeakRSSMB)
 		b.memory = append(b.memory, r)
 	}
 	return nil

@@ -47,13 +47,19 @@ func CPUSeconds(pid int) (float64, error) {
 }
 
 // RSSBytes is a process's resident set, from /proc; 0 when it cannot be read.
-func RSSBytes(pid int) int64 {
+func RSSBytes(pid int) int64 { return procStatusBytes(pid, "VmRSS:") }
+
+// PeakRSSBytes is the largest resident set a process has had (the kernel's high-water mark,
+// VmHWM): what a memory limit must hold, start-up included.
+func PeakRSSBytes(pid int) int64 { return procStatusBytes(pid, "VmHWM:") }
+
+func procStatusBytes(pid int, field string) int64 {
 	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field); ok {
 			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 			return kb * 1024
 		}

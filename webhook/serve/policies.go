@@ -300,11 +300,19 @@ type policyController struct {
 	set *policySet
 }
 
+// static reports whether name is a policy enforced from the start (built in, or from a file),
+// which no UniquenessPolicy of the cluster may replace or stop.
+func (pc *policyController) static(name string) bool { return slices.Contains(pc.set.r.static, name) }
+
 func (pc *policyController) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	var p rrguardv1.UniquenessPolicy
 	err := pc.Get(ctx, req.NamespacedName, &p)
 	if apierrors.IsNotFound(err) {
-		pc.set.stop(req.Name)
+		// A policy enforced from the start has no object; one of the cluster's of its name is
+		// refused (conflict), so its deletion stops nothing.
+		if !pc.static(req.Name) {
+			pc.set.stop(req.Name)
+		}
 		return reconcile.Result{}, pc.syncWebhooks(ctx)
 	}
 	if err != nil {
@@ -321,7 +329,9 @@ func (pc *policyController) Reconcile(ctx context.Context, req reconcile.Request
 	}
 	switch {
 	case enforceErr != nil:
-		pc.set.stop(p.Name)
+		if !pc.static(p.Name) {
+			pc.set.stop(p.Name)
+		}
 		lp = nil
 	case lp == nil || lp.generation != p.Generation:
 		if lp, enforceErr = pc.set.enforce(ctx, &p); enforceErr != nil {
@@ -355,6 +365,10 @@ func (pc *policyController) Reconcile(ctx context.Context, req reconcile.Request
 // first by name) is enforced.
 func (pc *policyController) conflict(ctx context.Context, p *rrguardv1.UniquenessPolicy) (*policy.Error, error) {
 	t := p.Spec.Target
+	if pc.static(p.Name) {
+		return &policy.Error{Reason: ReasonConflictingPolicy, Errs: field.ErrorList{field.Forbidden(field.NewPath("metadata", "name"),
+			fmt.Sprintf("%s is the name of a policy rrguard enforces from its start (built in, or from a file): name this one otherwise", p.Name))}}, nil
+	}
 	for _, name := range pc.set.r.static {
 		if lp := pc.set.get(name); lp != nil && lp.compiled.GroupResource.Group == t.Group && lp.compiled.GroupResource.Resource == t.Resource {
 			return &policy.Error{Reason: ReasonConflictingPolicy, Errs: field.ErrorList{field.Forbidden(field.NewPath("spec", "target"),
@@ -465,9 +479,10 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 	for i := range list.Items {
 		p := &list.Items[i]
 		// What is enforced now, of whichever generation: a change being made keeps its earlier
-		// generation's webhook until the new one takes over.
+		// generation's webhook until the new one takes over. A cluster policy named as one
+		// enforced from the start is refused: the live one of that name is not its.
 		lp := pc.set.get(p.Name)
-		if lp == nil {
+		if lp == nil || pc.static(p.Name) {
 			continue
 		}
 		// A policy whose target cannot be watched (no RBAC, say) is not enforced: its target's

@@ -106,28 +106,29 @@ type Options struct {
 const RRPolicy = "remediationrequests"
 
 // staticPolicies are the policies a replica enforces from its start: the built-in ones enabled, then
-// those given by file.
-func (o Options) staticPolicies(ps *policySet) ([]*rrguardv1.UniquenessPolicy, error) {
-	var out []*rrguardv1.UniquenessPolicy
+// those given by file; namespacesFrom names, per policy whose namespaces a flag set, that flag.
+func (o Options) staticPolicies() (ps []*rrguardv1.UniquenessPolicy, namespacesFrom map[string]string, err error) {
+	namespacesFrom = map[string]string{}
 	for _, name := range o.BuiltinPolicies {
 		p, err := policy.Builtin(name)
 		if err != nil {
-			return nil, fmt.Errorf("serve: %w", err)
+			return nil, nil, fmt.Errorf("serve: %w", err)
 		}
 		if name == RRPolicy && len(o.RRNamespaces) > 0 {
 			p.Spec.Target.Namespaces = o.RRNamespaces
-			ps.namespacesFrom[name] = "rrguard's --rr-namespaces flag"
+			namespacesFrom[name] = "rrguard's --rr-namespaces flag"
 		}
-		out = append(out, p)
+		ps = append(ps, p)
 	}
+	ps = append(ps, o.Policies...)
 	seen := map[string]bool{}
-	for _, p := range append(out, o.Policies...) {
+	for _, p := range ps {
 		if seen[p.Name] {
-			return nil, fmt.Errorf("serve: policy %s is given twice (built in, or in two files)", p.Name)
+			return nil, nil, fmt.Errorf("serve: policy %s is given twice (built in, or in two files)", p.Name)
 		}
 		seen[p.Name] = true
 	}
-	return append(out, o.Policies...), nil
+	return ps, namespacesFrom, nil
 }
 
 // Scheme knows the built-in types and rrguard's UniquenessPolicy; a policy's target needs no Go
@@ -252,12 +253,12 @@ func New(cfg *rest.Config, o Options) (_ *Replica, err error) {
 
 	// Every policy is enforced by the policy set, the same way: the built-in ones enabled, those
 	// given by file, and the cluster's UniquenessPolicies.
-	ps := &policySet{r: r, cfg: cfg, o: o, store: store, maxLag: maxLag, indexDecides: indexDecides,
-		live: map[string]*livePolicy{}, namespacesFrom: map[string]string{}}
-	static, err := o.staticPolicies(ps)
+	static, namespacesFrom, err := o.staticPolicies()
 	if err != nil {
 		return nil, err
 	}
+	ps := &policySet{r: r, cfg: cfg, o: o, store: store, maxLag: maxLag, indexDecides: indexDecides,
+		live: map[string]*livePolicy{}, namespacesFrom: namespacesFrom}
 	for _, p := range static {
 		if _, err := ps.enforce(context.Background(), p); err != nil {
 			return nil, fmt.Errorf("serve: policy %s: %w", p.Name, err)

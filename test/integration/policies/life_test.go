@@ -326,6 +326,10 @@ func TestPoliciesRefused(t *testing.T) {
 			s.Target = rrguardv1.Target{Group: "kubernaut.ai", Versions: []string{"v1alpha1"}, Resource: "remediationrequests"}
 			s.Key = rrguardv1.Key{Expression: "object.spec.signalFingerprint", Encoding: rrguardv1.KeyHex, NamePrefix: "x-"}
 		}},
+		// The built-in policy's name: refused, and neither it nor its deletion touches the built-in.
+		{serve.RRPolicy, serve.ReasonConflictingPolicy, func(s *rrguardv1.UniquenessPolicySpec) {
+			s.Target = rrguardv1.Target{Group: "argoproj.io", Versions: []string{"v1alpha1"}, Resource: "workflows"}
+		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			p := lifePolicy(t, c.name, ns)
@@ -339,6 +343,11 @@ func TestPoliciesRefused(t *testing.T) {
 				t.Fatalf("no reason given: %+v", st.Conditions)
 			}
 		})
+	}
+	// The built-in RR policy still judges RRs, after a cluster policy of its name came and went.
+	rr := testenv.NewRR(ns, testenv.Fingerprint(ns))
+	if err := env.Client.Create(ctx, rr); err != nil || !strings.HasPrefix(rr.Name, "rr-") {
+		t.Fatalf("an RR after a cluster policy named %s was refused and deleted: %q, %v", serve.RRPolicy, rr.Name, err)
 	}
 	// The first policy is still the one enforced for PipelineRuns, untouched by the second.
 	u := targets[0].object(ns)

@@ -81,6 +81,15 @@ var (
 
 func init() { metrics.Registry.MustRegister(raises, released, held, heldOldest, collected, backlog) }
 
+// ForgetPolicy drops policy's series of the per-policy gauges: it is no longer enforced here, and
+// its last values would go on alerting. Not at the end of each generation's run: a changed policy's
+// new generation reports under the same name while the old one stops.
+func ForgetPolicy(policy string) {
+	held.DeleteLabelValues(policy)
+	heldOldest.DeleteLabelValues(policy)
+	backlog.DeleteLabelValues(policy)
+}
+
 // Facts is what the releaser and the seeder read of rrguard's RR index (package rrfacts).
 type Facts interface {
 	Synced() bool
@@ -263,8 +272,6 @@ func (r *Releaser) sweep(ctx context.Context) error {
 		batch = DefaultReleaseBatch
 	}
 	log := ctrl.Log.WithName("marks")
-	// A policy no longer enforced here has no backlog to report.
-	defer backlog.DeleteLabelValues(r.Name)
 	for {
 		wait := min(every, syncPoll)
 		if r.Index.Synced() {

@@ -64,11 +64,6 @@ func (s *Seeder) Start(ctx context.Context) error {
 	if every == 0 {
 		every = defaultSeedEvery
 	}
-	// A policy no longer enforced here has nothing held to report.
-	defer func() {
-		held.DeleteLabelValues(s.Index.PolicyName())
-		heldOldest.DeleteLabelValues(s.Index.PolicyName())
-	}()
 	for {
 		if err := s.pass(ctx); err != nil {
 			if ctx.Err() != nil {

@@ -158,12 +158,21 @@ func release(args []string) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
+	// The built-in policies and files first: a cluster whose policies cannot be listed still
+	// gets those released. Each policy's failure is reported, and the others still released.
 	ps, err := policiesOf(ctx, c, splitList(*builtins), splitList(*policyFiles))
+	failed := 0
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
-		return 1
+		failed++
 	}
 	for _, p := range ps {
+		// A policy rrguard refused (a second one for a target) named nothing: releasing with its
+		// prefix would drop finalizers without raising the marks of the names the enforced one gave.
+		if c := meta.FindStatusCondition(p.Status.Conditions, rrguardv1.ConditionEnforced); c != nil && c.Reason == serve.ReasonConflictingPolicy {
+			fmt.Printf("skipped policy %s: refused (%s), it named nothing\n", p.Name, c.Message)
+			continue
+		}
 		cp, err := policy.Compile(p, "")
 		if err != nil {
 			fmt.Printf("skipped policy %s: %v\n", p.Name, err)
@@ -182,9 +191,13 @@ func release(args []string) int {
 		n, err := marks.ReleaseAll(ctx, c, store, gvk, cp.NamePrefix(), nss...)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "FAIL after releasing %d %s of policy %s: %v\n", n, cp.GroupResource, p.Name, err)
-			return 1
+			failed++
+			continue
 		}
 		fmt.Printf("OK: released %d %s of policy %s from rrguard's finalizer\n", n, cp.GroupResource, p.Name)
+	}
+	if failed > 0 {
+		return 1
 	}
 	return 0
 }
@@ -215,7 +228,7 @@ func policiesOf(ctx context.Context, c client.Client, builtins, files []string) 
 	switch err := c.List(ctx, &list); {
 	case meta.IsNoMatchError(err):
 	case err != nil:
-		return nil, fmt.Errorf("listing UniquenessPolicies: %w", err)
+		return out, fmt.Errorf("listing UniquenessPolicies: %w", err)
 	}
 	for i := range list.Items {
 		out = append(out, &list.Items[i])

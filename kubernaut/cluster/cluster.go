@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -40,5 +41,12 @@ func Check(ctx context.Context, c client.Client, namespace string) (string, erro
 			FiringTime: now, ReceivedTime: now,
 		},
 	}
-	return serve.Check(ctx, c, rr, rules.RRNamePrefix)
+	name, err := serve.Check(ctx, c, rr, rules.RRNamePrefix)
+	if err != nil {
+		return "", err
+	}
+	if _, ok := rules.Occurrence(fp, name); !ok {
+		return "", fmt.Errorf("the API server stored the RR as %q, not a name of its fingerprint: is another mutation renaming RRs?", name)
+	}
+	return name, nil
 }

@@ -123,6 +123,11 @@ func probeFieldSelector(ctx context.Context, r client.Reader, gvk schema.GroupVe
 	return err == nil, err
 }
 
+// forgetRead drops a policy no longer enforced here from rrguard_policy_consistent_read.
+func forgetRead(policy string) {
+	consistentRead.DeletePartialMatch(prometheus.Labels{"policy": policy})
+}
+
 // reportRead exports and, when it costs, logs the consistent read policy c's decisions fall back to.
 func reportRead(c *policy.Compiled, read rrguardv1.ConsistentRead) {
 	for _, r := range []rrguardv1.ConsistentRead{rrguardv1.ReadFieldSelector, rrguardv1.ReadLabelSelector, rrguardv1.ReadNamespaceScan} {

@@ -112,6 +112,10 @@ const swapWait = time.Minute
 // swapPoll is how often a change looks whether its new generation is ready.
 const swapPoll = 50 * time.Millisecond
 
+// policyReconcilers is how many policies the controller reconciles at once (one key is never
+// reconciled twice at once): a change waiting for its new generation holds one.
+const policyReconcilers = 4
+
 // enforce compiles p and starts enforcing it. A new generation of a policy already enforced is
 // made before the old one is broken: the old one keeps judging creates until the new one's watch
 // has synced and its marks are seeded (or swapWait), then the webhooks switch to the new one and
@@ -154,6 +158,8 @@ func (ps *policySet) stop(name string) {
 	if lp != nil {
 		lp.end()
 	}
+	marks.ForgetPolicy(name)
+	forgetRead(name)
 }
 
 // ready: lp's watch has synced and its marks are seeded: it decides.
@@ -215,9 +221,9 @@ func (ps *policySet) build(p *rrguardv1.UniquenessPolicy) (*livePolicy, error) {
 		if len(c.Namespaces) > 0 {
 			probeNS = c.Namespaces[0]
 		}
-		if selectable, err = probeFieldSelector(context.Background(), mgr.GetAPIReader(), gvk, c.KeyField, probeNS); err != nil {
-			return nil, &targetError{fmt.Errorf("the target %s: %w", gr, err)}
-		}
+		// Any other error (no RBAC yet, a busy API server): scan, and let the watch, which
+		// retries, say what is wrong with the target.
+		selectable, _ = probeFieldSelector(context.Background(), mgr.GetAPIReader(), gvk, c.KeyField, probeNS)
 	}
 	store := ps.store
 	store.Scope = marks.ScopeOf(gr.Group, gr.Resource)
@@ -537,6 +543,11 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 	meta := metav1.ObjectMeta{Name: policiesName, Labels: map[string]string{"app.kubernetes.io/managed-by": "rrguard"}}
 	if err := upsert(ctx, pc.Client, &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: meta, Webhooks: mut},
 		func(cur, want *admissionregistrationv1.MutatingWebhookConfiguration) bool {
+			keepCABundles(want.Webhooks, cur.Webhooks,
+				func(w *admissionregistrationv1.MutatingWebhook) *admissionregistrationv1.WebhookClientConfig {
+					return &w.ClientConfig
+				},
+				func(w *admissionregistrationv1.MutatingWebhook) string { return w.Name })
 			same := reflect.DeepEqual(cur.Webhooks, want.Webhooks) || (len(cur.Webhooks) == 0 && len(want.Webhooks) == 0)
 			cur.Webhooks = want.Webhooks
 			return same
@@ -545,10 +556,37 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 	}
 	return upsert(ctx, pc.Client, &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: meta, Webhooks: val},
 		func(cur, want *admissionregistrationv1.ValidatingWebhookConfiguration) bool {
+			keepCABundles(want.Webhooks, cur.Webhooks,
+				func(w *admissionregistrationv1.ValidatingWebhook) *admissionregistrationv1.WebhookClientConfig {
+					return &w.ClientConfig
+				},
+				func(w *admissionregistrationv1.ValidatingWebhook) string { return w.Name })
 			same := reflect.DeepEqual(cur.Webhooks, want.Webhooks) || (len(cur.Webhooks) == 0 && len(want.Webhooks) == 0)
 			cur.Webhooks = want.Webhooks
 			return same
 		})
+}
+
+// keepCABundles gives each wanted webhook that has no CA bundle of rrguard's the one stored (its
+// own, else any of the configuration's: cert-manager's injector writes one bundle into all), so
+// that a write never removes the CA the API server needs. cc and name read a webhook's client
+// configuration and name.
+func keepCABundles[W any](want, cur []W, cc func(*W) *admissionregistrationv1.WebhookClientConfig, name func(*W) string) {
+	var anyBundle []byte
+	byName := map[string][]byte{}
+	for i := range cur {
+		if b := cc(&cur[i]).CABundle; len(b) > 0 {
+			anyBundle, byName[name(&cur[i])] = b, b
+		}
+	}
+	for i := range want {
+		if w := cc(&want[i]); len(w.CABundle) == 0 {
+			w.CABundle = anyBundle
+			if b, ok := byName[name(&want[i])]; ok {
+				w.CABundle = b
+			}
+		}
+	}
 }
 
 // upsert creates want, or makes the stored object take want's content (merge reports whether it
@@ -578,7 +616,8 @@ func setupPolicyController(mgr ctrl.Manager, set *policySet) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("uniqueness-policy").
 		For(&rrguardv1.UniquenessPolicy{}).
-		WithOptions(controller.Options{SkipNameValidation: ptr.To(true)}).
+		// A change waits for its new generation (enforce, up to swapWait): others go on meanwhile.
+		WithOptions(controller.Options{SkipNameValidation: ptr.To(true), MaxConcurrentReconciles: policyReconcilers}).
 		Complete(&policyController{Client: mgr.GetClient(), set: set})
 }
 
@@ -598,7 +637,15 @@ func (o Options) policyWebhookClient() (admissionregistrationv1.WebhookClientCon
 		c.Service.Port = ptr.To[int32](443) // the API server's default, written so it compares equal
 	}
 	if o.PolicyWebhookCAFile != "" {
-		if ca, err := os.ReadFile(o.PolicyWebhookCAFile); err == nil && len(ca) > 0 {
+		// No such file: the CA comes from cert-manager's injector alone (keepCABundles). There
+		// but unreadable or empty (a secret being rotated, say): write nothing now, rather than
+		// webhooks without the CA, which would fail every create of their targets.
+		ca, err := os.ReadFile(o.PolicyWebhookCAFile)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+		case err != nil || len(ca) == 0:
+			return c, fmt.Errorf("the CA bundle for the policies' webhooks, %s: %v (empty or unreadable)", o.PolicyWebhookCAFile, err)
+		default:
 			c.CABundle = ca
 		}
 	}

@@ -51,19 +51,29 @@ func (c *policyCollector) Collect(ch chan<- prometheus.Metric) {
 		enforced bool
 		objects  int
 	}
-	states := map[string]state{}
+	// The live policies are copied out first: an index's Len waits for a relist in progress,
+	// and the set's lock must not be held meanwhile (the webhooks of every policy take it).
+	type named struct {
+		name string
+		lp   *livePolicy
+	}
+	var live []named
 	c.mu.Lock()
 	for ps := range c.sets {
 		ps.mu.RLock()
 		for name, lp := range ps.live {
-			s := states[name]
-			s.enforced = s.enforced || lp.ready()
-			s.objects = max(s.objects, lp.index.Len())
-			states[name] = s
+			live = append(live, named{name, lp})
 		}
 		ps.mu.RUnlock()
 	}
 	c.mu.Unlock()
+	states := map[string]state{}
+	for _, x := range live {
+		s := states[x.name]
+		s.enforced = s.enforced || x.lp.ready()
+		s.objects = max(s.objects, x.lp.index.Len())
+		states[x.name] = s
+	}
 	for name, s := range states {
 		v := 0.0
 		if s.enforced {

@@ -169,6 +169,9 @@ func (r *Replica) closeListeners() {
 
 // New builds a replica against the API server of cfg.
 func New(cfg *rest.Config, o Options) (_ *Replica, err error) {
+	if o.MarksNamespace == "" {
+		return nil, errors.New("serve: MarksNamespace is required (rrguard's own namespace)")
+	}
 	cert := newServingCert(o.CertDir)
 	server, err := newWebhookServer(o.Host, o.Port, &tls.Config{
 		GetCertificate: cert.GetCertificate,
@@ -200,26 +203,26 @@ func New(cfg *rest.Config, o Options) (_ *Replica, err error) {
 		return nil, err
 	}
 	r := &Replica{mgr: mgr, delay: o.ShutdownDelay, webhookAddr: server.l.Addr().String(), listeners: []net.Listener{server.l}}
-	// The manager runs its webhook server only once it has been asked for it.
-	mgr.GetWebhookServer()
 	if metricsServer != nil {
 		r.metricsAddr = metricsServer.Listener.Addr().String()
 		r.listeners = append(r.listeners, metricsServer.Listener)
-		if err := mgr.Add(metricsServer); err != nil {
-			return nil, err
-		}
 	}
 	// The listeners are bound: a failure from here on must close them, or a caller that retries
-	// New finds its own ports taken.
+	// New finds its own ports taken. (The health probe's and pprof's are the manager's, which
+	// closes them only when it runs: a New that fails after binding them leaves them bound.)
 	defer func() {
 		if err != nil {
 			r.closeListeners()
 		}
 	}()
-
-	if o.MarksNamespace == "" {
-		return nil, errors.New("serve: MarksNamespace is required (rrguard's own namespace)")
+	// The manager runs its webhook server only once it has been asked for it.
+	mgr.GetWebhookServer()
+	if metricsServer != nil {
+		if err := mgr.Add(metricsServer); err != nil {
+			return nil, err
+		}
 	}
+
 	// Each create reads one mark shard: protobuf, which ConfigMaps speak, costs the API server
 	// less than JSON. Uncached: a mark read from a lagging cache could be too low.
 	protoCfg := rest.CopyConfig(cfg)

@@ -46,7 +46,9 @@ func TestPolicyWebhookCA(t *testing.T) {
 		{Name: "d.policies.rrguard.kubernaut.ai", ClientConfig: admissionregistrationv1.WebhookClientConfig{CABundle: []byte("D"), URL: ptr.To("https://x")}},
 	}
 	keepCABundles(want, stored,
-		func(w *admissionregistrationv1.MutatingWebhook) *admissionregistrationv1.WebhookClientConfig { return &w.ClientConfig },
+		func(w *admissionregistrationv1.MutatingWebhook) *admissionregistrationv1.WebhookClientConfig {
+			return &w.ClientConfig
+		},
 		func(w *admissionregistrationv1.MutatingWebhook) string { return w.Name })
 	if got := []string{string(want[0].ClientConfig.CABundle), string(want[1].ClientConfig.CABundle), string(want[2].ClientConfig.CABundle)}; got[0] != "B" || got[1] == "" || got[2] != "D" {
 		t.Errorf("CA bundles after keepCABundles: %q; want its own stored one, any stored one, rrguard's own", got)

@@ -139,7 +139,7 @@ func ReadPolicy(b []byte) (*v1alpha1.UniquenessPolicy, error) {
 
 // RemediationRequests is the RR policy rrguard ships (config/policies), compiled.
 func RemediationRequests() (*Compiled, error) {
-	p, err := ReadPolicy(policies.RemediationRequests)
+	p, err := Builtin("remediationrequests")
 	if err != nil {
 		return nil, err
 	}

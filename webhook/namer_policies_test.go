@@ -32,6 +32,15 @@ func compile(t *testing.T, path string, edit func(*policy.Compiled)) *policy.Com
 	if err != nil {
 		t.Fatal(err)
 	}
+	c := compileBytes(t, b)
+	if edit != nil {
+		edit(c)
+	}
+	return c
+}
+
+func compileBytes(t *testing.T, b []byte) *policy.Compiled {
+	t.Helper()
 	p, err := policy.ReadPolicy(b)
 	if err != nil {
 		t.Fatal(err)
@@ -39,9 +48,6 @@ func compile(t *testing.T, path string, edit func(*policy.Compiled)) *policy.Com
 	c, err := policy.Compile(p, "rrguard-system")
 	if err != nil {
 		t.Fatal(err)
-	}
-	if edit != nil {
-		edit(c)
 	}
 	return c
 }
@@ -63,15 +69,7 @@ spec:
 
 func specKeyedPolicy(t *testing.T) *policy.Compiled {
 	t.Helper()
-	p, err := policy.ReadPolicy([]byte(specKeyed))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := policy.Compile(p, "rrguard-system")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return compileBytes(t, []byte(specKeyed))
 }
 
 func requestFor(c *policy.Compiled, kind, ns, raw string) admission.Request {

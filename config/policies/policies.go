@@ -9,8 +9,3 @@ import "embed"
 //
 //go:embed *.yaml
 var Files embed.FS
-
-// RemediationRequests is the RR policy (remediationrequests.yaml).
-//
-//go:embed remediationrequests.yaml
-var RemediationRequests []byte

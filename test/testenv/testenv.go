@@ -5,6 +5,10 @@
 package testenv
 
 import (
+	"errors"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
 	"github.com/rrguard/rrguard/internal/localcp"
 )
 
@@ -47,4 +51,14 @@ func Start(o Options) (*Env, error) {
 		return nil, err
 	}
 	return &Env{e}, nil
+}
+
+// DetailsName is the object a refusal names (its status details), "" when it names none: a 409
+// from rrguard or the API server names the object in flight.
+func DetailsName(err error) string {
+	var st apierrors.APIStatus
+	if errors.As(err, &st) && st.Status().Details != nil {
+		return st.Status().Details.Name
+	}
+	return ""
 }

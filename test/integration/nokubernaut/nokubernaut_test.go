@@ -6,7 +6,6 @@ package nokubernaut
 
 import (
 	"context"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -49,14 +48,6 @@ func newRun(ns string) *unstructured.Unstructured {
 	u.SetGenerateName("build-")
 	u.SetLabels(map[string]string{"ci.example.com/repo": "shop", "ci.example.com/branch": "main"})
 	return u
-}
-
-func detailsName(err error) string {
-	var st apierrors.APIStatus
-	if apierrors.IsAlreadyExists(err) && errors.As(err, &st) && st.Status().Details != nil {
-		return st.Status().Details.Name
-	}
-	return ""
 }
 
 // From a cluster without Kubernaut to a refused duplicate: rrguard starts, the policy applied is
@@ -163,7 +154,7 @@ func TestTektonOnlyCluster(t *testing.T) {
 		switch {
 		case err == nil:
 			stored = append(stored, names[i])
-		case detailsName(err) != name1:
+		case !apierrors.IsAlreadyExists(err) || testenv.DetailsName(err) != name1:
 			t.Errorf("create %d: %v, want 409 naming %s", i, err, name1)
 		}
 	}

@@ -121,7 +121,7 @@ func TestPolicyLife(t *testing.T) {
 			for !stop.Load() {
 				err := env.Client.Create(ctx, tg.object(ns))
 				switch {
-				case apierrors.IsAlreadyExists(err) && detailsName(err) == tg.name(1):
+				case apierrors.IsAlreadyExists(err) && testenv.DetailsName(err) == tg.name(1):
 					refused.Add(1)
 				case apierrors.IsServiceUnavailable(err), apierrors.IsInternalError(err) && strings.Contains(err.Error(), "retry"):
 					unavailable.Add(1)

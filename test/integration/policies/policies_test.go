@@ -5,7 +5,6 @@ package policies
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"net/url"
@@ -215,14 +214,6 @@ func awaitJudged(ctx context.Context, t *testing.T, tg target, ns string) {
 	}
 }
 
-func detailsName(err error) string {
-	var st apierrors.APIStatus
-	if errors.As(err, &st) && st.Status().Details != nil {
-		return st.Status().Details.Name
-	}
-	return ""
-}
-
 // createNext creates one more object of tg's key, retrying while the index still shows the
 // finished one in flight (as a creator retries a 409 naming a finished object).
 func createNext(ctx context.Context, t *testing.T, tg target, ns string) *unstructured.Unstructured {
@@ -284,8 +275,8 @@ func TestOneInFlightPerKey(t *testing.T) {
 				switch {
 				case err == nil:
 					stored = append(stored, names[i])
-				case !apierrors.IsAlreadyExists(err) || detailsName(err) != tg.name(1):
-					t.Errorf("create %d: %v (details %q), want 409 naming %s", i, err, detailsName(err), tg.name(1))
+				case !apierrors.IsAlreadyExists(err) || testenv.DetailsName(err) != tg.name(1):
+					t.Errorf("create %d: %v (details %q), want 409 naming %s", i, err, testenv.DetailsName(err), tg.name(1))
 				}
 			}
 			list := &unstructured.UnstructuredList{}
@@ -387,7 +378,7 @@ func TestSamplesLeaveObjectsWithoutTheirKeyAlone(t *testing.T) {
 			if first.GetName() != tg.name(1) {
 				t.Fatalf("the keyed %s was named %s, want %s", tg.gvk.Kind, first.GetName(), tg.name(1))
 			}
-			if err := env.Client.Create(ctx, tg.object(ns)); !apierrors.IsAlreadyExists(err) || detailsName(err) != tg.name(1) {
+			if err := env.Client.Create(ctx, tg.object(ns)); !apierrors.IsAlreadyExists(err) || testenv.DetailsName(err) != tg.name(1) {
 				t.Fatalf("a second keyed %s while %s runs: %v", tg.gvk.Kind, tg.name(1), err)
 			}
 		})

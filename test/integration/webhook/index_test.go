@@ -81,7 +81,7 @@ func TestIndexReadsPerDecision(t *testing.T) {
 	waitIndexed(ctx, t, r, ns, fp, 1)
 	if got := reads(t, n, func() {
 		err := env.Client.Create(ctx, testenv.NewRR(ns, fp))
-		if !apierrors.IsAlreadyExists(err) || detailsName(err) != first.Name {
+		if !apierrors.IsAlreadyExists(err) || testenv.DetailsName(err) != first.Name {
 			t.Fatalf("repeat: %v", err)
 		}
 	}); got != 0 {
@@ -179,8 +179,8 @@ func TestHeldBackIndexStoresNoDuplicate(t *testing.T) {
 		wg.Wait()
 	})
 	for _, err := range errs {
-		if !apierrors.IsAlreadyExists(err) || detailsName(err) != first.Name {
-			t.Fatalf("create while -1 is in flight and unseen: %v (details %q)", err, detailsName(err))
+		if !apierrors.IsAlreadyExists(err) || testenv.DetailsName(err) != first.Name {
+			t.Fatalf("create while -1 is in flight and unseen: %v (details %q)", err, testenv.DetailsName(err))
 		}
 		if strings.Contains(err.Error(), "already in flight") {
 			t.Fatalf("refused by rrguard, not by the API server: the index was not held back: %v", err)
@@ -194,7 +194,7 @@ func TestHeldBackIndexStoresNoDuplicate(t *testing.T) {
 	if err := env.Client.Status().Update(ctx, first); err != nil {
 		t.Fatal(err)
 	}
-	if err := env.Client.Create(ctx, testenv.NewRR(ns, fp)); !apierrors.IsAlreadyExists(err) || detailsName(err) != first.Name {
+	if err := env.Client.Create(ctx, testenv.NewRR(ns, fp)); !apierrors.IsAlreadyExists(err) || testenv.DetailsName(err) != first.Name {
 		t.Fatalf("create after unseen -1 completed: %v", err)
 	}
 	if items := list(ctx, t, ns); len(items) != 1 {
@@ -219,7 +219,7 @@ func TestHeldBackIndexStoresNoDuplicate(t *testing.T) {
 	}
 	if got := reads(t, n, func() {
 		err := env.Client.Create(ctx, testenv.NewRR(ns, fp))
-		if !apierrors.IsAlreadyExists(err) || detailsName(err) != second.Name || !strings.Contains(err.Error(), "already in flight") {
+		if !apierrors.IsAlreadyExists(err) || testenv.DetailsName(err) != second.Name || !strings.Contains(err.Error(), "already in flight") {
 			t.Fatalf("create while the index shows -2 in flight: %v", err)
 		}
 	}); got != 0 {

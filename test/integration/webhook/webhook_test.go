@@ -172,13 +172,6 @@ func list(ctx context.Context, t *testing.T, ns string) []v1alpha1.RemediationRe
 	return l.Items
 }
 
-func detailsName(err error) string {
-	if st, ok := err.(apierrors.APIStatus); ok && st.Status().Details != nil {
-		return st.Status().Details.Name
-	}
-	return ""
-}
-
 // checkStorm asserts one stored RR per fingerprint, named by the scheme, and every other create
 // refused with AlreadyExists naming it.
 func checkStorm(ctx context.Context, t *testing.T, ns string, fps []string, out []testenv.Outcome) {
@@ -322,8 +315,8 @@ func testLifecycle(t *testing.T) {
 				}
 				return
 			}
-			if !apierrors.IsAlreadyExists(err) || detailsName(err) != first.Name || !strings.Contains(err.Error(), first.Name) {
-				t.Fatalf("got %v (details.name %q); want AlreadyExists naming %s", err, detailsName(err), first.Name)
+			if !apierrors.IsAlreadyExists(err) || testenv.DetailsName(err) != first.Name || !strings.Contains(err.Error(), first.Name) {
+				t.Fatalf("got %v (details.name %q); want AlreadyExists naming %s", err, testenv.DetailsName(err), first.Name)
 			}
 		})
 	}
@@ -378,7 +371,7 @@ func testDryRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := env.Client.Create(ctx, testenv.NewRR(ns, fp), client.DryRunAll)
-	if !apierrors.IsAlreadyExists(err) || detailsName(err) != rules.Name(fp, 1) {
+	if !apierrors.IsAlreadyExists(err) || testenv.DetailsName(err) != rules.Name(fp, 1) {
 		t.Fatalf("dry-run duplicate: %v", err)
 	}
 }
@@ -424,7 +417,7 @@ func testLegacyInFlightRefuses(t *testing.T) {
 		} else if err == nil {
 			t.Fatalf("stored %s beside the legacy in-flight RR %s", rr.Name, legacy)
 		}
-		return apierrors.IsAlreadyExists(err) && detailsName(err) == legacy
+		return apierrors.IsAlreadyExists(err) && testenv.DetailsName(err) == legacy
 	}, &err)
 }
 

@@ -1,6 +1,7 @@
 package rrfacts
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,18 +15,48 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/rrguard/rrguard/internal/jsonproject"
+	"github.com/rrguard/rrguard/policy"
+	"github.com/rrguard/rrguard/webhook/decision"
 )
 
 // object is how the index decodes an object of its target: the metadata the index and the
-// reflector read, and the members the policy's expressions read (policy.Compiled.Reads), decoded
-// along those paths only, so the payload, managed fields and every other status field are skipped
-// instead of allocated. It is garbage as soon as its facts are taken.
+// reflector read, and the policy's verdict on it. The bytes are decoded along the paths the
+// policy's expressions read (policy.Compiled.Reads) only, so the payload, managed fields and every
+// other status field are skipped instead of allocated, and that projection is judged at once and
+// dropped: an object waiting in the reflector (a first list of 100,000 is held whole until the
+// reflector hands it over) costs its verdict, not its projection (about 2 KB for an RR).
 type object struct {
 	metav1.TypeMeta
-	Meta objectMeta
-	// fields is the projected object, as the policy's expressions see it.
-	fields map[string]any
-	tree   *jsonproject.Tree
+	Meta    objectMeta
+	verdict verdict
+	rd      *reading
+}
+
+// reading is how the index reads an object of its target: along tree, judged by policy. Strings
+// every object repeats (its apiVersion and kind, rrguard's finalizer) are kept once, here.
+type reading struct {
+	tree                        *jsonproject.Tree
+	policy                      *policy.Compiled
+	apiVersion, kind, finalizer string
+}
+
+// shared is s, as the copy of known when they are equal.
+func shared(s, known string) string {
+	if s == known {
+		return known
+	}
+	return s
+}
+
+// verdict is the policy's judgement of one object, as the index keeps it.
+type verdict struct {
+	fact decision.Fact
+	// keyHex is the object's key; "" when the policy does not judge it (a match condition is
+	// false, or its key cannot be read).
+	keyHex string
+	// err: the in-flight rule or phase failed on the object, which is then kept in flight
+	// (policy.Compiled.Fact).
+	err error
 }
 
 type objectMeta struct {
@@ -33,8 +64,8 @@ type objectMeta struct {
 	CreationTimestamp                metav1.Time
 	DeletionTimestamp                *metav1.Time
 	Finalizers                       []string
-	// Annotations are read for one key: a watch-list stream ends with a bookmark that carries
-	// k8s.io/initial-events-end, and the reflector waits for it.
+	// Annotations holds one key at most: a watch-list stream ends with a bookmark that carries
+	// k8s.io/initial-events-end, and the reflector waits for it; no other annotation is kept.
 	Annotations map[string]string
 }
 
@@ -44,20 +75,21 @@ var metaReads = (&jsonproject.Tree{}).Add("apiVersion").Add("kind").
 	Add("metadata", "creationTimestamp").Add("metadata", "deletionTimestamp").
 	Add("metadata", "finalizers").Add("metadata", "annotations")
 
-var errNoTree = errors.New("rrfacts: object decoded without its projection")
+var errNoReading = errors.New("rrfacts: object decoded without its policy")
 
-// UnmarshalJSON decodes along o.tree, which the index's decoder sets.
+// UnmarshalJSON decodes along o.rd's tree and judges the object by o.rd's policy; the index's
+// decoder sets o.rd.
 func (o *object) UnmarshalJSON(b []byte) error {
-	if o.tree == nil {
-		return errNoTree
+	if o.rd == nil {
+		return errNoReading
 	}
-	m, err := jsonproject.Decode(b, o.tree)
+	m, err := jsonproject.Decode(b, o.rd.tree)
 	if err != nil {
 		return err
 	}
-	o.fields = m
 	o.APIVersion, _ = m["apiVersion"].(string)
 	o.Kind, _ = m["kind"].(string)
+	o.APIVersion, o.Kind = shared(o.APIVersion, o.rd.apiVersion), shared(o.Kind, o.rd.kind)
 	md, _ := m["metadata"].(map[string]any)
 	o.Meta = objectMeta{}
 	o.Meta.Name, _ = md["name"].(string)
@@ -77,17 +109,32 @@ func (o *object) UnmarshalJSON(b []byte) error {
 		o.Meta.Finalizers = make([]string, 0, len(fs))
 		for _, f := range fs {
 			if s, ok := f.(string); ok {
-				o.Meta.Finalizers = append(o.Meta.Finalizers, s)
+				o.Meta.Finalizers = append(o.Meta.Finalizers, shared(s, o.rd.finalizer))
 			}
 		}
 	}
 	if as, ok := md["annotations"].(map[string]any); ok {
-		o.Meta.Annotations = make(map[string]string, len(as))
-		for k, v := range as {
-			o.Meta.Annotations[k], _ = v.(string)
+		if v, ok := as[metav1.InitialEventsAnnotationKey].(string); ok {
+			o.Meta.Annotations = map[string]string{metav1.InitialEventsAnnotationKey: v}
 		}
 	}
+	o.verdict = o.rd.judge(m, o.Meta)
 	return nil
+}
+
+// judge applies the policy to an object's projection m.
+func (rd *reading) judge(m map[string]any, meta objectMeta) verdict {
+	ctx := context.Background()
+	p := rd.policy
+	if ok, err := p.Matches(ctx, m); !ok || err != nil {
+		return verdict{}
+	}
+	keyHex, _, err := p.Key(ctx, m)
+	if err != nil {
+		return verdict{}
+	}
+	f, err := p.Fact(ctx, m, meta.Name, keyHex, meta.CreationTimestamp.Time, meta.DeletionTimestamp != nil)
+	return verdict{fact: f, keyHex: keyHex, err: err}
 }
 
 func timeOf(v any) (metav1.Time, error) {
@@ -111,7 +158,7 @@ func (o *object) GetObjectMeta() metav1.Object {
 	}
 }
 
-// DeepCopyObject is shallow for fields: nothing changes an object once decoded.
+// DeepCopyObject shares the verdict: nothing changes an object once decoded.
 func (o *object) DeepCopyObject() runtime.Object {
 	c := *o
 	c.Meta.Finalizers = append([]string(nil), o.Meta.Finalizers...)
@@ -128,13 +175,13 @@ type objectList struct {
 	metav1.TypeMeta `json:",inline"`
 	metav1.ListMeta `json:"metadata"`
 	Items           []object `json:"items"`
-	tree            *jsonproject.Tree
+	rd              *reading
 }
 
-// UnmarshalJSON decodes each item along l.tree.
+// UnmarshalJSON decodes and judges each item with l.rd.
 func (l *objectList) UnmarshalJSON(b []byte) error {
-	if l.tree == nil {
-		return errNoTree
+	if l.rd == nil {
+		return errNoReading
 	}
 	var raw struct {
 		metav1.TypeMeta `json:",inline"`
@@ -147,7 +194,7 @@ func (l *objectList) UnmarshalJSON(b []byte) error {
 	l.TypeMeta, l.ListMeta = raw.TypeMeta, raw.ListMeta
 	l.Items = make([]object, len(raw.Items))
 	for i, it := range raw.Items {
-		l.Items[i].tree = l.tree
+		l.Items[i].rd = l.rd
 		if err := l.Items[i].UnmarshalJSON(it); err != nil {
 			return err
 		}
@@ -155,12 +202,12 @@ func (l *objectList) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// decodeListStream reads a list of the target from r one item at a time, each projected along tree
-// as it is read: the list's bytes are never held whole, so the first list of a target of 100,000
-// objects of kilobytes each costs the memory of their projections, not of the response
-// (TestListStreamHoldsNoBody). An error leaves nothing usable.
-func decodeListStream(r io.Reader, tree *jsonproject.Tree) (*objectList, error) {
-	l := &objectList{tree: tree}
+// decodeListStream reads a list of the target from r one item at a time, each judged as it is read:
+// the list's bytes are never held whole, so the first list of a target of 100,000 objects of
+// kilobytes each costs the memory of their verdicts, not of the response (TestListStreamHoldsNoBody).
+// An error leaves nothing usable.
+func decodeListStream(r io.Reader, rd *reading) (*objectList, error) {
+	l := &objectList{rd: rd}
 	dec := json.NewDecoder(r)
 	if err := expectDelim(dec, '{'); err != nil {
 		return nil, err
@@ -202,7 +249,7 @@ func (l *objectList) decodeItems(dec *json.Decoder) error {
 		if err := dec.Decode(&raw); err != nil {
 			return err
 		}
-		o := object{tree: l.tree}
+		o := object{rd: l.rd}
 		if err := o.UnmarshalJSON(raw); err != nil {
 			return err
 		}
@@ -238,20 +285,20 @@ func (l *objectList) DeepCopyObject() runtime.Object {
 type projecting struct {
 	json *kjson.Serializer
 	kind schema.GroupVersionKind
-	tree *jsonproject.Tree
+	rd   *reading
 }
 
 func (p projecting) Decode(data []byte, defaults *schema.GroupVersionKind, into runtime.Object) (runtime.Object, *schema.GroupVersionKind, error) {
 	listKind := p.kind.GroupVersion().WithKind(p.kind.Kind + "List")
 	switch x := into.(type) {
 	case *objectList:
-		x.tree = p.tree
+		x.rd = p.rd
 		return x, &listKind, x.UnmarshalJSON(data)
 	case *object:
-		x.tree = p.tree
+		x.rd = p.rd
 		return x, &p.kind, x.UnmarshalJSON(data)
 	case nil:
-		o := &object{tree: p.tree}
+		o := &object{rd: p.rd}
 		if err := o.UnmarshalJSON(data); err == nil && o.Kind == p.kind.Kind && o.APIVersion == p.kind.GroupVersion().String() {
 			return o, &p.kind, nil
 		}
@@ -264,7 +311,7 @@ func (p projecting) Encode(obj runtime.Object, w io.Writer) error { return p.jso
 func (p projecting) Identifier() runtime.Identifier { return "rrfacts-projecting-json" }
 
 // restClient talks to the target resource with the projected types above.
-func restClient(cfg *rest.Config, gvk schema.GroupVersionKind, tree *jsonproject.Tree) (*rest.RESTClient, error) {
+func restClient(cfg *rest.Config, gvk schema.GroupVersionKind, rd *reading) (*rest.RESTClient, error) {
 	scheme := runtime.NewScheme()
 	gv := gvk.GroupVersion()
 	scheme.AddKnownTypeWithName(gvk, &object{})
@@ -273,7 +320,7 @@ func restClient(cfg *rest.Config, gvk schema.GroupVersionKind, tree *jsonproject
 	js := kjson.NewSerializerWithOptions(kjson.DefaultMetaFactory, scheme, scheme, kjson.SerializerOptions{})
 	info := runtime.SerializerInfo{
 		MediaType: runtime.ContentTypeJSON, MediaTypeType: "application", MediaTypeSubType: "json",
-		EncodesAsText: true, Serializer: projecting{json: js, kind: gvk, tree: tree},
+		EncodesAsText: true, Serializer: projecting{json: js, kind: gvk, rd: rd},
 		// Watch envelopes; each event's object then goes through Serializer.
 		StreamSerializer: &runtime.StreamSerializerInfo{EncodesAsText: true, Serializer: js, Framer: kjson.Framer},
 	}
@@ -290,4 +337,11 @@ func restClient(cfg *rest.Config, gvk schema.GroupVersionKind, tree *jsonproject
 		c.UserAgent = rest.DefaultKubernetesUserAgent() + " rrguard-facts"
 	}
 	return rest.RESTClientFor(c)
+}
+
+// newReading reads objects of kind as p judges them, and what the index and the reflector read of
+// every object.
+func newReading(p *policy.Compiled, kind schema.GroupVersionKind, finalizer string) *reading {
+	return &reading{tree: p.Reads().Merge(metaReads), policy: p,
+		apiVersion: kind.GroupVersion().String(), kind: kind.Kind, finalizer: finalizer}
 }

@@ -46,14 +46,14 @@ func (ix *Index) ReadKey(ctx context.Context, namespace, keyHex, key string) ([]
 	}
 	var out []decision.Fact
 	for {
-		list := &objectList{tree: ix.tree}
+		list := &objectList{rd: ix.rd}
 		if err := ix.rc.Get().Namespace(namespace).Resource(ix.o.Policy.GroupResource.Resource).
 			VersionedParams(&opts, metav1.ParameterCodec).Do(ctx).Into(list); err != nil {
 			return nil, err
 		}
 		for i := range list.Items {
-			if f, kh, _ := ix.judge(&list.Items[i]); kh == keyHex {
-				out = append(out, f)
+			if v := list.Items[i].verdict; v.keyHex == keyHex {
+				out = append(out, v.fact)
 			}
 		}
 		if opts.Continue = list.Continue; opts.Continue == "" {

@@ -27,7 +27,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
-	"github.com/rrguard/rrguard/internal/jsonproject"
 	"github.com/rrguard/rrguard/policy"
 	"github.com/rrguard/rrguard/webhook/decision"
 )
@@ -99,7 +98,7 @@ func init() { metrics.Registry.MustRegister(evalErrors) }
 type Index struct {
 	o     Options
 	rc    rest.Interface
-	tree  *jsonproject.Tree
+	rd    *reading
 	feeds []*feed
 
 	mu  sync.RWMutex
@@ -177,12 +176,12 @@ func New(cfg *rest.Config, o Options) (*Index, error) {
 	if o.Policy == nil || o.Kind.Kind == "" {
 		return nil, errors.New("rrfacts: Options.Policy and Options.Kind are required")
 	}
-	tree := o.Policy.Reads().Merge(metaReads)
-	rc, err := restClient(cfg, o.Kind, tree)
+	rd := newReading(o.Policy, o.Kind, o.Finalizer)
+	rc, err := restClient(cfg, o.Kind, rd)
 	if err != nil {
 		return nil, err
 	}
-	ix := &Index{o: o, rc: rc, tree: tree, nss: map[string]*nsFacts{}, marked: newMarked(), phases: map[string]string{}}
+	ix := &Index{o: o, rc: rc, rd: rd, nss: map[string]*nsFacts{}, marked: newMarked(), phases: map[string]string{}}
 	nss := o.Namespaces
 	if len(nss) == 0 {
 		nss = []string{metav1.NamespaceAll}
@@ -417,7 +416,7 @@ func (ix *Index) put(o *object) (keyHex string, deleting bool) {
 		nsf = &nsFacts{byName: map[string]*entry{}, byFP: map[string]*group{}}
 		ix.nss[ns] = nsf
 	}
-	fact, keyHex, err := ix.judge(o)
+	fact, keyHex, err := o.verdict.fact, o.verdict.keyHex, o.verdict.err
 	e := nsf.byName[name]
 	if keyHex == "" {
 		// Outside the policy (or not any more: its key changed): no fact to keep.
@@ -458,22 +457,6 @@ func (ix *Index) put(o *object) (keyHex string, deleting bool) {
 		e.deletedAt = o.Meta.DeletionTimestamp.Unix()
 	}
 	return keyHex, e.finalized && e.deletedAt != 0
-}
-
-// judge applies the policy to o: its fact and key, or "" when the policy does not judge it. An
-// in-flight rule that fails on o keeps it in flight (policy.Compiled.Fact), counted.
-func (ix *Index) judge(o *object) (decision.Fact, string, error) {
-	ctx := context.Background()
-	p := ix.o.Policy
-	if ok, err := p.Matches(ctx, o.fields); !ok || err != nil {
-		return decision.Fact{}, "", nil
-	}
-	keyHex, _, err := p.Key(ctx, o.fields)
-	if err != nil {
-		return decision.Fact{}, "", nil
-	}
-	f, err := p.Fact(ctx, o.fields, o.Meta.Name, keyHex, o.Meta.CreationTimestamp.Time, o.Meta.DeletionTimestamp != nil)
-	return f, keyHex, err
 }
 
 // maxInterned bounds the phases interned: a phase is one of a handful of enum values (the RR's 12),
@@ -550,7 +533,7 @@ func (f *feed) list(ctx context.Context, opts metav1.ListOptions) (*objectList, 
 		return nil, err
 	}
 	defer body.Close()
-	return decodeListStream(body, f.ix.tree)
+	return decodeListStream(body, f.ix.rd)
 }
 
 // noteErr keeps the last error of a list or watch call (nil once one succeeds), for LastError.

@@ -70,6 +70,8 @@ type Compiled struct {
 	// KeyRequired refuses an object whose key is absent; otherwise it is not the policy's
 	// (IsKeyAbsent).
 	KeyRequired bool
+	// NameCheck is who checks a new object's final name (NameCheckPolicy).
+	NameCheck v1alpha1.NameCheck
 	// Read is how a decision reads the key's objects when the index cannot vouch for itself;
 	// LabelKeys are the labels a LabelSelector read requires; KeyField is the field a
 	// FieldSelector read selects on (and where a bad key is reported).
@@ -78,6 +80,8 @@ type Compiled struct {
 	KeyField  string
 
 	match          []named
+	matchSrc       []v1alpha1.MatchCondition
+	keySrc         string
 	key            cel.Program
 	hex            bool
 	prefix         string
@@ -133,6 +137,9 @@ func Compile(p *v1alpha1.UniquenessPolicy, rrguardNamespace string) (*Compiled, 
 		NamespacesFrom: "spec.target.namespaces of policy " + p.Name,
 		NamesForLife:   p.Spec.NamesForLife == nil || *p.Spec.NamesForLife,
 		KeyRequired:    p.Spec.Key.Required,
+		NameCheck:      p.Spec.NameCheck,
+		matchSrc:       p.Spec.MatchConditions,
+		keySrc:         p.Spec.Key.Expression,
 		prefix:         p.Spec.Key.NamePrefix,
 		hex:            p.Spec.Key.Encoding == v1alpha1.KeyHex,
 		message:        p.Spec.Message,
@@ -151,6 +158,12 @@ func Compile(p *v1alpha1.UniquenessPolicy, rrguardNamespace string) (*Compiled, 
 	if !validPrefix(c.prefix) {
 		invalid = append(invalid, field.Invalid(spec.Child("key", "namePrefix"), c.prefix,
 			"must start with a lowercase letter, hold only lowercase letters, digits and '-', and be at most 11 characters"))
+	}
+	if c.NameCheck == "" {
+		c.NameCheck = v1alpha1.NameCheckAPIServer
+	}
+	if nc := c.NameCheck; nc != v1alpha1.NameCheckAPIServer && nc != v1alpha1.NameCheckWebhook {
+		invalid = append(invalid, field.NotSupported(spec.Child("nameCheck"), nc, []string{string(v1alpha1.NameCheckAPIServer), string(v1alpha1.NameCheckWebhook)}))
 	}
 	if e := p.Spec.Key.Encoding; e != "" && e != v1alpha1.KeyHex && e != v1alpha1.KeySHA256 {
 		invalid = append(invalid, field.NotSupported(spec.Child("key", "encoding"), e, []string{string(v1alpha1.KeyHex), string(v1alpha1.KeySHA256)}))

@@ -482,6 +482,9 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 	slices.SortFunc(list.Items, func(a, b rrguardv1.UniquenessPolicy) int { return strings.Compare(a.Name, b.Name) })
 	var mut []admissionregistrationv1.MutatingWebhook
 	var val []admissionregistrationv1.ValidatingWebhook
+	// The policies whose names the API server checks (NameCheck APIServer), and their namespaces.
+	var checks []*policy.Compiled
+	var selectors []*metav1.LabelSelector
 	for i := range list.Items {
 		p := &list.Items[i]
 		// What is enforced now, of whichever generation: a change being made keeps its earlier
@@ -533,12 +536,27 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 			FailurePolicy: ptr.To(admissionregistrationv1.Fail), TimeoutSeconds: ptr.To(policyWebhookTimeout),
 			MatchPolicy: ptr.To(admissionregistrationv1.Equivalent), ReinvocationPolicy: ptr.To(admissionregistrationv1.NeverReinvocationPolicy),
 		})
-		val = append(val, admissionregistrationv1.ValidatingWebhook{
-			Name: name, ClientConfig: cc("validate"), Rules: rules, NamespaceSelector: sel, ObjectSelector: &metav1.LabelSelector{},
-			SideEffects: ptr.To(admissionregistrationv1.SideEffectClassNone), AdmissionReviewVersions: []string{"v1"},
-			FailurePolicy: ptr.To(admissionregistrationv1.Fail), TimeoutSeconds: ptr.To(policyWebhookTimeout),
-			MatchPolicy: ptr.To(admissionregistrationv1.Equivalent),
-		})
+		if c.NameCheck == rrguardv1.NameCheckWebhook {
+			val = append(val, admissionregistrationv1.ValidatingWebhook{
+				Name: name, ClientConfig: cc("validate"), Rules: rules, NamespaceSelector: sel, ObjectSelector: &metav1.LabelSelector{},
+				SideEffects: ptr.To(admissionregistrationv1.SideEffectClassNone), AdmissionReviewVersions: []string{"v1"},
+				FailurePolicy: ptr.To(admissionregistrationv1.Fail), TimeoutSeconds: ptr.To(policyWebhookTimeout),
+				MatchPolicy: ptr.To(admissionregistrationv1.Equivalent),
+			})
+		} else {
+			checks = append(checks, c)
+			selectors = append(selectors, sel)
+		}
+	}
+	// A name check goes before the webhook that names, and comes after it: never a check of names
+	// no one gives. (The API server loads each kind of configuration on its own, so this orders
+	// the writes, not what it applies in the moment between them.)
+	wantChecks := map[string]bool{}
+	for _, c := range checks {
+		wantChecks[nameCheckName(c.Policy)] = true
+	}
+	if err := pc.deleteNameChecks(ctx, wantChecks); err != nil {
+		return err
 	}
 	meta := metav1.ObjectMeta{Name: policiesName, Labels: map[string]string{"app.kubernetes.io/managed-by": "rrguard"}}
 	if err := upsert(ctx, pc.Client, &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: meta, Webhooks: mut},
@@ -554,6 +572,9 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 		}); err != nil {
 		return err
 	}
+	if err := pc.writeNameChecks(ctx, policiesName, checks, selectors); err != nil {
+		return err
+	}
 	return upsert(ctx, pc.Client, &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: meta, Webhooks: val},
 		func(cur, want *admissionregistrationv1.ValidatingWebhookConfiguration) bool {
 			keepCABundles(want.Webhooks, cur.Webhooks,
@@ -565,6 +586,71 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 			cur.Webhooks = want.Webhooks
 			return same
 		})
+}
+
+// nameCheckName is the name of the ValidatingAdmissionPolicy and binding that check a policy's names.
+func nameCheckName(policyName string) string { return policyName + ".policies.rrguard.kubernaut.ai" }
+
+// writeNameChecks writes the API server's name check of each policy in checks, for the namespaces
+// of the same index in selectors. Each is owned by the policies' MutatingWebhookConfiguration
+// (mutatingName), so that when an uninstall deletes the webhook that names, the garbage collector
+// deletes the checks of those names: no check outlives the naming.
+func (pc *policyController) writeNameChecks(ctx context.Context, mutatingName string, checks []*policy.Compiled, selectors []*metav1.LabelSelector) error {
+	if len(checks) == 0 {
+		return nil
+	}
+	var owner admissionregistrationv1.MutatingWebhookConfiguration
+	if err := pc.Get(ctx, client.ObjectKey{Name: mutatingName}, &owner); err != nil {
+		return err
+	}
+	ref := metav1.OwnerReference{APIVersion: "admissionregistration.k8s.io/v1", Kind: "MutatingWebhookConfiguration", Name: owner.Name, UID: owner.UID}
+	for i, c := range checks {
+		vap, bind := c.NameCheckPolicy(nameCheckName(c.Policy), selectors[i])
+		vap.OwnerReferences, bind.OwnerReferences = []metav1.OwnerReference{ref}, []metav1.OwnerReference{ref}
+		if err := upsert(ctx, pc.Client, vap, mergeGenerated(func(v *admissionregistrationv1.ValidatingAdmissionPolicy) any { return &v.Spec })); err != nil {
+			return err
+		}
+		if err := upsert(ctx, pc.Client, bind, mergeGenerated(func(b *admissionregistrationv1.ValidatingAdmissionPolicyBinding) any { return &b.Spec })); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// mergeGenerated is upsert's merge for an object rrguard generates whole: its spec (what spec points
+// to), labels and owners are rrguard's.
+func mergeGenerated[T client.Object](spec func(T) any) func(cur, want T) bool {
+	return func(cur, want T) bool {
+		same := reflect.DeepEqual(spec(cur), spec(want)) && reflect.DeepEqual(cur.GetLabels(), want.GetLabels()) &&
+			reflect.DeepEqual(cur.GetOwnerReferences(), want.GetOwnerReferences())
+		reflect.ValueOf(spec(cur)).Elem().Set(reflect.ValueOf(spec(want)).Elem())
+		cur.SetLabels(want.GetLabels())
+		cur.SetOwnerReferences(want.GetOwnerReferences())
+		return same
+	}
+}
+
+// deleteNameChecks deletes the name checks rrguard wrote that are not in want: their policy is gone,
+// not enforced, or checks names in the webhook now.
+func (pc *policyController) deleteNameChecks(ctx context.Context, want map[string]bool) error {
+	// Bindings first: a policy without its binding checks nothing.
+	for _, list := range []client.ObjectList{&admissionregistrationv1.ValidatingAdmissionPolicyBindingList{}, &admissionregistrationv1.ValidatingAdmissionPolicyList{}} {
+		if err := pc.List(ctx, list, client.HasLabels{policy.NameCheckPolicyLabel}); err != nil {
+			return err
+		}
+		items, err := meta.ExtractList(list)
+		if err != nil {
+			return err
+		}
+		for _, it := range items {
+			if o, ok := it.(client.Object); ok && !want[o.GetName()] {
+				if err := pc.Delete(ctx, o); client.IgnoreNotFound(err) != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // keepCABundles gives each wanted webhook that has no CA bundle of rrguard's the one stored (its

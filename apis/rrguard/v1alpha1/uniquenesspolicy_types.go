@@ -53,7 +53,28 @@ type UniquenessPolicySpec struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=512
 	Hint string `json:"hint,omitempty"`
+
+	// NameCheck is where a new object's final name is checked against its key, after every
+	// mutating webhook (one that renamed the object after rrguard would store a second object of
+	// a key under a name of its own): APIServer (default), by a ValidatingAdmissionPolicy rrguard
+	// writes for the policy, with no call to rrguard; or Webhook, by rrguard's validating webhook,
+	// a second call per create. For a SHA256 key the API server checks the name's shape and that
+	// the key is present (CEL has no SHA-256); the webhook checks the hash too.
+	// +optional
+	// +kubebuilder:default=APIServer
+	NameCheck NameCheck `json:"nameCheck,omitempty"`
 }
+
+// NameCheck says who checks a new object's final name.
+// +kubebuilder:validation:Enum=APIServer;Webhook
+type NameCheck string
+
+const (
+	// NameCheckAPIServer: a ValidatingAdmissionPolicy rrguard generates for the policy.
+	NameCheckAPIServer NameCheck = "APIServer"
+	// NameCheckWebhook: rrguard's validating webhook.
+	NameCheckWebhook NameCheck = "Webhook"
+)
 
 // Target names a resource as a webhook rule does.
 type Target struct {

@@ -269,13 +269,13 @@ func TestIdlePoliciesWriteNothing(t *testing.T) {
 	before := writes()
 	var seen []string
 	for _, c := range counts {
-		seen = append(seen, c.WritesTo("mutatingwebhookconfigurations", "validatingwebhookconfigurations", "uniquenesspolicies")...)
+		seen = append(seen, c.WritesTo(watchedForWrites...)...)
 	}
 	time.Sleep(idleWindow) // a window to count in, not a wait for anything
 	if n := writes() - before; n != 0 {
 		var now []string
 		for _, c := range counts {
-			now = append(now, c.WritesTo("mutatingwebhookconfigurations", "validatingwebhookconfigurations", "uniquenesspolicies")...)
+			now = append(now, c.WritesTo(watchedForWrites...)...)
 		}
 		t.Fatalf("%d writes in an idle minute with 3 replicas and 3 policies; to webhook configurations and policies, before %d, now %d: %v",
 			n, len(seen), len(now), now[min(len(seen), len(now)):])
@@ -288,6 +288,11 @@ func TestIdlePoliciesWriteNothing(t *testing.T) {
 	}
 	t.Logf("setting up 3 policies on 3 replicas took %d writes to webhook configurations and policies (%v); an idle minute, none", len(seen), byKind)
 }
+
+// watchedForWrites is what the idle test counts writes to: rrguard's admission configurations
+// (webhooks, and the name checks it generates) and the policies.
+var watchedForWrites = []string{"mutatingwebhookconfigurations", "validatingwebhookconfigurations",
+	"validatingadmissionpolicies", "validatingadmissionpolicybindings", "uniquenesspolicies"}
 
 // A policy rrguard cannot enforce says why in its status, and is not enforced: a bad expression,
 // one over the cost budget, a forbidden target, a target the API server does not serve, a second

@@ -80,6 +80,7 @@ func run(args []string, logs io.Writer) int {
 	policyFiles := fs.String("policy-files", "", "comma-separated UniquenessPolicy files to enforce besides the built-in ones (each needs webhook rules and RBAC for its target: docs/design.md, \"Policies\")")
 	_ = fs.String("webhook-configuration", "", "deprecated, ignored: the policies' webhooks take their client configuration from --webhook-service")
 	webhookService := fs.String("webhook-service", "", "the Service (name, in rrguard's namespace, port 443) through which the API server calls rrguard: written into each policy's webhooks")
+	webhookURL := fs.String("webhook-url", "", "instead of --webhook-service, for rrguard running outside the cluster: the https URL (scheme, host, port) at which the API server calls rrguard, written into each policy's webhooks")
 	fs.StringVar(&o.PolicyWebhookCAFile, "webhook-ca-file", "", "the CA bundle that verifies rrguard's serving certificate, written into each policy's webhooks (default: ca.crt in --cert-dir, as cert-manager writes it)")
 	fs.StringVar(&o.PoliciesWebhookConfiguration, "policies-webhook-configuration", serve.PoliciesWebhookConfiguration, "the Mutating and ValidatingWebhookConfigurations rrguard keeps in step with the cluster's UniquenessPolicies")
 	qps := fs.Float64("kube-api-qps", 200, "client-side QPS limit for API reads (each create costs one)")
@@ -92,8 +93,14 @@ func run(args []string, logs io.Writer) int {
 	// run's own lines go to logs even where the process had set its logger before (tests).
 	log := logger.WithName("rrguard")
 	o.RRNamespaces = splitList(*rrNamespaces)
-	if *webhookService != "" {
+	switch {
+	case *webhookService != "" && *webhookURL != "":
+		log.Error(errors.New("--webhook-service and --webhook-url are two answers to one question: give one"), "refusing to start")
+		return 1
+	case *webhookService != "":
 		o.PolicyWebhookClient.Service = &admissionregistrationv1.ServiceReference{Namespace: o.MarksNamespace, Name: *webhookService, Port: ptr.To[int32](443)}
+	case *webhookURL != "":
+		o.PolicyWebhookClient.URL = webhookURL
 	}
 	if o.PolicyWebhookCAFile == "" {
 		o.PolicyWebhookCAFile = filepath.Join(o.CertDir, "ca.crt")

@@ -65,7 +65,7 @@ func main() {
 	memSizes := flag.String("memory", "0,10000,50000,100000", "RRs rrguard watches in the memory rows")
 	flag.IntVar(&c.latencySignals, "latency-signals", 1000, "signals per 1-creator latency row")
 	flag.IntVar(&c.stormSignal, "storm-signals", 2000, "signals per storm row (one fingerprint, 64 senders)")
-	flag.BoolVar(&c.profile, "profile", false, "write 8 s CPU profiles of kube-apiserver and rrguard, taken during the first rrguard throughput row, to bin/bench/*.pprof")
+	flag.BoolVar(&c.profile, "profile", false, "write 8 s CPU profiles of kube-apiserver and rrguard, taken during the first rrguard throughput row (with -policy: the first round's rows of each webhook, as *-<mode>.pprof), to bin/bench/*.pprof")
 	flag.StringVar(&c.out, "out", "bin/bench/results.json", "where to write every row as JSON")
 	flag.StringVar(&c.doc, "doc", "docs/benchmarks.md", "Markdown file whose results section is replaced (empty: none)")
 	flag.BoolVar(&c.memoryOnly, "memory-only", false, "only the memory rows: rrguard started with -memory RRs already there, time to ready, live heap, RSS and peak RSS")
@@ -344,7 +344,7 @@ func (b *bench) throughput(ctx context.Context, size int) error {
 			sp := spec{kind: "throughput", m: m, ns: nsOf[m.name], size: size, round: round,
 				creators: b.cfg.creators, signals: b.cfg.signals, maxTime: b.cfg.rowTime}
 			if b.cfg.profile && round == 0 && size == b.cfg.sizes[0] && m.name == rrguard.name {
-				sp.during = b.profiles
+				sp.during = func() { b.profiles("") }
 			}
 			r, err := b.runRow(ctx, sp)
 			if err != nil {
@@ -395,8 +395,9 @@ func (b *bench) latencyAndStorm(ctx context.Context) error {
 	return nil
 }
 
-// profiles writes 8 s CPU profiles of kube-apiserver and rrguard, taken at once.
-func (b *bench) profiles() {
+// profiles writes 8 s CPU profiles of kube-apiserver and rrguard, taken at once, to
+// bin/bench/<process>.pprof, or <process>-<tag>.pprof when tagged.
+func (b *bench) profiles(tag string) {
 	hc, err := rest.HTTPClientFor(b.env.Config)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "profile:", err)
@@ -421,6 +422,9 @@ func (b *bench) profiles() {
 			}
 			defer resp.Body.Close()
 			body, _ := io.ReadAll(resp.Body)
+			if tag != "" {
+				name += "-" + tag
+			}
 			path := filepath.Join(b.binDir, name+".pprof")
 			if err := os.WriteFile(path, body, 0o644); err == nil {
 				fmt.Println("wrote", path)

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -23,16 +24,21 @@ import (
 	"github.com/rrguard/rrguard/test/testenv"
 )
 
-// The generic target's rows (`make bench-policy`): PipelineRuns created through rrguard under the
-// Tekton sample policy against the same creates with no webhook, interleaved round by round, CPU
-// per create of each process; then rrguard's live heap per PipelineRun in its index at
-// -policy-objects objects.
+// The generic target's rows (`make bench-policy`), interleaved round by round, CPU per create of
+// each process:
+//   - baseline: PipelineRuns with no webhook;
+//   - bare: PipelineRuns through the bare webhook (test/bench/bare), the cost of any webhook call;
+//   - rrguard: PipelineRuns through rrguard under the Tekton sample policy;
+//   - rrguard-rr: RRs through rrguard under the built-in RR policy, what a PipelineRun's cost is
+//     held against (issue 25: within 10%);
+// then rrguard's live heap per PipelineRun in its index at -policy-objects objects.
 
 type policyRow struct {
 	mode                string
 	creates             int
 	perSec              float64
 	apiMS, etcdMS, rrMS float64
+	bareMS              float64
 	errors              int
 }
 
@@ -63,13 +69,13 @@ func runPolicyBench(cfg config, objects int) error {
 	if err != nil {
 		return err
 	}
-	b := &bench{cfg: cfg, env: env, api: api, etcd: etcd}
+	b := &bench{cfg: cfg, env: env, api: api, etcd: etcd, binDir: binDir}
 	kubeconfig := filepath.Join(binDir, "kubeconfig")
 	if err := env.WriteKubeconfig(kubeconfig); err != nil {
 		return err
 	}
 	nss := map[string]string{}
-	for _, m := range []string{"judged", "plain", "memory"} {
+	for _, m := range []string{"judged", "plain", "memory", "bare"} {
 		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "bench-policy-" + m + "-"}}
 		if err := env.Client.Create(ctx, ns); err != nil {
 			return err
@@ -77,17 +83,28 @@ func runPolicyBench(cfg config, objects int) error {
 		nss[m] = ns.Name
 	}
 	w := env.Environment().WebhookInstallOptions
+	caFile := filepath.Join(binDir, "webhook-ca.crt")
+	if err := os.WriteFile(caFile, w.LocalServingCAData, 0o600); err != nil {
+		return err
+	}
 	probe, _ := freeAddr()
 	pprof, _ := freeAddr()
-	rr, err := start(ctx, "rrguard", rrguardBin, []string{"KUBECONFIG=" + kubeconfig, "POD_NAMESPACE=" + testenv.MarksNamespace},
-		httpReady("http://"+probe+"/readyz"), pprof,
-		"--webhook-host=127.0.0.1", "--webhook-port="+strconv.Itoa(w.LocalServingPort), "--cert-dir="+w.LocalServingCertDir,
-		"--metrics-bind-address=0", "--health-probe-bind-address="+probe, "--pprof-bind-address="+pprof,
-		"--shutdown-delay=0s", "--rr-namespaces="+nss["plain"], "--kube-api-qps=5000", "--kube-api-burst=10000")
+	// rrguard as deployed (the chart's GOMEMLIMIT); startRRGuard starts it again for the
+	// start-up row.
+	startRRGuard := func() (*server, error) {
+		return start(ctx, "rrguard", rrguardBin, []string{"KUBECONFIG=" + kubeconfig, "POD_NAMESPACE=" + testenv.MarksNamespace, "GOMEMLIMIT=" + chartGoMemLimit},
+			httpReady("http://"+probe+"/readyz"), pprof,
+			"--webhook-host=127.0.0.1", "--webhook-port="+strconv.Itoa(w.LocalServingPort), "--cert-dir="+w.LocalServingCertDir,
+			"--metrics-bind-address=0", "--health-probe-bind-address="+probe, "--pprof-bind-address="+pprof,
+			"--shutdown-delay=0s", "--rr-namespaces="+nss["plain"], "--kube-api-qps=5000", "--kube-api-burst=10000",
+			// The policies' webhooks call this process, outside any cluster.
+			fmt.Sprintf("--webhook-url=https://127.0.0.1:%d", w.LocalServingPort), "--webhook-ca-file="+caFile)
+	}
+	rr, err := startRRGuard()
 	if err != nil {
 		return err
 	}
-	defer rr.stop()
+	defer func() { rr.stop() }()
 	b2, err := os.ReadFile(filepath.Join(root, "config", "samples", "tekton-pipelinerun.yaml"))
 	if err != nil {
 		return err
@@ -107,14 +124,50 @@ func runPolicyBench(cfg config, objects int) error {
 		return err
 	}
 
+	bareBin, err := build(root, binDir, "./test/bench/bare", "bare")
+	if err != nil {
+		return err
+	}
+	bareAddr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	_, barePort, _ := strings.Cut(bareAddr, ":")
+	bare, err := start(ctx, "bare", bareBin, nil, tlsReady(bareAddr), "", "--port="+barePort, "--cert-dir="+w.LocalServingCertDir)
+	if err != nil {
+		return err
+	}
+	defer bare.stop()
+	if err := routeBare(ctx, env.Client, "https://"+bareAddr+"/mutate-pipelinerun", nss["bare"]); err != nil {
+		return err
+	}
+	if err := awaitNamed(ctx, env.Client, nss["bare"]); err != nil {
+		return err
+	}
+
 	var seq atomic.Int64
-	row := func(mode string) (policyRow, error) {
-		b.settle()
-		ns := nss["plain"]
-		if mode == "rrguard" {
-			ns = nss["judged"]
+	create := func(mode string) error {
+		n := fmt.Sprint("repo-", seq.Add(1))
+		switch mode {
+		case "rrguard-rr":
+			// Of Kubernaut's size, as the PipelineRuns are of about 2 KB.
+			rr := testenv.NewRR(nss["plain"], testenv.Fingerprint("bench-policy/"+n))
+			rr.Spec.OriginalPayload = strings.Repeat("p", kubernautPayload)
+			return env.Client.Create(ctx, rr)
+		case "rrguard":
+			return env.Client.Create(ctx, pipelineRun(nss["judged"], n))
+		case "bare":
+			return env.Client.Create(ctx, pipelineRun(nss["bare"], n))
 		}
-		cpu0 := cpuOf(api, etcd, rr.pid())
+		return env.Client.Create(ctx, pipelineRun(nss["plain"], n))
+	}
+	b.rrguardPprof = pprof
+	row := func(mode string, round int) (policyRow, error) {
+		b.settle()
+		if cfg.profile && round == 0 && mode != "baseline" {
+			go b.profiles(mode)
+		}
+		cpu0 := cpuOf(api, etcd, rr.pid(), bare.pid())
 		var errs atomic.Int64
 		var done atomic.Int64
 		began := time.Now()
@@ -122,40 +175,41 @@ func runPolicyBench(cfg config, objects int) error {
 			if time.Since(began) > cfg.rowTime {
 				return
 			}
-			if err := env.Client.Create(ctx, pipelineRun(ns, fmt.Sprint("repo-", seq.Add(1)))); err != nil {
+			if err := create(mode); err != nil {
 				errs.Add(1)
 				return
 			}
 			done.Add(1)
 		})
 		wall := time.Since(began)
-		cpu1 := cpuOf(api, etcd, rr.pid())
+		cpu1 := cpuOf(api, etcd, rr.pid(), bare.pid())
 		n := float64(done.Load())
 		if n == 0 {
 			return policyRow{}, fmt.Errorf("%s: no create succeeded (%d errors)", mode, errs.Load())
 		}
 		return policyRow{mode: mode, creates: int(n), perSec: n / wall.Seconds(),
 			apiMS: (cpu1[0] - cpu0[0]) * 1000 / n, etcdMS: (cpu1[1] - cpu0[1]) * 1000 / n, rrMS: (cpu1[2] - cpu0[2]) * 1000 / n,
+			bareMS: (cpu1[3] - cpu0[3]) * 1000 / n,
 			errors: int(errs.Load())}, nil
 	}
-	modes := []string{"baseline", "rrguard"}
+	modes := []string{"baseline", "bare", "rrguard", "rrguard-rr"}
 	rows := map[string][]policyRow{}
 	for r := range cfg.rounds {
 		for i := range modes {
 			m := modes[(i+r)%len(modes)]
-			pr, err := row(m)
+			pr, err := row(m, r)
 			if err != nil {
 				return err
 			}
-			fmt.Printf("round %d %-8s %5d creates %6.0f/s  CPU ms/create: kube-apiserver %.2f etcd %.2f rrguard %.2f  errors %d\n",
-				r+1, m, pr.creates, pr.perSec, pr.apiMS, pr.etcdMS, pr.rrMS, pr.errors)
+			fmt.Printf("round %d %-10s %5d creates %6.0f/s  CPU ms/create: kube-apiserver %.2f etcd %.2f rrguard %.2f bare %.2f  errors %d\n",
+				r+1, m, pr.creates, pr.perSec, pr.apiMS, pr.etcdMS, pr.rrMS, pr.bareMS, pr.errors)
 			rows[m] = append(rows[m], pr)
 		}
 	}
 	fmt.Printf("\nPipelineRuns (Tekton sample policy), %d creators, rows of %d creates or %s, %d rounds; median (range)\n\n",
 		cfg.creators, cfg.signals, cfg.rowTime, cfg.rounds)
-	fmt.Println("| mode | creates/s | kube-apiserver CPU ms/create | etcd | rrguard | × baseline creates/s | errors |")
-	fmt.Println("|---|---:|---:|---:|---:|---:|---:|")
+	fmt.Println("| mode | creates/s | kube-apiserver CPU ms/create | etcd | rrguard | bare | × baseline creates/s | errors |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|")
 	for _, m := range modes {
 		rs := rows[m]
 		med := func(get func(policyRow) float64) string {
@@ -174,10 +228,22 @@ func runPolicyBench(cfg config, objects int) error {
 		for _, r := range rs {
 			errs += r.errors
 		}
-		fmt.Printf("| %s | %s | %s | %s | %s | %s | %d |\n", m, med(func(r policyRow) float64 { return r.perSec }),
+		fmt.Printf("| %s | %s | %s | %s | %s | %s | %s | %d |\n", m, med(func(r policyRow) float64 { return r.perSec }),
 			med(func(r policyRow) float64 { return r.apiMS }), med(func(r policyRow) float64 { return r.etcdMS }),
-			med(func(r policyRow) float64 { return r.rrMS }), ratio, errs)
+			med(func(r policyRow) float64 { return r.rrMS }), med(func(r policyRow) float64 { return r.bareMS }), ratio, errs)
 	}
+	// The two targets of issue 25, paired per round.
+	paired := func(what string, a, b []policyRow, get func(policyRow) float64) {
+		xs := make([]float64, len(a))
+		for i := range a {
+			xs[i] = get(a[i]) / get(b[i])
+		}
+		slices.Sort(xs)
+		fmt.Printf("\n%s: %.2f (%.2f-%.2f)", what, xs[len(xs)/2], xs[0], xs[len(xs)-1])
+	}
+	paired("rrguard CPU per create, PipelineRun ÷ RR (target ≤ 1.10)", rows["rrguard"], rows["rrguard-rr"], func(r policyRow) float64 { return r.rrMS })
+	paired("kube-apiserver CPU per PipelineRun create, rrguard ÷ bare webhook (target ≤ 1.10)", rows["rrguard"], rows["bare"], func(r policyRow) float64 { return r.apiMS })
+	fmt.Println()
 
 	// Memory: objects made where no policy judges them, then the policy extended to their
 	// namespace: rrguard's index lists them all (one watch per policy).
@@ -216,9 +282,50 @@ func runPolicyBench(cfg config, objects int) error {
 		}
 		fmt.Printf("\n| PipelineRuns in the index | rrguard live heap MB | bytes per PipelineRun (over the heap before: %.1f MB) | RSS MB |\n|---:|---:|---:|---:|\n", before)
 		fmt.Printf("| %d | %.1f | %.0f | %.0f |\n", objects, after, (after-before)*(1<<20)/float64(objects), float64(testenv.RSSBytes(rr.pid()))/(1<<20))
+
+		// Start-up: a replica started while the PipelineRuns exist lists them all at once; its
+		// peak RSS is what the chart's memory limit must hold.
+		rr.stop()
+		began := time.Now()
+		if rr, err = startRRGuard(); err != nil {
+			return err
+		}
+		if err := awaitPolicy(ctx, env.Client, p.Name, 2); err != nil {
+			return err
+		}
+		ready := time.Since(began)
+		heap, err := rr.liveHeapMB()
+		if err != nil {
+			return err
+		}
+		fmt.Printf("\nrestarted with %d PipelineRuns (GOMEMLIMIT=%s): ready in %.1f s, live heap %.1f MB, RSS %.1f MB, peak RSS %.1f MB\n",
+			objects, chartGoMemLimit, ready.Seconds(), heap, float64(testenv.RSSBytes(rr.pid()))/(1<<20), float64(testenv.PeakRSSBytes(rr.pid()))/(1<<20))
 	}
 	return nil
 }
+
+// routeBare sends PipelineRun creates in ns to the bare webhook at url, with the CA the suite's
+// webhooks use.
+func routeBare(ctx context.Context, c client.Client, url, ns string) error {
+	var rrm admissionregistrationv1.MutatingWebhookConfiguration
+	if err := c.Get(ctx, client.ObjectKey{Name: "rrguard-mutating-webhook-configuration"}, &rrm); err != nil {
+		return err
+	}
+	wh := rrm.Webhooks[0]
+	wh.Name = "bare-pipelineruns.bench.kubernaut.ai"
+	wh.ClientConfig = admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: wh.ClientConfig.CABundle}
+	wh.Rules = []admissionregistrationv1.RuleWithOperations{{
+		Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
+		Rule:       admissionregistrationv1.Rule{APIGroups: []string{"tekton.dev"}, APIVersions: []string{"v1"}, Resources: []string{"pipelineruns"}},
+	}}
+	wh.NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns}}
+	wh.ObjectSelector, wh.MatchConditions = nil, nil
+	return c.Create(ctx, &admissionregistrationv1.MutatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: "bench-bare-pipelineruns"}, Webhooks: []admissionregistrationv1.MutatingWebhook{wh}})
+}
+
+// kubernautPayload is the size of an RR's payload in Kubernaut (docs/benchmarks.md).
+const kubernautPayload = 2048
 
 // pipelineRun is a PipelineRun of about 2 KB whose key (repo/main) is repo's.
 func pipelineRun(ns, repo string) *unstructured.Unstructured {

@@ -40,3 +40,20 @@ func TestATakenPortFailsNew(t *testing.T) {
 		}
 	}
 }
+
+// A webhook URL the API server would refuse in a webhook's client configuration fails New, before
+// anything binds, instead of failing every reconcile of every policy.
+func TestABadWebhookURLFailsNew(t *testing.T) {
+	for _, u := range []string{"127.0.0.1:9443", "http://127.0.0.1:9443", "https://", "https://u@h:1", "https://h:1/?q=1", "https://h:1/#f", "://x"} {
+		o := Options{Host: "127.0.0.1", MetricsAddr: "0", MarksNamespace: "rrguard-system"}
+		o.PolicyWebhookClient.URL = &u
+		r, err := New(unreachable, o)
+		if r != nil || err == nil || !strings.Contains(err.Error(), "webhook URL") {
+			t.Errorf("%q: New gave %v, %v; want an error naming the webhook URL", u, r, err)
+		}
+	}
+	good := "https://127.0.0.1:9443"
+	if err := checkWebhookURL(good); err != nil {
+		t.Errorf("%s: %v", good, err)
+	}
+}

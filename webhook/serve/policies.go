@@ -710,14 +710,26 @@ func setupPolicyController(mgr ctrl.Manager, set *policySet) error {
 // policyWebhookClient is the client configuration every policy webhook starts from: Options'
 // Service or URL, with the CA bundle read afresh from PolicyWebhookCAFile where it is set and
 // readable (a rotated CA is picked up at the next write).
+// checkWebhookURL refuses a URL the API server would refuse in a webhook's client configuration.
+func checkWebhookURL(s string) error {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return fmt.Errorf("the policies' webhook URL: %w", err)
+	case u.Scheme != "https" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "":
+		return fmt.Errorf("the policies' webhook URL %q: want https://host[:port], without user, query or fragment, as a webhook's client configuration takes", s)
+	}
+	return nil
+}
+
 func (o Options) policyWebhookClient() (admissionregistrationv1.WebhookClientConfig, error) {
 	c := *o.PolicyWebhookClient.DeepCopy()
 	switch {
 	case c.Service == nil && c.URL == nil:
 		return c, ErrNoWebhookClient
 	case c.URL != nil:
-		if _, err := url.Parse(*c.URL); err != nil {
-			return c, fmt.Errorf("the policies' webhook URL: %w", err)
+		if err := checkWebhookURL(*c.URL); err != nil {
+			return c, err
 		}
 	case c.Service.Port == nil:
 		c.Service.Port = ptr.To[int32](443) // the API server's default, written so it compares equal

@@ -172,6 +172,11 @@ func New(cfg *rest.Config, o Options) (_ *Replica, err error) {
 	if o.MarksNamespace == "" {
 		return nil, errors.New("serve: MarksNamespace is required (rrguard's own namespace)")
 	}
+	if u := o.PolicyWebhookClient.URL; u != nil {
+		if err := checkWebhookURL(*u); err != nil {
+			return nil, err
+		}
+	}
 	cert := newServingCert(o.CertDir)
 	server, err := newWebhookServer(o.Host, o.Port, &tls.Config{
 		GetCertificate: cert.GetCertificate,

@@ -1,7 +1,8 @@
 // Command bare is the benchmark's limit: the cheapest mutating webhook that can name an RR after
-// its fingerprint. It decodes the RR as rrguard does and answers with the same kind of patch, and
-// does nothing else: no watch, no API read, no finalizer, no metrics of its own. Whatever a create
-// through it costs over a plain create is what any webhook costs on this machine.
+// its fingerprint (and a PipelineRun after the Tekton sample's key, for make bench-policy). It
+// decodes the object and answers with the same kind of patch as rrguard, and does nothing else: no
+// watch, no API read, no finalizer, no metrics of its own. Whatever a create through it costs over
+// a plain create is what any webhook costs on this machine.
 package main
 
 import (
@@ -26,8 +27,11 @@ import (
 	"github.com/rrguard/rrguard/rules"
 )
 
-// Path is where the benchmark's webhook configuration points.
-const Path = "/mutate-remediationrequest"
+// Path is where the benchmark's webhook configuration points; PipelineRunPath, bench-policy's.
+const (
+	Path            = "/mutate-remediationrequest"
+	PipelineRunPath = "/mutate-pipelinerun"
+)
 
 func main() {
 	host := flag.String("host", "127.0.0.1", "listen host")
@@ -38,6 +42,7 @@ func main() {
 	srv := webhook.NewServer(webhook.Options{Host: *host, Port: *port, CertDir: *certDir,
 		TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }}})
 	srv.Register(Path, &webhook.Admission{Handler: admission.HandlerFunc(name)})
+	srv.Register(PipelineRunPath, &webhook.Admission{Handler: admission.HandlerFunc(namePipelineRun)})
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := srv.Start(ctx); err != nil {
@@ -57,5 +62,22 @@ func name(_ context.Context, req admission.Request) admission.Response {
 	}
 	return admission.Patched("named", jsonpatch.JsonPatchOperation{
 		Operation: "add", Path: "/metadata/name", Value: rules.Name(rr.Spec.SignalFingerprint, 1),
+	})
+}
+
+// namePipelineRun gives the PipelineRun occurrence 1 of its key, as the Tekton sample's policy
+// names it (config/samples/tekton-pipelinerun.yaml): every row uses new keys.
+func namePipelineRun(_ context.Context, req admission.Request) admission.Response {
+	var pr struct {
+		Metadata struct {
+			Labels map[string]string `json:"labels"`
+		} `json:"metadata"`
+	}
+	if err := json.Unmarshal(req.Object.Raw, &pr); err != nil {
+		return admission.Errored(http.StatusBadRequest, err)
+	}
+	key := pr.Metadata.Labels["ci.example.com/repo"] + "/" + pr.Metadata.Labels["ci.example.com/branch"]
+	return admission.Patched("named", jsonpatch.JsonPatchOperation{
+		Operation: "add", Path: "/metadata/name", Value: rules.NameFor("pr-", rules.HashKey(key), 1),
 	})
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/audit"
 	"github.com/rrguard/rrguard/marks"
+	"github.com/rrguard/rrguard/policy"
 	"github.com/rrguard/rrguard/rules"
 	"github.com/rrguard/rrguard/test/testenv"
 )
@@ -83,16 +84,16 @@ func TestAudit(t *testing.T) {
 	}
 	inAnHour := func() time.Time { return time.Now().Add(time.Hour) }
 
-	clean, err := audit.Run(ctx, env.Client, audit.Options{Namespaces: []string{judged}, Marks: store, PageSize: 1})
+	clean, err := audit.Run(ctx, env.Client, rrAudit(audit.Options{Namespaces: []string{judged}, Marks: store, PageSize: 1}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if clean.RRs != 2 || clean.Fingerprints != 2 || len(clean.Findings) != 0 {
+	if clean.Objects != 2 || clean.Keys != 2 || len(clean.Findings) != 0 {
 		t.Fatalf("through rrguard: %+v, want 2 RRs and no findings", clean)
 	}
 
 	// Pages of one: the audit reads every page.
-	r, err := audit.Run(ctx, env.Client, audit.Options{Namespaces: []string{off}, Marks: store, PageSize: 1, Now: inAnHour})
+	r, err := audit.Run(ctx, env.Client, rrAudit(audit.Options{Namespaces: []string{off}, Marks: store, PageSize: 1, Now: inAnHour}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,8 +109,8 @@ func TestAudit(t *testing.T) {
 	}
 	slices.Sort(got[audit.NotCoveredByMark])
 	slices.Sort(want[audit.NotCoveredByMark])
-	if r.RRs != 5 || r.Fingerprints != 3 || len(got) != len(want) {
-		t.Fatalf("around rrguard: %d RRs, %d fingerprints, findings %+v", r.RRs, r.Fingerprints, r.Findings)
+	if r.Objects != 5 || r.Keys != 3 || len(got) != len(want) {
+		t.Fatalf("around rrguard: %d RRs, %d fingerprints, findings %+v", r.Objects, r.Keys, r.Findings)
 	}
 	for k, names := range want {
 		if !slices.Equal(got[k], names) {
@@ -126,13 +127,23 @@ func TestAudit(t *testing.T) {
 	if err := env.Client.Update(ctx, &cm); err != nil {
 		t.Fatal(err)
 	}
-	r, err = audit.Run(ctx, env.Client, audit.Options{Namespaces: []string{judged}, Marks: store})
+	r, err = audit.Run(ctx, env.Client, rrAudit(audit.Options{Namespaces: []string{judged}, Marks: store}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(r.Findings) != 1 || r.Findings[0].Kind != audit.CorruptMark {
 		t.Fatalf("with a corrupt mark entry: %+v", r.Findings)
 	}
+}
+
+// rrAudit is an audit of RRs under the built-in policy.
+func rrAudit(o audit.Options) audit.Options {
+	p, err := policy.RemediationRequests()
+	if err != nil {
+		panic(err)
+	}
+	o.Policy, o.Kind = p, v1alpha1.GroupVersion.WithKind("RemediationRequest")
+	return o
 }
 
 func clientKey(shard string) client.ObjectKey {

@@ -58,6 +58,9 @@ func (s Store) EntryKey(namespace, fp string) string {
 	return namespace + "." + s.Scope + "." + fp[:rules.KeyLen]
 }
 
+// Owns reports whether a shard entry (a data key of a mark ConfigMap) belongs to s's scope.
+func (s Store) Owns(entry string) bool { return s.owns(entry) }
+
 // owns reports whether a shard entry belongs to s's scope: an RR entry has one dot (namespaces
 // and hex keys hold none), a scoped one holds ".<scope>." before its key.
 func (s Store) owns(entry string) bool {

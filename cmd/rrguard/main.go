@@ -24,6 +24,7 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -309,14 +310,16 @@ func check(args []string) int {
 	return 0
 }
 
-// auditCmd reports, read-only, what rrguard's guarantee rules out among the RRs of the given
-// namespaces: exit 0 when nothing, 1 when it found something, 2 when it could not tell.
+// auditCmd reports, read-only, what rrguard's guarantee rules out among the objects of a policy
+// (RRs by default) in the given namespaces: exit 0 when nothing, 1 when it found something, 2 when
+// it could not tell.
 func auditCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("rrguard audit", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	namespaces := fs.String("namespaces", os.Getenv("RR_NAMESPACES"), "comma-separated namespaces to audit (default $RR_NAMESPACES; empty: every namespace)")
+	policyName := fs.String("policy", serve.RRPolicy, "the policy whose objects to audit: a built-in one or a UniquenessPolicy in the cluster")
+	namespaces := fs.String("namespaces", "", "comma-separated namespaces to audit (default: the policy's target namespaces; for the RR policy $RR_NAMESPACES; empty: every namespace)")
 	marksNS := fs.String("marks-namespace", "rrguard-system", "namespace of the high-water mark ConfigMaps")
-	hold := fs.Duration("release-min-age", marks.DefaultMinAge, "rrguard's --release-min-age: an RR that still carries the finalizer 5 minutes past it is reported")
+	hold := fs.Duration("release-min-age", marks.DefaultMinAge, "rrguard's --release-min-age: an object that still carries the finalizer 5 minutes past it is reported")
 	output := fs.String("o", "text", "output: text or json")
 	timeout := fs.Duration("timeout", 5*time.Minute, "how long to try")
 	if err := fs.Parse(args); err != nil {
@@ -333,7 +336,19 @@ func auditCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	r, err := audit.Run(ctx, c, audit.Options{Namespaces: splitList(*namespaces), Marks: marks.Store{Namespace: *marksNS, Reader: c}, Hold: *hold})
+	cp, gvk, err := policyNamed(ctx, c, *policyName)
+	if err != nil {
+		fmt.Fprintln(stderr, "FAIL:", err)
+		return 2
+	}
+	nss := cp.Namespaces
+	switch {
+	case *namespaces != "":
+		nss = splitList(*namespaces)
+	case cp.Policy == serve.RRPolicy:
+		nss = splitList(os.Getenv("RR_NAMESPACES"))
+	}
+	r, err := audit.Run(ctx, c, audit.Options{Policy: cp, Kind: gvk, Namespaces: nss, Marks: marks.Store{Namespace: *marksNS, Reader: c}, Hold: *hold})
 	if err != nil {
 		fmt.Fprintln(stderr, "FAIL:", err)
 		return 2
@@ -344,14 +359,36 @@ func auditCmd(args []string, stdout, stderr io.Writer) int {
 		_ = enc.Encode(r)
 	} else {
 		for _, f := range r.Findings {
-			fmt.Fprintf(stdout, "%s\t%s\t%s\t%s\t%s\n", f.Kind, f.Namespace, f.Fingerprint, strings.Join(f.Names, ","), f.Detail)
+			fmt.Fprintf(stdout, "%s\t%s\t%s\t%s\t%s\n", f.Kind, f.Namespace, f.Key, strings.Join(f.Names, ","), f.Detail)
 		}
-		fmt.Fprintf(stdout, "%d RRs, %d fingerprints: %d findings\n", r.RRs, r.Fingerprints, len(r.Findings))
+		fmt.Fprintf(stdout, "%d %s of policy %s, %d keys: %d findings\n", r.Objects, r.Resource, r.Policy, r.Keys, len(r.Findings))
 	}
 	if len(r.Findings) > 0 {
 		return 1
 	}
 	return 0
+}
+
+// policyNamed is the policy of that name, built in or in the cluster, compiled, and its target's
+// kind as the API server serves it.
+func policyNamed(ctx context.Context, c client.Client, name string) (*policy.Compiled, schema.GroupVersionKind, error) {
+	ps, err := policiesOf(ctx, c, policy.BuiltinNames(), nil)
+	if err != nil {
+		return nil, schema.GroupVersionKind{}, err
+	}
+	i := slices.IndexFunc(ps, func(p *rrguardv1.UniquenessPolicy) bool { return p.Name == name })
+	if i < 0 {
+		return nil, schema.GroupVersionKind{}, fmt.Errorf("no policy %s, built in or in the cluster", name)
+	}
+	cp, err := policy.Compile(ps[i], "")
+	if err != nil {
+		return nil, schema.GroupVersionKind{}, err
+	}
+	gvk, err := c.RESTMapper().KindFor(cp.GroupResource.WithVersion(cp.Versions[0]))
+	if err != nil {
+		return nil, schema.GroupVersionKind{}, fmt.Errorf("the target of policy %s, %s, is not served: %w", name, cp.GroupResource, err)
+	}
+	return cp, gvk, nil
 }
 
 // checkPolicy dry-run creates the object of file through the API server and checks that rrguard
@@ -360,15 +397,7 @@ func checkPolicy(ctx context.Context, c client.Client, policyName, file, namespa
 	if policyName == "" {
 		return "", "", errors.New("-f needs --policy, the policy whose target the object is")
 	}
-	ps, err := policiesOf(ctx, c, policy.BuiltinNames(), nil)
-	if err != nil {
-		return "", "", err
-	}
-	i := slices.IndexFunc(ps, func(p *rrguardv1.UniquenessPolicy) bool { return p.Name == policyName })
-	if i < 0 {
-		return "", "", fmt.Errorf("no policy %s, built in or in the cluster", policyName)
-	}
-	cp, err := policy.Compile(ps[i], "")
+	cp, _, err := policyNamed(ctx, c, policyName)
 	if err != nil {
 		return "", "", err
 	}

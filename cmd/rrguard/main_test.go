@@ -47,10 +47,10 @@ func TestAuditCommand(t *testing.T) {
 	for _, f := range r.Findings {
 		kinds[f.Kind]++
 	}
-	if r.RRs != 2 || kinds[audit.DuplicateInFlight] != 1 || kinds[audit.NotCoveredByMark] != 2 || len(r.Findings) != 3 {
+	if r.Objects != 2 || r.Policy != "remediationrequests" || kinds[audit.DuplicateInFlight] != 1 || kinds[audit.NotCoveredByMark] != 2 || len(r.Findings) != 3 {
 		t.Fatalf("report %+v", r)
 	}
-	if code, out, _ := run("--namespaces", empty, "--marks-namespace", testenv.MarksNamespace); code != 0 || out != "0 RRs, 0 fingerprints: 0 findings\n" {
+	if code, out, _ := run("--namespaces", empty, "--marks-namespace", testenv.MarksNamespace); code != 0 || out != "0 remediationrequests.kubernaut.ai of policy remediationrequests, 0 keys: 0 findings\n" {
 		t.Fatalf("empty namespace: exit %d, %q", code, out)
 	}
 	if code, _, stderr := run("-o", "yaml"); code != 2 || stderr == "" {

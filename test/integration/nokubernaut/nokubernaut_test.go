@@ -6,6 +6,7 @@ package nokubernaut
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -160,6 +161,28 @@ func TestTektonOnlyCluster(t *testing.T) {
 	}
 	if len(stored) != 1 || stored[0] != name1 {
 		t.Fatalf("64 simultaneous creates stored %v, want only %s", stored, name1)
+	}
+
+	// `rrguard audit` of the policy: through rrguard, nothing to report; in a namespace the policy
+	// does not judge, two runs of one branch in flight under their creators' names are.
+	out, err = rrguardCmd(ctx, t, "audit", "--policy", p.Name, "--marks-namespace", testenv.MarksNamespace)
+	if err != nil || !strings.Contains(string(out), "1 pipelineruns.tekton.dev of policy "+p.Name+", 1 keys: 0 findings") {
+		t.Fatalf("rrguard audit through rrguard: %v\n%s", err, out)
+	}
+	_, around := env.TestNamespace(t, "tekton-around", time.Minute)
+	for _, name := range []string{"gitops-a", "gitops-b"} {
+		u := newRun(around)
+		u.SetGenerateName("")
+		u.SetName(name)
+		if err := env.Client.Create(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err = rrguardCmd(ctx, t, "audit", "--policy", p.Name, "--namespaces", around, "--marks-namespace", testenv.MarksNamespace)
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !strings.Contains(string(out), "duplicate-in-flight\t"+around+"\t"+rules.HashKey("shop/main")+"\tgitops-a,gitops-b") ||
+		strings.Count(string(out), "name-not-scheme") != 2 {
+		t.Fatalf("rrguard audit around rrguard: %v\n%s", err, out)
 	}
 
 	// The uninstall step, as an operator runs it with rrguard stopped: every policy's objects.

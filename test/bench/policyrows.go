@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -89,13 +91,14 @@ func runPolicyBench(cfg config, objects int) error {
 	}
 	probe, _ := freeAddr()
 	pprof, _ := freeAddr()
+	metricsAddr, _ := freeAddr()
 	// rrguard as deployed (the chart's GOMEMLIMIT); startRRGuard starts it again for the
 	// start-up row.
 	startRRGuard := func() (*server, error) {
 		return start(ctx, "rrguard", rrguardBin, []string{"KUBECONFIG=" + kubeconfig, "POD_NAMESPACE=" + testenv.MarksNamespace, "GOMEMLIMIT=" + chartGoMemLimit},
 			httpReady("http://"+probe+"/readyz"), pprof,
 			"--webhook-host=127.0.0.1", "--webhook-port="+strconv.Itoa(w.LocalServingPort), "--cert-dir="+w.LocalServingCertDir,
-			"--metrics-bind-address=0", "--health-probe-bind-address="+probe, "--pprof-bind-address="+pprof,
+			"--metrics-bind-address="+metricsAddr, "--metrics-secure=false", "--health-probe-bind-address="+probe, "--pprof-bind-address="+pprof,
 			"--shutdown-delay=0s", "--rr-namespaces="+nss["plain"], "--kube-api-qps=5000", "--kube-api-burst=10000",
 			// The policies' webhooks call this process, outside any cluster.
 			fmt.Sprintf("--webhook-url=https://127.0.0.1:%d", w.LocalServingPort), "--webhook-ca-file="+caFile)
@@ -290,8 +293,15 @@ func runPolicyBench(cfg config, objects int) error {
 		if rr, err = startRRGuard(); err != nil {
 			return err
 		}
-		if err := awaitPolicy(ctx, env.Client, p.Name, 2); err != nil {
-			return err
+		// The policy's stored status is the last replica's: ask this one, by its metrics, when
+		// it enforces the policy with every PipelineRun indexed.
+		if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 10*time.Minute, true, func(context.Context) (bool, error) {
+			series := fmt.Sprintf("{policy=%q}", p.Name)
+			enforced, _ := metricValue(metricsAddr, "rrguard_policy_enforced"+series)
+			indexed, _ := metricValue(metricsAddr, "rrguard_policy_objects"+series)
+			return enforced == 1 && indexed >= float64(objects), nil
+		}); err != nil {
+			return fmt.Errorf("the restarted replica never indexed the %d PipelineRuns: %w", objects, err)
 		}
 		ready := time.Since(began)
 		heap, err := rr.liveHeapMB()
@@ -302,6 +312,23 @@ func runPolicyBench(cfg config, objects int) error {
 			objects, chartGoMemLimit, ready.Seconds(), heap, float64(testenv.RSSBytes(rr.pid()))/(1<<20), float64(testenv.PeakRSSBytes(rr.pid()))/(1<<20))
 	}
 	return nil
+}
+
+// metricValue reads one series (name and labels, as exposed) from the /metrics at addr.
+func metricValue(addr, series string) (float64, bool) {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
 }
 
 // routeBare sends PipelineRun creates in ns to the bare webhook at url, with the CA the suite's

@@ -8,15 +8,16 @@ COPY go.mod go.sum ./
 RUN go mod download
 # Every package cmd/rrguard imports (test/integration/deploy checks this list against go list).
 COPY apis/ apis/
-COPY audit/ audit/
 COPY cmd/rrguard/ cmd/rrguard/
 COPY config/policies/ config/policies/
+COPY internal/audit/ internal/audit/
+COPY internal/decision/ internal/decision/
 COPY internal/jsonproject/ internal/jsonproject/
-COPY kubernaut/ kubernaut/
-COPY marks/ marks/
-COPY policy/ policy/
-COPY rrfacts/ rrfacts/
-COPY rules/ rules/
+COPY internal/marks/ internal/marks/
+COPY internal/policy/ internal/policy/
+COPY internal/rrfacts/ internal/rrfacts/
+COPY internal/rules/ internal/rules/
+COPY kubernaut/cluster/ kubernaut/cluster/
 COPY webhook/ webhook/
 RUN CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH go build -trimpath -ldflags='-s -w' -o /out/rrguard ./cmd/rrguard
 

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
-	"github.com/rrguard/rrguard/webhook/decision"
+	"github.com/rrguard/rrguard/internal/decision"
 )
 
 // terminal lists the phases after which Kubernaut does no more work on an RR. Every other

@@ -11,7 +11,7 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
-	"github.com/rrguard/rrguard/policy"
+	"github.com/rrguard/rrguard/internal/policy"
 )
 
 // An object reaches the API server as a create by two routes, and they differ in where its storage

@@ -9,8 +9,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
-	"github.com/rrguard/rrguard/policy"
-	"github.com/rrguard/rrguard/webhook/decision"
+	"github.com/rrguard/rrguard/internal/decision"
+	"github.com/rrguard/rrguard/internal/policy"
 )
 
 // decideFacts names the new object c or refuses it, from the facts of its key's objects (from the

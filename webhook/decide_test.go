@@ -9,7 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
-	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/internal/rules"
 )
 
 const (

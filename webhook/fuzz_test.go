@@ -14,7 +14,7 @@ import (
 	crwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
-	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/internal/rules"
 )
 
 // review is an AdmissionReview as the API server sends it for an RR create.

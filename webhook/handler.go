@@ -15,7 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/rrguard/rrguard/internal/jsonproject"
-	"github.com/rrguard/rrguard/policy"
+	"github.com/rrguard/rrguard/internal/policy"
 )
 
 // Paths the webhook server serves; config/webhook points the API server at them.

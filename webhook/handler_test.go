@@ -15,8 +15,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
-	"github.com/rrguard/rrguard/rules"
-	"github.com/rrguard/rrguard/webhook/decision"
+	"github.com/rrguard/rrguard/internal/decision"
+	"github.com/rrguard/rrguard/internal/rules"
 )
 
 // listerFunc adapts a function listing typed RRs to Lister, for handler tests that need no API

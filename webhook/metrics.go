@@ -3,7 +3,7 @@ package webhook
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/rrguard/rrguard/policy"
+	"github.com/rrguard/rrguard/internal/policy"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 )
 

@@ -12,10 +12,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
+	"github.com/rrguard/rrguard/internal/decision"
 	"github.com/rrguard/rrguard/internal/jsonproject"
-	"github.com/rrguard/rrguard/policy"
-	"github.com/rrguard/rrguard/rrfacts"
-	"github.com/rrguard/rrguard/webhook/decision"
+	"github.com/rrguard/rrguard/internal/policy"
+	"github.com/rrguard/rrguard/internal/rrfacts"
 )
 
 // Namer is the mutating webhook: it gives each new object of its policy's target the name its key

@@ -17,10 +17,10 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
-	"github.com/rrguard/rrguard/policy"
-	"github.com/rrguard/rrguard/rrfacts"
-	"github.com/rrguard/rrguard/rules"
-	"github.com/rrguard/rrguard/webhook/decision"
+	"github.com/rrguard/rrguard/internal/decision"
+	"github.com/rrguard/rrguard/internal/policy"
+	"github.com/rrguard/rrguard/internal/rrfacts"
+	"github.com/rrguard/rrguard/internal/rules"
 )
 
 // Handler tests with policies other than the RR's: a key made of labels (the Tekton sample) and

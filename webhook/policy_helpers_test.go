@@ -13,8 +13,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
-	"github.com/rrguard/rrguard/policy"
-	"github.com/rrguard/rrguard/webhook/decision"
+	"github.com/rrguard/rrguard/internal/decision"
+	"github.com/rrguard/rrguard/internal/policy"
 )
 
 // rrPol is the RR policy rrguard ships, which every handler test enforces.

@@ -31,10 +31,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
-	"github.com/rrguard/rrguard/audit"
+	"github.com/rrguard/rrguard/internal/audit"
+	"github.com/rrguard/rrguard/internal/marks"
+	"github.com/rrguard/rrguard/internal/policy"
 	"github.com/rrguard/rrguard/kubernaut/cluster"
-	"github.com/rrguard/rrguard/marks"
-	"github.com/rrguard/rrguard/policy"
 	"github.com/rrguard/rrguard/webhook/serve"
 )
 

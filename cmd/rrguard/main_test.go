@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rrguard/rrguard/audit"
-	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/internal/audit"
+	"github.com/rrguard/rrguard/internal/rules"
 	"github.com/rrguard/rrguard/test/testenv"
 )
 

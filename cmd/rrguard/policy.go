@@ -12,7 +12,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
-	"github.com/rrguard/rrguard/policy"
+	"github.com/rrguard/rrguard/internal/policy"
 )
 
 // policyCmd is `rrguard policy test`: a policy file against object files, offline, as

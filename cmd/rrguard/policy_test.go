@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/internal/rules"
 )
 
 type policyRow struct {

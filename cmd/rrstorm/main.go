@@ -17,10 +17,10 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/rrguard/rrguard/creator"
-	"github.com/rrguard/rrguard/internal/storm"
+	"github.com/rrguard/rrguard/internal/rules"
 	"github.com/rrguard/rrguard/kubernaut/cluster"
-	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/kubernaut/creator"
+	"github.com/rrguard/rrguard/kubernaut/storm"
 )
 
 func main() {

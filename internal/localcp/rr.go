@@ -12,7 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
-	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/internal/rules"
 )
 
 // Fingerprint derives a valid fingerprint from any text, as Kubernaut does from a resource key.

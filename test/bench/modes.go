@@ -7,7 +7,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/rrguard/rrguard/creator"
+	"github.com/rrguard/rrguard/kubernaut/creator"
 	"github.com/rrguard/rrguard/test/gateway"
 	"github.com/rrguard/rrguard/test/testenv"
 )

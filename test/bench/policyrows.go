@@ -22,7 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
-	"github.com/rrguard/rrguard/policy"
+	"github.com/rrguard/rrguard/internal/policy"
 	"github.com/rrguard/rrguard/test/testenv"
 )
 

@@ -19,7 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
-	"github.com/rrguard/rrguard/creator"
+	"github.com/rrguard/rrguard/kubernaut/creator"
 	"github.com/rrguard/rrguard/test/testenv"
 )
 

@@ -4,9 +4,9 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
-	"github.com/rrguard/rrguard/marks"
-	"github.com/rrguard/rrguard/policy"
-	"github.com/rrguard/rrguard/rrfacts"
+	"github.com/rrguard/rrguard/internal/marks"
+	"github.com/rrguard/rrguard/internal/policy"
+	"github.com/rrguard/rrguard/internal/rrfacts"
 )
 
 // RRReader is an RR index, never started, for its consistent reads (ReadKey): by the

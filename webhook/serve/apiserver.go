@@ -19,7 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
-	"github.com/rrguard/rrguard/policy"
+	"github.com/rrguard/rrguard/internal/policy"
 )
 
 // The Kubernetes releases rrguard is tested on (make test-k8s); the chart's kubeVersion says the

@@ -6,7 +6,7 @@ import (
 
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/internal/rules"
 )
 
 // Check makes a dry-run create of obj through the API server, as its creator would, and returns

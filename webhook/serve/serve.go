@@ -27,9 +27,9 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
-	"github.com/rrguard/rrguard/marks"
-	"github.com/rrguard/rrguard/policy"
-	"github.com/rrguard/rrguard/rrfacts"
+	"github.com/rrguard/rrguard/internal/marks"
+	"github.com/rrguard/rrguard/internal/policy"
+	"github.com/rrguard/rrguard/internal/rrfacts"
 	"github.com/rrguard/rrguard/webhook"
 )
 

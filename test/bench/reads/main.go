@@ -26,10 +26,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
-	"github.com/rrguard/rrguard/marks"
-	"github.com/rrguard/rrguard/policy"
-	"github.com/rrguard/rrguard/rrfacts"
-	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/internal/marks"
+	"github.com/rrguard/rrguard/internal/policy"
+	"github.com/rrguard/rrguard/internal/rrfacts"
+	"github.com/rrguard/rrguard/internal/rules"
 	"github.com/rrguard/rrguard/test/testenv"
 )
 

@@ -315,10 +315,13 @@ func TestDefaultProductionSettings(t *testing.T) {
 				{APIGroups: []string{"rrguard.kubernaut.ai"}, Resources: []string{"uniquenesspolicies"}, Verbs: []string{"get", "list", "watch"}},
 				{APIGroups: []string{"rrguard.kubernaut.ai"}, Resources: []string{"uniquenesspolicies/status"}, Verbs: []string{"get", "update", "patch"}},
 				{APIGroups: []string{"admissionregistration.k8s.io"}, Resources: hooks, Verbs: []string{"get", "list", "watch"}},
+				// The policies' generated name checks, named after the policies.
+				{APIGroups: []string{"admissionregistration.k8s.io"}, Resources: []string{"validatingadmissionpolicies", "validatingadmissionpolicybindings"},
+					Verbs: []string{"get", "list", "watch", "create", "update", "delete"}},
 				{APIGroups: []string{"admissionregistration.k8s.io"}, Resources: hooks, ResourceNames: []string{"rrguard-policies"}, Verbs: []string{"update"}},
 			}
 			if fmt.Sprint(cr.Rules) != fmt.Sprint(want) {
-				t.Errorf("%s grants %+v, want reads of the policies and the webhook configurations, and updates of the policies' own pair only", name, cr.Rules)
+				t.Errorf("%s grants %+v, want reads of the policies and the webhook configurations, the policies' name checks, and updates of the policies' own pair of webhook configurations only", name, cr.Rules)
 			}
 		case k == "ClusterRoleBinding" && name == "rrguard-policies-rolebinding":
 			var b rbacv1.ClusterRoleBinding

@@ -16,7 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
-	"github.com/rrguard/rrguard/creator"
+	"github.com/rrguard/rrguard/kubernaut/creator"
 	"github.com/rrguard/rrguard/test/gateway"
 	"github.com/rrguard/rrguard/test/testenv"
 )

@@ -25,8 +25,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
-	"github.com/rrguard/rrguard/marks"
-	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/internal/marks"
+	"github.com/rrguard/rrguard/internal/rules"
 	"github.com/rrguard/rrguard/test/testenv"
 	"github.com/rrguard/rrguard/webhook/serve"
 )

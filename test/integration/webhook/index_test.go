@@ -13,8 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
-	"github.com/rrguard/rrguard/rrfacts"
-	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/internal/rrfacts"
+	"github.com/rrguard/rrguard/internal/rules"
 	"github.com/rrguard/rrguard/test/testenv"
 	"github.com/rrguard/rrguard/webhook/serve"
 )

@@ -19,9 +19,9 @@ import (
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
+	"github.com/rrguard/rrguard/internal/rules"
 	"github.com/rrguard/rrguard/kubernaut"
 	"github.com/rrguard/rrguard/kubernaut/cluster"
-	"github.com/rrguard/rrguard/rules"
 	"github.com/rrguard/rrguard/test/testenv"
 	"github.com/rrguard/rrguard/webhook/serve"
 )

@@ -20,8 +20,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
-	"github.com/rrguard/rrguard/rrfacts"
-	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/internal/rrfacts"
+	"github.com/rrguard/rrguard/internal/rules"
 )
 
 // Finalizer is what rrguard's mutating webhook puts on every RR it admits, in the same patch that

@@ -14,9 +14,9 @@ import (
 	kjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
 	"k8s.io/client-go/rest"
 
+	"github.com/rrguard/rrguard/internal/decision"
 	"github.com/rrguard/rrguard/internal/jsonproject"
-	"github.com/rrguard/rrguard/policy"
-	"github.com/rrguard/rrguard/webhook/decision"
+	"github.com/rrguard/rrguard/internal/policy"
 )
 
 // object is how the index decodes an object of its target: the metadata the index and the

@@ -27,8 +27,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
-	"github.com/rrguard/rrguard/policy"
-	"github.com/rrguard/rrguard/webhook/decision"
+	"github.com/rrguard/rrguard/internal/decision"
+	"github.com/rrguard/rrguard/internal/policy"
 )
 
 // Fact is what the index knows of one RR: what a decision reads of it, and what the releaser

@@ -11,10 +11,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
-	"github.com/rrguard/rrguard/audit"
-	"github.com/rrguard/rrguard/marks"
-	"github.com/rrguard/rrguard/policy"
-	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/internal/audit"
+	"github.com/rrguard/rrguard/internal/marks"
+	"github.com/rrguard/rrguard/internal/policy"
+	"github.com/rrguard/rrguard/internal/rules"
 	"github.com/rrguard/rrguard/test/testenv"
 )
 

@@ -19,9 +19,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
-	"github.com/rrguard/rrguard/creator"
+	"github.com/rrguard/rrguard/internal/rules"
 	"github.com/rrguard/rrguard/kubernaut/cluster"
-	"github.com/rrguard/rrguard/rules"
+	"github.com/rrguard/rrguard/kubernaut/creator"
 	"github.com/rrguard/rrguard/test/testenv"
 )
 

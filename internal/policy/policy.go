@@ -26,9 +26,9 @@ import (
 	"k8s.io/apiserver/pkg/cel/library"
 
 	"github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
+	"github.com/rrguard/rrguard/internal/decision"
 	"github.com/rrguard/rrguard/internal/jsonproject"
-	"github.com/rrguard/rrguard/rules"
-	"github.com/rrguard/rrguard/webhook/decision"
+	"github.com/rrguard/rrguard/internal/rules"
 )
 
 // Reasons an *Error gives; a policy's status shows them.

@@ -10,7 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/selection"
 
 	"github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
-	"github.com/rrguard/rrguard/webhook/decision"
+	"github.com/rrguard/rrguard/internal/decision"
 )
 
 // readPage is the page size of a consistent read.

@@ -23,9 +23,9 @@ import (
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	"github.com/rrguard/rrguard/internal/jsonproject"
+	"github.com/rrguard/rrguard/internal/policy"
+	"github.com/rrguard/rrguard/internal/rules"
 	"github.com/rrguard/rrguard/kubernaut"
-	"github.com/rrguard/rrguard/policy"
-	"github.com/rrguard/rrguard/rules"
 )
 
 const finalizer = "rrguard.kubernaut.ai/high-water-mark"
@@ -519,7 +519,7 @@ func pipelineRun(ns string, i int) map[string]any {
 
 func tektonIndex(t testing.TB) (*Index, *feed) {
 	t.Helper()
-	b, err := os.ReadFile("../config/samples/tekton-pipelinerun.yaml")
+	b, err := os.ReadFile("../../config/samples/tekton-pipelinerun.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,8 +18,8 @@ import (
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
 	"github.com/rrguard/rrguard/internal/jsonproject"
+	"github.com/rrguard/rrguard/internal/rules"
 	"github.com/rrguard/rrguard/kubernaut"
-	"github.com/rrguard/rrguard/rules"
 )
 
 func load(t *testing.T, path string) *rrguardv1.UniquenessPolicy {
@@ -44,7 +44,7 @@ func compiled(t *testing.T, path string) *Compiled {
 	return c
 }
 
-const rrPolicy = "../config/policies/remediationrequests.yaml"
+const rrPolicy = "../../config/policies/remediationrequests.yaml"
 
 // Every shipped policy compiles, and each target gets the consistent read its key allows.
 func TestShippedPoliciesCompile(t *testing.T) {
@@ -52,12 +52,12 @@ func TestShippedPoliciesCompile(t *testing.T) {
 		read   rrguardv1.ConsistentRead
 		labels []string
 	}{
-		"../config/policies/remediationrequests.yaml": {rrguardv1.ReadFieldSelector, nil},
-		"../config/samples/tekton-pipelinerun.yaml":   {rrguardv1.ReadLabelSelector, []string{"ci.example.com/branch", "ci.example.com/repo"}},
-		"../config/samples/argo-workflow.yaml":        {rrguardv1.ReadLabelSelector, []string{"example.com/job"}},
-		"../config/samples/batch-job.yaml":            {rrguardv1.ReadLabelSelector, []string{"example.com/job"}},
+		"../../config/policies/remediationrequests.yaml": {rrguardv1.ReadFieldSelector, nil},
+		"../../config/samples/tekton-pipelinerun.yaml":   {rrguardv1.ReadLabelSelector, []string{"ci.example.com/branch", "ci.example.com/repo"}},
+		"../../config/samples/argo-workflow.yaml":        {rrguardv1.ReadLabelSelector, []string{"example.com/job"}},
+		"../../config/samples/batch-job.yaml":            {rrguardv1.ReadLabelSelector, []string{"example.com/job"}},
 	}
-	files, _ := filepath.Glob("../config/samples/*.yaml")
+	files, _ := filepath.Glob("../../config/samples/*.yaml")
 	files = append(files, rrPolicy)
 	seen := 0
 	for _, f := range files {
@@ -246,11 +246,11 @@ func TestConsistentRead(t *testing.T) {
 // Keys: what a create whose object gives no usable key is told.
 func TestKeyErrors(t *testing.T) {
 	ctx := context.Background()
-	tekton := compiled(t, "../config/samples/tekton-pipelinerun.yaml")
+	tekton := compiled(t, "../../config/samples/tekton-pipelinerun.yaml")
 	rr := compiled(t, rrPolicy)
 	labels := func(l map[string]any) map[string]any { return map[string]any{"metadata": map[string]any{"labels": l}} }
 	items := compiled(t, "testdata/first-item-key.yaml")
-	argo := compiled(t, "../config/samples/argo-workflow.yaml")
+	argo := compiled(t, "../../config/samples/argo-workflow.yaml")
 	for _, c := range []struct {
 		name   string
 		p      *Compiled
@@ -290,7 +290,7 @@ func TestKeyErrors(t *testing.T) {
 // A Job a CronJob owns is left alone; any other is judged.
 func TestJobMatchConditions(t *testing.T) {
 	ctx := context.Background()
-	jobs := compiled(t, "../config/samples/batch-job.yaml")
+	jobs := compiled(t, "../../config/samples/batch-job.yaml")
 	owned := map[string]any{"metadata": map[string]any{"ownerReferences": []any{map[string]any{"kind": "CronJob", "apiVersion": "batch/v1", "name": "nightly"}}}}
 	other := map[string]any{"metadata": map[string]any{"ownerReferences": []any{map[string]any{"kind": "Workflow", "apiVersion": "argoproj.io/v1alpha1", "name": "w"}}}}
 	for obj, want := range map[*map[string]any]bool{&owned: false, &other: true, {"metadata": map[string]any{}}: true} {

@@ -13,9 +13,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/apis/kubernaut/v1alpha1"
-	"github.com/rrguard/rrguard/creator"
 	"github.com/rrguard/rrguard/internal/localcp"
 	"github.com/rrguard/rrguard/kubernaut"
+	"github.com/rrguard/rrguard/kubernaut/creator"
 )
 
 // InFlightWatch replays every change to a namespace's RRs, in the order etcd committed them, and

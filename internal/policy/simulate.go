@@ -17,7 +17,7 @@ import (
 
 	"github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
 	"github.com/rrguard/rrguard/config/policies"
-	"github.com/rrguard/rrguard/webhook/decision"
+	"github.com/rrguard/rrguard/internal/decision"
 )
 
 // Result is what the engine would do with one object created in order (Simulate).

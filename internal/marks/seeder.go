@@ -10,7 +10,7 @@ import (
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
 
-	"github.com/rrguard/rrguard/rrfacts"
+	"github.com/rrguard/rrguard/internal/rrfacts"
 )
 
 // Seeder raises the marks of the RRs that carry no finalizer and that this process has not seen

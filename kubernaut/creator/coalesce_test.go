@@ -14,7 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
-	"github.com/rrguard/rrguard/creator"
+	"github.com/rrguard/rrguard/kubernaut/creator"
 	"github.com/rrguard/rrguard/test/testenv"
 )
 

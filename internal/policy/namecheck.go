@@ -12,6 +12,18 @@ import (
 	"github.com/rrguard/rrguard/internal/rules"
 )
 
+// generatedSuffix ends the name of everything rrguard writes for a policy: its webhooks and its
+// name check.
+const generatedSuffix = ".policies.rrguard.kubernaut.ai"
+
+// GeneratedName is the name of a policy's webhooks and name check.
+func GeneratedName(policy string) string { return policy + generatedSuffix }
+
+// maxPolicyName is the longest policy name whose GeneratedName is still a valid name (a DNS
+// subdomain): a longer one would make the API server refuse every write of the webhook
+// configurations, every policy's with it.
+const maxPolicyName = validation.DNS1123SubdomainMaxLength - len(generatedSuffix)
+
 // keyVariable is the name under which the generated check evaluates the policy's key expression.
 const keyVariable = "key"
 

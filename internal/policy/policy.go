@@ -149,6 +149,9 @@ func Compile(p *v1alpha1.UniquenessPolicy, rrguardNamespace string) (*Compiled, 
 		return nil, err
 	}
 	var invalid field.ErrorList
+	if len(p.Name) > maxPolicyName {
+		invalid = append(invalid, field.TooLong(field.NewPath("metadata", "name"), p.Name, maxPolicyName))
+	}
 	if len(t.Versions) == 0 {
 		invalid = append(invalid, field.Required(spec.Child("target", "versions"), ""))
 	}

@@ -204,6 +204,7 @@ func TestCompileRefuses(t *testing.T) {
 		{"long prefix", func(s *rrguardv1.UniquenessPolicySpec) { s.Key.NamePrefix = "pipelinerun-" }, ReasonInvalid, "spec.key.namePrefix"},
 		{"upper prefix", func(s *rrguardv1.UniquenessPolicySpec) { s.Key.NamePrefix = "PR-" }, ReasonInvalid, "spec.key.namePrefix"},
 		{"encoding", func(s *rrguardv1.UniquenessPolicySpec) { s.Key.Encoding = "Base64" }, ReasonInvalid, "spec.key.encoding"},
+		{"name check", func(s *rrguardv1.UniquenessPolicySpec) { s.NameCheck = "Nobody" }, ReasonInvalid, "spec.nameCheck"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := Compile(rrPolicyWith(c.edit), "rrguard-system")
@@ -215,6 +216,18 @@ func TestCompileRefuses(t *testing.T) {
 				t.Fatalf("errors.Is(ErrForbiddenTarget) = %v for %v", errors.Is(err, ErrForbiddenTarget), err)
 			}
 		})
+	}
+	// A name too long for what rrguard writes after it (its webhooks and name check) is refused; the
+	// longest that fits compiles.
+	long := rrPolicyWith(func(*rrguardv1.UniquenessPolicySpec) {})
+	long.Name = strings.Repeat("a", 60) + "." + strings.Repeat("b", 60) + "." + strings.Repeat("c", 60) + "." + strings.Repeat("d", maxPolicyName-183)
+	if _, err := Compile(long, ""); err != nil || len(GeneratedName(long.Name)) != 253 {
+		t.Fatalf("a %d-character name: %v (generated names %d characters)", len(long.Name), err, len(GeneratedName(long.Name)))
+	}
+	long.Name += "d"
+	var pe *Error
+	if _, err := Compile(long, ""); !errors.As(err, &pe) || pe.Reason != ReasonInvalid || pe.Errs[0].Field != "metadata.name" {
+		t.Fatalf("a %d-character name: %v, want Invalid on metadata.name", len(long.Name), err)
 	}
 	// One comprehension over a list is within budget.
 	if _, err := Compile(rrPolicyWith(func(s *rrguardv1.UniquenessPolicySpec) {

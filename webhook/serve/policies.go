@@ -319,7 +319,8 @@ func (pc *policyController) Reconcile(ctx context.Context, req reconcile.Request
 		if !pc.static(req.Name) {
 			pc.set.stop(req.Name)
 		}
-		return reconcile.Result{}, pc.syncWebhooks(ctx)
+		_, err := pc.syncWebhooks(ctx)
+		return reconcile.Result{}, err
 	}
 	if err != nil {
 		return reconcile.Result{}, err
@@ -344,10 +345,11 @@ func (pc *policyController) Reconcile(ctx context.Context, req reconcile.Request
 			pc.set.stop(p.Name)
 		}
 	}
-	if err := pc.syncWebhooks(ctx); err != nil {
+	refused, err := pc.syncWebhooks(ctx)
+	if err != nil {
 		return reconcile.Result{}, err
 	}
-	st := statusOf(&p, lp, enforceErr)
+	st := statusOf(&p, lp, enforceErr, refused[p.Name])
 	// Another replica found this generation enforced: one still syncing does not say otherwise.
 	stored := p.Status.ObservedGeneration == p.Generation && meta.IsStatusConditionTrue(p.Status.Conditions, rrguardv1.ConditionEnforced)
 	if enforceErr == nil && stored && !meta.IsStatusConditionTrue(st.Conditions, rrguardv1.ConditionEnforced) {
@@ -411,10 +413,15 @@ const (
 	ReasonEnforced           = "Enforced"
 	// ReasonNotReady: the watch has not synced or the marks are not seeded yet.
 	ReasonNotReady = "NotReady"
+	// NameChecked's reasons: who checks names, or that the API server refused the generated check
+	// (its answer in the message).
+	ReasonNameCheckAPIServer = "APIServer"
+	ReasonNameCheckWebhook   = "Webhook"
+	ReasonNameCheckRefused   = "NameCheckRefused"
 )
 
 // statusOf is a policy's status as this replica sees it.
-func statusOf(p *rrguardv1.UniquenessPolicy, lp *livePolicy, enforceErr error) rrguardv1.UniquenessPolicyStatus {
+func statusOf(p *rrguardv1.UniquenessPolicy, lp *livePolicy, enforceErr, nameCheckErr error) rrguardv1.UniquenessPolicyStatus {
 	st := rrguardv1.UniquenessPolicyStatus{ObservedGeneration: p.Generation}
 	set := func(t string, ok bool, reason, msg string) {
 		s := metav1.ConditionFalse
@@ -459,6 +466,14 @@ func statusOf(p *rrguardv1.UniquenessPolicy, lp *livePolicy, enforceErr error) r
 	} else {
 		set(rrguardv1.ConditionEnforced, false, ReasonNotReady, "the watch has not synced, or the marks are not seeded yet")
 	}
+	switch {
+	case lp.compiled.NameCheck == rrguardv1.NameCheckWebhook:
+		set(rrguardv1.ConditionNameChecked, true, ReasonNameCheckWebhook, "rrguard's validating webhook checks every new object's final name")
+	case nameCheckErr != nil:
+		set(rrguardv1.ConditionNameChecked, false, ReasonNameCheckRefused, "the API server refused the generated name check: "+nameCheckErr.Error())
+	default:
+		set(rrguardv1.ConditionNameChecked, true, ReasonNameCheckAPIServer, "the API server checks every new object's final name (ValidatingAdmissionPolicy "+nameCheckName(p.Name)+")")
+	}
 	return st
 }
 
@@ -466,10 +481,14 @@ func statusOf(p *rrguardv1.UniquenessPolicy, lp *livePolicy, enforceErr error) r
 // (compiled, target known), calling rrguard as Options.PolicyWebhookClient says, for creates of the
 // policy's target and versions. The configurations' own metadata (cert-manager's CA injection
 // annotation, say) is the installer's and left as stored.
-func (pc *policyController) syncWebhooks(ctx context.Context) error {
+//
+// It returns, by policy, the name checks the API server refused (an invalid object: a name too
+// long, an expression its CEL does not know), which are reported in the policy's status instead of
+// retried; any other error is returned.
+func (pc *policyController) syncWebhooks(ctx context.Context) (refused map[string]error, err error) {
 	base, err := pc.set.o.policyWebhookClient()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	policiesName := pc.set.o.PoliciesWebhookConfiguration
 	if policiesName == "" {
@@ -477,7 +496,7 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 	}
 	var list rrguardv1.UniquenessPolicyList
 	if err := pc.List(ctx, &list); err != nil {
-		return err
+		return nil, err
 	}
 	slices.SortFunc(list.Items, func(a, b rrguardv1.UniquenessPolicy) int { return strings.Compare(a.Name, b.Name) })
 	var mut []admissionregistrationv1.MutatingWebhook
@@ -519,7 +538,7 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 			}
 			return c
 		}
-		name := p.Name + ".policies.rrguard.kubernaut.ai"
+		name := policy.GeneratedName(p.Name)
 		// The namespaces no policy may judge are never sent: an outage of rrguard must not stop
 		// kube-system's Jobs, say.
 		sel := &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
@@ -556,7 +575,7 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 		wantChecks[nameCheckName(c.Policy)] = true
 	}
 	if err := pc.deleteNameChecks(ctx, wantChecks); err != nil {
-		return err
+		return nil, err
 	}
 	meta := metav1.ObjectMeta{Name: policiesName, Labels: map[string]string{"app.kubernetes.io/managed-by": "rrguard"}}
 	if err := upsert(ctx, pc.Client, &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: meta, Webhooks: mut},
@@ -570,12 +589,12 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 			cur.Webhooks = want.Webhooks
 			return same
 		}); err != nil {
-		return err
+		return nil, err
 	}
-	if err := pc.writeNameChecks(ctx, policiesName, checks, selectors); err != nil {
-		return err
+	if refused, err = pc.writeNameChecks(ctx, policiesName, checks, selectors); err != nil {
+		return nil, err
 	}
-	return upsert(ctx, pc.Client, &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: meta, Webhooks: val},
+	return refused, upsert(ctx, pc.Client, &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: meta, Webhooks: val},
 		func(cur, want *admissionregistrationv1.ValidatingWebhookConfiguration) bool {
 			keepCABundles(want.Webhooks, cur.Webhooks,
 				func(w *admissionregistrationv1.ValidatingWebhook) *admissionregistrationv1.WebhookClientConfig {
@@ -588,33 +607,46 @@ func (pc *policyController) syncWebhooks(ctx context.Context) error {
 		})
 }
 
-// nameCheckName is the name of the ValidatingAdmissionPolicy and binding that check a policy's names.
-func nameCheckName(policyName string) string { return policyName + ".policies.rrguard.kubernaut.ai" }
+// nameCheckName is the name of the ValidatingAdmissionPolicy and binding that check a policy's
+// names: its webhooks'.
+func nameCheckName(policyName string) string { return policy.GeneratedName(policyName) }
 
 // writeNameChecks writes the API server's name check of each policy in checks, for the namespaces
 // of the same index in selectors. Each is owned by the policies' MutatingWebhookConfiguration
 // (mutatingName), so that when an uninstall deletes the webhook that names, the garbage collector
 // deletes the checks of those names: no check outlives the naming.
-func (pc *policyController) writeNameChecks(ctx context.Context, mutatingName string, checks []*policy.Compiled, selectors []*metav1.LabelSelector) error {
+func (pc *policyController) writeNameChecks(ctx context.Context, mutatingName string, checks []*policy.Compiled, selectors []*metav1.LabelSelector) (map[string]error, error) {
 	if len(checks) == 0 {
-		return nil
+		return nil, nil
 	}
 	var owner admissionregistrationv1.MutatingWebhookConfiguration
 	if err := pc.Get(ctx, client.ObjectKey{Name: mutatingName}, &owner); err != nil {
-		return err
+		return nil, err
 	}
 	ref := metav1.OwnerReference{APIVersion: "admissionregistration.k8s.io/v1", Kind: "MutatingWebhookConfiguration", Name: owner.Name, UID: owner.UID}
+	refused := map[string]error{}
 	for i, c := range checks {
 		vap, bind := c.NameCheckPolicy(nameCheckName(c.Policy), selectors[i])
 		vap.OwnerReferences, bind.OwnerReferences = []metav1.OwnerReference{ref}, []metav1.OwnerReference{ref}
-		if err := upsert(ctx, pc.Client, vap, mergeGenerated(func(v *admissionregistrationv1.ValidatingAdmissionPolicy) any { return &v.Spec })); err != nil {
-			return err
+		err := upsert(ctx, pc.Client, vap, mergeGenerated(func(v *admissionregistrationv1.ValidatingAdmissionPolicy) any { return &v.Spec }))
+		if err == nil {
+			err = upsert(ctx, pc.Client, bind, mergeGenerated(func(b *admissionregistrationv1.ValidatingAdmissionPolicyBinding) any { return &b.Spec }))
 		}
-		if err := upsert(ctx, pc.Client, bind, mergeGenerated(func(b *admissionregistrationv1.ValidatingAdmissionPolicyBinding) any { return &b.Spec })); err != nil {
-			return err
+		switch {
+		case apierrors.IsInvalid(err):
+			// No check rather than a stale one: an earlier generation's would check names against
+			// a key the policy no longer has.
+			refused[c.Policy] = err
+			for _, o := range []client.Object{bind, vap} {
+				if err := pc.Delete(ctx, o); client.IgnoreNotFound(err) != nil {
+					return nil, err
+				}
+			}
+		case err != nil:
+			return nil, err
 		}
 	}
-	return nil
+	return refused, nil
 }
 
 // mergeGenerated is upsert's merge for an object rrguard generates whole: its spec (what spec points

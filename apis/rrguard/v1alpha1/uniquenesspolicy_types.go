@@ -148,6 +148,10 @@ const (
 	ConditionWatching = "Watching"
 	// ConditionEnforced: creates of the target are judged.
 	ConditionEnforced = "Enforced"
+	// ConditionNameChecked: every new object's final name is checked after every mutation, by the
+	// API server (the generated ValidatingAdmissionPolicy) or rrguard's validating webhook, as
+	// spec.nameCheck says; false with the API server's answer when it refused the generated check.
+	ConditionNameChecked = "NameChecked"
 )
 
 // ConsistentRead says how a decision reads the target when its index cannot vouch for itself.

@@ -51,7 +51,12 @@ func waitCondition(ctx context.Context, t *testing.T, name, ctype string, status
 	t.Helper()
 	var st rrguardv1.UniquenessPolicyStatus
 	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, within, true, func(ctx context.Context) (bool, error) {
-		st = policyStatus(ctx, t, name)
+		// The poll's own deadline cuts its last read: keep the status read before, for the message.
+		var p rrguardv1.UniquenessPolicy
+		if err := env.Client.Get(ctx, client.ObjectKey{Name: name}, &p); err != nil {
+			return false, nil
+		}
+		st = p.Status
 		c := meta.FindStatusCondition(st.Conditions, ctype)
 		return c != nil && c.Status == status && (reason == "" || c.Reason == reason), nil
 	}); err != nil {

@@ -1,18 +1,27 @@
 package policies
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
@@ -160,7 +169,8 @@ func TestNameCheckFollowsThePolicy(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), p) })
 	waitCondition(ctx, t, p.Name, rrguardv1.ConditionEnforced, metav1.ConditionTrue, "Enforced", enforceWithin)
-	checkName := p.Name + ".policies.rrguard.kubernaut.ai"
+	waitCondition(ctx, t, p.Name, rrguardv1.ConditionNameChecked, metav1.ConditionTrue, serve.ReasonNameCheckAPIServer, enforceWithin)
+	checkName := policy.GeneratedName(p.Name)
 	awaitChecks(ctx, t, checkName, true, false)
 	var vap admissionregistrationv1.ValidatingAdmissionPolicy
 	var mut admissionregistrationv1.MutatingWebhookConfiguration
@@ -201,12 +211,82 @@ func TestNameCheckFollowsThePolicy(t *testing.T) {
 	}
 	setNameCheck(rrguardv1.NameCheckWebhook)
 	awaitChecks(ctx, t, checkName, false, true)
+	waitCondition(ctx, t, p.Name, rrguardv1.ConditionNameChecked, metav1.ConditionTrue, serve.ReasonNameCheckWebhook, enforceWithin)
 	setNameCheck(rrguardv1.NameCheckAPIServer)
 	awaitChecks(ctx, t, checkName, true, false)
 	if err := env.Client.Delete(ctx, p); err != nil {
 		t.Fatal(err)
 	}
 	awaitChecks(ctx, t, checkName, false, false)
+}
+
+// A name check the API server refuses is reported in the policy's status (NameChecked false, with
+// the API server's answer), and nothing of it is left; the policy still names, and every other
+// write goes on. The refusal is injected at the replica's transport: the API server refuses a
+// ValidatingAdmissionPolicy rrguard's compiler accepts only for expressions its own CEL does not
+// know, which differ by release.
+func TestNameCheckRefusedIsReported(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "namecheck-refused", 3*time.Minute)
+	p := lifePolicy(t, "refused-pipelineruns", ns)
+	refuse := &refuseWrites{resource: "validatingadmissionpolicies", name: policy.GeneratedName(p.Name)}
+	cfg := rest.CopyConfig(env.Config)
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { refuse.next = rt; return refuse })
+	stop, err := env.ServeRRGuardWith(ctx, cfg, func(o *serve.Options) { o.Policies = nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stop() })
+	if err := env.Client.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), p) })
+	waitCondition(ctx, t, p.Name, rrguardv1.ConditionEnforced, metav1.ConditionTrue, "Enforced", enforceWithin)
+	st := waitCondition(ctx, t, p.Name, rrguardv1.ConditionNameChecked, metav1.ConditionFalse, serve.ReasonNameCheckRefused, enforceWithin)
+	if refuse.hits.Load() == 0 {
+		t.Fatal("the fault never hit: no write of the name check was refused")
+	}
+	if c := meta.FindStatusCondition(st.Conditions, rrguardv1.ConditionNameChecked); !strings.Contains(c.Message, refusedMessage) {
+		t.Fatalf("NameChecked does not carry the API server's answer: %+v", c)
+	}
+	awaitChecks(ctx, t, policy.GeneratedName(p.Name), false, false)
+	if u := createNext(ctx, t, targets[0], ns); u.GetName() != targets[0].name(1) {
+		t.Fatalf("created %s, want %s: the policy names without its check", u.GetName(), targets[0].name(1))
+	}
+}
+
+// refusedMessage is what refuseWrites answers.
+const refusedMessage = "refused by the test's transport"
+
+// refuseWrites answers every create or update of the named object of resource with the API
+// server's 422, counting them.
+type refuseWrites struct {
+	resource, name string
+	next           http.RoundTripper
+	hits           atomic.Int64
+}
+
+func (r *refuseWrites) RoundTrip(req *http.Request) (*http.Response, error) {
+	if (req.Method == http.MethodPost || req.Method == http.MethodPut) && strings.Contains(req.URL.Path, "/"+r.resource) && req.Body != nil {
+		body, err := io.ReadAll(req.Body)
+		if err != nil {
+			return nil, err
+		}
+		req.Body = io.NopCloser(bytes.NewReader(body))
+		// Its name, in whichever encoding the client speaks (JSON or protobuf).
+		if bytes.Contains(body, []byte(r.name)) {
+			r.hits.Add(1)
+			st := apierrors.NewInvalid(schema.GroupKind{Group: "admissionregistration.k8s.io", Kind: "ValidatingAdmissionPolicy"}, r.name,
+				field.ErrorList{field.Invalid(field.NewPath("spec", "variables").Index(0).Child("expression"), "", refusedMessage)}).Status()
+			st.TypeMeta = metav1.TypeMeta{Kind: "Status", APIVersion: "v1"}
+			status, err := json.Marshal(st)
+			if err != nil {
+				return nil, err
+			}
+			return &http.Response{StatusCode: http.StatusUnprocessableEntity, Header: http.Header{"Content-Type": {"application/json"}},
+				Body: io.NopCloser(bytes.NewReader(status)), Request: req}, nil
+		}
+	}
+	return r.next.RoundTrip(req)
 }
 
 // awaitChecks waits until the policy's generated ValidatingAdmissionPolicy and binding exist or not

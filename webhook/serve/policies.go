@@ -568,13 +568,17 @@ func (pc *policyController) syncWebhooks(ctx context.Context) (refused map[strin
 		}
 	}
 	// A name check goes before the webhook that names, and comes after it: never a check of names
-	// no one gives. (The API server loads each kind of configuration on its own, so this orders
-	// the writes, not what it applies in the moment between them.)
-	wantChecks := map[string]bool{}
+	// no one gives. One that the validating webhook takes over goes after that webhook comes: never
+	// a moment without a check. (The API server loads each kind of configuration on its own, so
+	// this orders the writes, not what it applies in the moment between them.)
+	wantChecks, naming := map[string]bool{}, map[string]bool{}
 	for _, c := range checks {
 		wantChecks[nameCheckName(c.Policy)] = true
 	}
-	if err := pc.deleteNameChecks(ctx, wantChecks); err != nil {
+	for _, w := range mut {
+		naming[w.Name] = true
+	}
+	if err := pc.deleteNameChecks(ctx, naming); err != nil {
 		return nil, err
 	}
 	meta := metav1.ObjectMeta{Name: policiesName, Labels: map[string]string{"app.kubernetes.io/managed-by": "rrguard"}}
@@ -594,7 +598,7 @@ func (pc *policyController) syncWebhooks(ctx context.Context) (refused map[strin
 	if refused, err = pc.writeNameChecks(ctx, policiesName, checks, selectors); err != nil {
 		return nil, err
 	}
-	return refused, upsert(ctx, pc.Client, &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: meta, Webhooks: val},
+	if err := upsert(ctx, pc.Client, &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: meta, Webhooks: val},
 		func(cur, want *admissionregistrationv1.ValidatingWebhookConfiguration) bool {
 			keepCABundles(want.Webhooks, cur.Webhooks,
 				func(w *admissionregistrationv1.ValidatingWebhook) *admissionregistrationv1.WebhookClientConfig {
@@ -604,7 +608,10 @@ func (pc *policyController) syncWebhooks(ctx context.Context) (refused map[strin
 			same := reflect.DeepEqual(cur.Webhooks, want.Webhooks) || (len(cur.Webhooks) == 0 && len(want.Webhooks) == 0)
 			cur.Webhooks = want.Webhooks
 			return same
-		})
+		}); err != nil {
+		return nil, err
+	}
+	return refused, pc.deleteNameChecks(ctx, wantChecks)
 }
 
 // nameCheckName is the name of the ValidatingAdmissionPolicy and binding that check a policy's
@@ -663,7 +670,7 @@ func mergeGenerated[T client.Object](spec func(T) any) func(cur, want T) bool {
 }
 
 // deleteNameChecks deletes the name checks rrguard wrote that are not in want: their policy is gone,
-// not enforced, or checks names in the webhook now.
+// not enforced, or has its names checked by the validating webhook now.
 func (pc *policyController) deleteNameChecks(ctx context.Context, want map[string]bool) error {
 	// Bindings first: a policy without its binding checks nothing.
 	for _, list := range []client.ObjectList{&admissionregistrationv1.ValidatingAdmissionPolicyBindingList{}, &admissionregistrationv1.ValidatingAdmissionPolicyList{}} {

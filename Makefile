@@ -121,7 +121,7 @@ bench-quick: testbin ## The short benchmark (under 5 minutes): one size, shorter
 	go run ./test/bench -quick $(BENCH_FLAGS)
 
 .PHONY: bench-policy
-bench-policy: testbin ## A generic target: PipelineRuns under the Tekton sample policy against no webhook (CPU per create), and rrguard's heap per PipelineRun at 100k.
+bench-policy: testbin ## A generic target: PipelineRuns under the Tekton sample policy against no webhook and the bare webhook, beside RRs (CPU per create); rrguard's heap per PipelineRun at 100k and a restart with them.
 	go run ./test/bench -policy $(BENCH_POLICY_FLAGS)
 
 .PHONY: bench-marks

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -297,9 +295,8 @@ func runPolicyBench(cfg config, objects int) error {
 		// it enforces the policy with every PipelineRun indexed.
 		if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 10*time.Minute, true, func(context.Context) (bool, error) {
 			series := fmt.Sprintf("{policy=%q}", p.Name)
-			enforced, _ := metricValue(metricsAddr, "rrguard_policy_enforced"+series)
-			indexed, _ := metricValue(metricsAddr, "rrguard_policy_objects"+series)
-			return enforced == 1 && indexed >= float64(objects), nil
+			m := scrapeMetrics(metricsAddr)
+			return m["rrguard_policy_enforced"+series] == 1 && m["rrguard_policy_objects"+series] >= float64(objects), nil
 		}); err != nil {
 			return fmt.Errorf("the restarted replica never indexed the %d PipelineRuns: %w", objects, err)
 		}
@@ -312,23 +309,6 @@ func runPolicyBench(cfg config, objects int) error {
 			objects, chartGoMemLimit, ready.Seconds(), heap, float64(testenv.RSSBytes(rr.pid()))/(1<<20), float64(testenv.PeakRSSBytes(rr.pid()))/(1<<20))
 	}
 	return nil
-}
-
-// metricValue reads one series (name and labels, as exposed) from the /metrics at addr.
-func metricValue(addr, series string) (float64, bool) {
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return 0, false
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, series+" "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			return f, err == nil
-		}
-	}
-	return 0, false
 }
 
 // routeBare sends PipelineRun creates in ns to the bare webhook at url, with the CA the suite's

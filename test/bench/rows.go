@@ -282,7 +282,24 @@ func (b *bench) rrguardCounts() map[string]float64 {
 	if b.rrguard == nil || b.rrguardMetrics == "" {
 		return out
 	}
-	resp, err := http.Get("http://" + b.rrguardMetrics + "/metrics")
+	for name, v := range scrapeMetrics(b.rrguardMetrics) {
+		switch {
+		case name == "rrguard_decision_api_reads_count":
+			out["decisions"] += v
+		case name == "rrguard_decision_api_reads_sum":
+			out["reads"] += v
+		case strings.HasPrefix(name, "rrguard_consistent_list_fallbacks_total"):
+			out["fallbacks"] += v
+		}
+	}
+	return out
+}
+
+// scrapeMetrics reads the plain-HTTP /metrics at addr: each series ("name{labels}", as exposed) and
+// its value; none when it cannot be read.
+func scrapeMetrics(addr string) map[string]float64 {
+	out := map[string]float64{}
+	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		return out
 	}
@@ -293,17 +310,8 @@ func (b *bench) rrguardCounts() map[string]float64 {
 		if !ok || strings.HasPrefix(line, "#") {
 			continue
 		}
-		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
-		if err != nil {
-			continue
-		}
-		switch {
-		case name == "rrguard_decision_api_reads_count":
-			out["decisions"] += v
-		case name == "rrguard_decision_api_reads_sum":
-			out["reads"] += v
-		case strings.HasPrefix(name, "rrguard_consistent_list_fallbacks_total"):
-			out["fallbacks"] += v
+		if v, err := strconv.ParseFloat(strings.TrimSpace(value), 64); err == nil {
+			out[name] = v
 		}
 	}
 	return out

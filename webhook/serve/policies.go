@@ -472,7 +472,7 @@ func statusOf(p *rrguardv1.UniquenessPolicy, lp *livePolicy, enforceErr, nameChe
 	case nameCheckErr != nil:
 		set(rrguardv1.ConditionNameChecked, false, ReasonNameCheckRefused, "the API server refused the generated name check: "+nameCheckErr.Error())
 	default:
-		set(rrguardv1.ConditionNameChecked, true, ReasonNameCheckAPIServer, "the API server checks every new object's final name (ValidatingAdmissionPolicy "+nameCheckName(p.Name)+")")
+		set(rrguardv1.ConditionNameChecked, true, ReasonNameCheckAPIServer, "the API server checks every new object's final name (ValidatingAdmissionPolicy "+policy.GeneratedName(p.Name)+")")
 	}
 	return st
 }
@@ -501,9 +501,8 @@ func (pc *policyController) syncWebhooks(ctx context.Context) (refused map[strin
 	slices.SortFunc(list.Items, func(a, b rrguardv1.UniquenessPolicy) int { return strings.Compare(a.Name, b.Name) })
 	var mut []admissionregistrationv1.MutatingWebhook
 	var val []admissionregistrationv1.ValidatingWebhook
-	// The policies whose names the API server checks (NameCheck APIServer), and their namespaces.
+	// The policies whose names the API server checks (NameCheck APIServer).
 	var checks []*policy.Compiled
-	var selectors []*metav1.LabelSelector
 	for i := range list.Items {
 		p := &list.Items[i]
 		// What is enforced now, of whichever generation: a change being made keeps its earlier
@@ -539,14 +538,7 @@ func (pc *policyController) syncWebhooks(ctx context.Context) (refused map[strin
 			return c
 		}
 		name := policy.GeneratedName(p.Name)
-		// The namespaces no policy may judge are never sent: an outage of rrguard must not stop
-		// kube-system's Jobs, say.
-		sel := &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
-			Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpNotIn, Values: policy.NeverJudgedNamespaces(pc.set.o.MarksNamespace)}}}
-		if len(c.Namespaces) > 0 {
-			sel = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
-				Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpIn, Values: c.Namespaces}}}
-		}
+		sel := pc.judgedNamespaces(c)
 		// Every field the API server would default is written as it stores it, so that what is
 		// stored equals what is wanted and an unchanged set of policies writes nothing.
 		mut = append(mut, admissionregistrationv1.MutatingWebhook{
@@ -564,7 +556,6 @@ func (pc *policyController) syncWebhooks(ctx context.Context) (refused map[strin
 			})
 		} else {
 			checks = append(checks, c)
-			selectors = append(selectors, sel)
 		}
 	}
 	// A name check goes before the webhook that names, and comes after it: never a check of names
@@ -573,7 +564,7 @@ func (pc *policyController) syncWebhooks(ctx context.Context) (refused map[strin
 	// this orders the writes, not what it applies in the moment between them.)
 	wantChecks, naming := map[string]bool{}, map[string]bool{}
 	for _, c := range checks {
-		wantChecks[nameCheckName(c.Policy)] = true
+		wantChecks[policy.GeneratedName(c.Policy)] = true
 	}
 	for _, w := range mut {
 		naming[w.Name] = true
@@ -595,7 +586,7 @@ func (pc *policyController) syncWebhooks(ctx context.Context) (refused map[strin
 		}); err != nil {
 		return nil, err
 	}
-	if refused, err = pc.writeNameChecks(ctx, policiesName, checks, selectors); err != nil {
+	if refused, err = pc.writeNameChecks(ctx, policiesName, checks); err != nil {
 		return nil, err
 	}
 	if err := upsert(ctx, pc.Client, &admissionregistrationv1.ValidatingWebhookConfiguration{ObjectMeta: meta, Webhooks: val},
@@ -614,15 +605,22 @@ func (pc *policyController) syncWebhooks(ctx context.Context) (refused map[strin
 	return refused, pc.deleteNameChecks(ctx, wantChecks)
 }
 
-// nameCheckName is the name of the ValidatingAdmissionPolicy and binding that check a policy's
-// names: its webhooks'.
-func nameCheckName(policyName string) string { return policy.GeneratedName(policyName) }
+// judgedNamespaces selects the namespaces of c's target that its webhooks and name check apply to.
+// The namespaces no policy may judge are never sent: an outage of rrguard must not stop
+// kube-system's Jobs, say.
+func (pc *policyController) judgedNamespaces(c *policy.Compiled) *metav1.LabelSelector {
+	if len(c.Namespaces) > 0 {
+		return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
+			Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpIn, Values: c.Namespaces}}}
+	}
+	return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
+		Key: "kubernetes.io/metadata.name", Operator: metav1.LabelSelectorOpNotIn, Values: policy.NeverJudgedNamespaces(pc.set.o.MarksNamespace)}}}
+}
 
-// writeNameChecks writes the API server's name check of each policy in checks, for the namespaces
-// of the same index in selectors. Each is owned by the policies' MutatingWebhookConfiguration
+// writeNameChecks writes the API server's name check of each policy in checks. Each is owned by the policies' MutatingWebhookConfiguration
 // (mutatingName), so that when an uninstall deletes the webhook that names, the garbage collector
 // deletes the checks of those names: no check outlives the naming.
-func (pc *policyController) writeNameChecks(ctx context.Context, mutatingName string, checks []*policy.Compiled, selectors []*metav1.LabelSelector) (map[string]error, error) {
+func (pc *policyController) writeNameChecks(ctx context.Context, mutatingName string, checks []*policy.Compiled) (map[string]error, error) {
 	if len(checks) == 0 {
 		return nil, nil
 	}
@@ -632,8 +630,8 @@ func (pc *policyController) writeNameChecks(ctx context.Context, mutatingName st
 	}
 	ref := metav1.OwnerReference{APIVersion: "admissionregistration.k8s.io/v1", Kind: "MutatingWebhookConfiguration", Name: owner.Name, UID: owner.UID}
 	refused := map[string]error{}
-	for i, c := range checks {
-		vap, bind := c.NameCheckPolicy(nameCheckName(c.Policy), selectors[i])
+	for _, c := range checks {
+		vap, bind := c.NameCheckPolicy(policy.GeneratedName(c.Policy), pc.judgedNamespaces(c))
 		vap.OwnerReferences, bind.OwnerReferences = []metav1.OwnerReference{ref}, []metav1.OwnerReference{ref}
 		err := upsert(ctx, pc.Client, vap, mergeGenerated(func(v *admissionregistrationv1.ValidatingAdmissionPolicy) any { return &v.Spec }))
 		if err == nil {

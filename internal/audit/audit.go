@@ -133,17 +133,12 @@ func Run(ctx context.Context, c client.Reader, o Options) (Report, error) {
 			}
 			for i := range list.Items {
 				item := &list.Items[i]
-				// What rrguard would not judge is not audited: a match condition false, the key
-				// absent or unreadable.
-				if ok, err := p.Matches(ctx, item.Object); !ok || err != nil {
+				// What rrguard would not judge is not audited; a rule that fails on an object keeps
+				// it in flight, as in the index.
+				f, keyHex, judged, _ := p.Judge(ctx, item.Object, item.GetName(), item.GetCreationTimestamp().Time, item.GetDeletionTimestamp() != nil)
+				if !judged {
 					continue
 				}
-				keyHex, _, err := p.Key(ctx, item.Object)
-				if err != nil {
-					continue
-				}
-				// A rule that fails on an object keeps it in flight, as the index does.
-				f, _ := p.Fact(ctx, item.Object, item.GetName(), keyHex, item.GetCreationTimestamp().Time, item.GetDeletionTimestamp() != nil)
 				k := key{item.GetNamespace(), keyHex}
 				byKey[k] = append(byKey[k], object{name: item.GetName(), inFlight: f.InFlight(t),
 					finalizer: slices.Contains(item.GetFinalizers(), marks.Finalizer), age: t.Sub(item.GetCreationTimestamp().Time)})

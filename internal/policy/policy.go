@@ -363,6 +363,22 @@ func (c *Compiled) Key(ctx context.Context, obj map[string]any) (keyHex, key str
 	return key, key, nil
 }
 
+// Judge is how the engine takes an existing object: not the policy's (judged false) when a match
+// condition is false or fails, or its key cannot be read; else its key and Fact, whose error (an
+// in-flight rule that failed, the object kept in flight) is err. The index and the audit take
+// stored objects this way.
+func (c *Compiled) Judge(ctx context.Context, obj map[string]any, name string, created time.Time, deleting bool) (f decision.Fact, keyHex string, judged bool, err error) {
+	if ok, err := c.Matches(ctx, obj); !ok || err != nil {
+		return decision.Fact{}, "", false, nil
+	}
+	keyHex, _, err = c.Key(ctx, obj)
+	if err != nil {
+		return decision.Fact{}, "", false, nil
+	}
+	f, err = c.Fact(ctx, obj, name, keyHex, created, deleting)
+	return f, keyHex, true, err
+}
+
 // Fact is what the engine keeps of an existing object: the in-flight instant and the phase (an
 // object being deleted is not in flight, whatever the rule says). name and keyHex place it.
 func (c *Compiled) Fact(ctx context.Context, obj map[string]any, name, keyHex string, created time.Time, deleting bool) (decision.Fact, error) {

@@ -124,16 +124,10 @@ func (o *object) UnmarshalJSON(b []byte) error {
 
 // judge applies the policy to an object's projection m.
 func (rd *reading) judge(m map[string]any, meta objectMeta) verdict {
-	ctx := context.Background()
-	p := rd.policy
-	if ok, err := p.Matches(ctx, m); !ok || err != nil {
+	f, keyHex, judged, err := rd.policy.Judge(context.Background(), m, meta.Name, meta.CreationTimestamp.Time, meta.DeletionTimestamp != nil)
+	if !judged {
 		return verdict{}
 	}
-	keyHex, _, err := p.Key(ctx, m)
-	if err != nil {
-		return verdict{}
-	}
-	f, err := p.Fact(ctx, m, meta.Name, keyHex, meta.CreationTimestamp.Time, meta.DeletionTimestamp != nil)
 	return verdict{fact: f, keyHex: keyHex, err: err}
 }
 

@@ -2,6 +2,7 @@ package marks
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -130,8 +132,10 @@ type Releaser struct {
 	Kind schema.GroupVersionKind
 	Name string
 
-	once  sync.Once
-	queue workqueue.TypedRateLimitingInterface[types.NamespacedName]
+	once    sync.Once
+	queue   workqueue.TypedRateLimitingInterface[reconcile.Request]
+	ctrl    controller.TypedController[reconcile.Request]
+	ctrlErr error
 }
 
 // deletionWorkers release objects deleted during their hold concurrently: each release is two
@@ -159,66 +163,59 @@ func (r *Releaser) object(namespace, name string) *metav1.PartialObjectMetadata 
 // SetupWithManager runs the releaser (Start) with the manager.
 func (r *Releaser) SetupWithManager(mgr ctrl.Manager) error { return mgr.Add(r) }
 
-// Start runs the sweep and the workers of the deletions queue until ctx is done
-// (manager.Runnable, or run alone: a policy's releaser starts and stops with the policy).
+// Start runs the sweep and the controller of deletions until ctx is done (manager.Runnable, or run
+// alone: a policy's releaser starts and stops with the policy).
 func (r *Releaser) Start(ctx context.Context) error {
-	r.init()
-	defer r.queue.ShutDown()
-	var wg sync.WaitGroup
-	for range deletionWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for r.work(ctx) {
-			}
-		}()
+	c, err := r.init()
+	if err != nil {
+		return err
 	}
-	go func() {
-		<-ctx.Done()
-		r.queue.ShutDown()
-	}()
-	err := r.sweep(ctx)
-	wg.Wait()
-	return err
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- c.Start(ctx) }()
+	sweepErr := r.sweep(ctx)
+	cancel()
+	return errors.Join(sweepErr, <-stopped)
 }
 
 // NeedLeaderElection implements manager.LeaderElectionRunnable: every replica releases.
 func (r *Releaser) NeedLeaderElection() bool { return false }
 
-func (r *Releaser) init() {
+// init builds the queue the index feeds (Enqueue may come before Start: the index and the
+// releaser start together) and the controller that drains it: controller-runtime's workers,
+// rate-limited retries, panic recovery and per-controller metrics, with the index's deletion
+// notices as its source instead of an informer (rrguard keeps no cache of the target).
+func (r *Releaser) init() (controller.TypedController[reconcile.Request], error) {
 	r.once.Do(func() {
-		r.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[types.NamespacedName](),
-			workqueue.TypedRateLimitingQueueConfig[types.NamespacedName]{Name: "high-water-mark-" + r.Name})
+		r.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[reconcile.Request](),
+			workqueue.TypedRateLimitingQueueConfig[reconcile.Request]{Name: deletionController + r.Name})
+		// A policy's next generation (a changed target) starts while the last stops, under one
+		// name; replicas in one process (tests) share the registry of names too.
+		skip := true
+		r.ctrl, r.ctrlErr = controller.NewTypedUnmanaged(deletionController+r.Name, controller.TypedOptions[reconcile.Request]{
+			Reconciler:              reconcile.Func(r.Reconcile),
+			MaxConcurrentReconciles: deletionWorkers,
+			SkipNameValidation:      &skip,
+			Logger:                  ctrl.Log.WithName("marks"),
+			NewQueue: func(string, workqueue.TypedRateLimiter[reconcile.Request]) workqueue.TypedRateLimitingInterface[reconcile.Request] {
+				return r.queue
+			},
+		})
 	})
+	return r.ctrl, r.ctrlErr
 }
 
-// work reconciles one queued deletion; false once the queue is shut down.
-func (r *Releaser) work(ctx context.Context) bool {
-	key, quit := r.queue.Get()
-	if quit {
-		return false
-	}
-	defer r.queue.Done(key)
-	res, err := r.Reconcile(ctx, reconcile.Request{NamespacedName: key})
-	switch {
-	case err != nil:
-		if ctx.Err() == nil {
-			ctrl.Log.WithName("marks").V(1).Info("releasing a deleted object, will retry", "object", key, "error", err.Error())
-		}
-		r.queue.AddRateLimited(key)
-	case res.RequeueAfter > 0:
-		r.queue.Forget(key)
-		r.queue.AddAfter(key, res.RequeueAfter)
-	default:
-		r.queue.Forget(key)
-	}
-	return true
-}
+// deletionController prefixes the name of a policy's controller of deletions (its metrics' and
+// logs' controller label) and of its queue.
+const deletionController = "high-water-mark-"
 
 // Enqueue asks the releaser to look at an object being deleted that carries Finalizer.
 func (r *Releaser) Enqueue(namespace, name string) {
-	r.init()
-	r.queue.Add(types.NamespacedName{Namespace: namespace, Name: name})
+	if _, err := r.init(); err != nil {
+		return // Start fails with the same error: the policy is not enforced here
+	}
+	r.queue.Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: namespace, Name: name}})
 }
 
 func (r *Releaser) minAge() time.Duration {
@@ -229,8 +226,21 @@ func (r *Releaser) minAge() time.Duration {
 }
 
 // Reconcile implements reconcile.Reconciler, for RRs deleted during their hold: they wait until
-// it ends.
+// it ends. A write lost to another replica's (a conflict) is retried after a fresh read without
+// an error: with several replicas it is the rule, not a fault.
 func (r *Releaser) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	res, err := r.releaseDeleted(ctx, req)
+	if err != nil && contended(err) && ctx.Err() == nil {
+		return reconcile.Result{RequeueAfter: contendedRetry}, nil
+	}
+	return res, err
+}
+
+// contendedRetry: how soon a release that lost a write to another replica reads again; the winner
+// has usually finished by then, and the fresh read finds the finalizer gone.
+const contendedRetry = 100 * time.Millisecond
+
+func (r *Releaser) releaseDeleted(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	o := r.object(req.Namespace, req.Name)
 	if err := r.Reader.Get(ctx, req.NamespacedName, o); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)

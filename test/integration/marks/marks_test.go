@@ -155,11 +155,21 @@ func TestReleaseWaitsOutTheHold(t *testing.T) {
 	ctx, ns := env.TestNamespace(t, "hold", 3*time.Minute)
 	const hold = 3 * time.Second
 	serving(ctx, t, func(o *serve.Options) { o.ReleaseMinAge, o.ReleaseEvery = hold, 50*time.Millisecond })
+	// The deletion is the policy's controller's (controller-runtime's, fed by the index): it
+	// waits out the hold as a requeue, then releases.
+	reconciles := func(result string) float64 {
+		return testenv.Counter("controller_runtime_reconcile_total", map[string]string{"controller": "high-water-mark-remediationrequests", "result": result})
+	}
+	requeued, succeeded := reconciles("requeue_after"), reconciles("success")
 	rr := create(ctx, t, ns, testenv.Fingerprint(ns+"/hold"))
 	created := time.Now()
 	took := gone(ctx, t, rr, 30*time.Second)
 	if age := time.Since(created); age < hold-time.Second {
 		t.Fatalf("released %s after creation, before the %s hold", age, hold)
+	}
+	if reconciles("requeue_after") <= requeued || reconciles("success") <= succeeded {
+		t.Fatalf("the deletion controller's reconciles: requeued %v -> %v, succeeded %v -> %v; want both to rise",
+			requeued, reconciles("requeue_after"), succeeded, reconciles("success"))
 	}
 	t.Logf("a new RR deleted at once was held %s", took.Round(time.Millisecond))
 }

@@ -163,10 +163,10 @@ func upgrade(t *testing.T, old, kubeconfig string, timings func(*serve.Options),
 	total := 0
 	for i, issued := range names {
 		last := int64(0)
-		for _, name := range issued {
+		for j, name := range issued {
 			_, n, ok := rules.ParseName(rules.RRNamePrefix, name)
 			if !ok || n <= last {
-				t.Fatalf("creator %d was given %s after number %d (names in order: %v): a name reissued or out of order", i, name, last, issued)
+				t.Fatalf("creator %d was given %s after number %d (its create %d of %d): a name reissued or out of order", i, name, last, j+1, len(issued))
 			}
 			last = n
 		}

@@ -39,6 +39,11 @@ func TestBenchSmoke(t *testing.T) {
 		if (r.Mode == "rrguard" && r.CPU["rrguard"] <= 0) || (r.Mode == "bare" && r.CPU["bare"] <= 0) {
 			t.Errorf("row %+v: the webhook process's CPU was not read", r)
 		}
+		// An rrguard row ends once rrguard has released what it stored, after the hold; no
+		// other row waits.
+		if (r.Mode == "rrguard") != (r.ReleaseSeconds > 0) {
+			t.Errorf("row %+v: release wait %.1fs", r, r.ReleaseSeconds)
+		}
 		// The Lease lock's storm fails signals by design (Kubernaut's Gateway gives up on
 		// conflicts); that is measured, not a harness fault.
 		if r.Duplicates != 0 || (r.Errors != 0 && !(r.Kind == "storm" && r.Mode == "lease-lock")) {

@@ -207,14 +207,14 @@ func runBench(cfg config) (*bench, error) {
 			return nil, err
 		}
 		b.rrguardMetrics = metrics
-		return start(ctx, "rrguard", rrguardBin, []string{"KUBECONFIG=" + kubeconfig, "POD_NAMESPACE=" + testenv.MarksNamespace, "GOMEMLIMIT=" + chartGoMemLimit},
-			httpReady("http://"+probe+"/readyz"), pprof,
-			"--webhook-host=127.0.0.1", "--webhook-port="+strconv.Itoa(w.LocalServingPort), "--cert-dir="+w.LocalServingCertDir,
-			"--metrics-bind-address="+metrics, "--metrics-secure=false", "--health-probe-bind-address="+probe, "--pprof-bind-address="+pprof,
-			"--shutdown-delay=0s", "--rr-namespaces="+namespaces,
+		args := append([]string{"--webhook-host=127.0.0.1", "--webhook-port=" + strconv.Itoa(w.LocalServingPort), "--cert-dir=" + w.LocalServingCertDir,
+			"--metrics-bind-address=" + metrics, "--metrics-secure=false", "--health-probe-bind-address=" + probe, "--pprof-bind-address=" + pprof,
+			"--shutdown-delay=0s", "--rr-namespaces=" + namespaces,
 			// The load generator sends hundreds of creates a second; the default client limit
 			// (200 QPS) is for a replica among three in a cluster.
-			"--kube-api-qps=5000", "--kube-api-burst=10000")
+			"--kube-api-qps=5000", "--kube-api-burst=10000"}, releaseTimings...)
+		return start(ctx, "rrguard", rrguardBin, []string{"KUBECONFIG=" + kubeconfig, "POD_NAMESPACE=" + testenv.MarksNamespace, "GOMEMLIMIT=" + chartGoMemLimit},
+			httpReady("http://"+probe+"/readyz"), pprof, args...)
 	}
 	bareAddr, err := freeAddr()
 	if err != nil {

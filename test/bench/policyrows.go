@@ -39,7 +39,10 @@ type policyRow struct {
 	perSec              float64
 	apiMS, etcdMS, rrMS float64
 	bareMS              float64
-	errors              int
+	// releaseWait: how long after its last create rrguard took to release what the row stored
+	// (its CPU over that wait is in the row's, idle CPU taken out; release.go).
+	releaseWait float64
+	errors      int
 }
 
 func runPolicyBench(cfg config, objects int) error {
@@ -93,13 +96,13 @@ func runPolicyBench(cfg config, objects int) error {
 	// rrguard as deployed (the chart's GOMEMLIMIT); startRRGuard starts it again for the
 	// start-up row.
 	startRRGuard := func() (*server, error) {
-		return start(ctx, "rrguard", rrguardBin, []string{"KUBECONFIG=" + kubeconfig, "POD_NAMESPACE=" + testenv.MarksNamespace, "GOMEMLIMIT=" + chartGoMemLimit},
-			httpReady("http://"+probe+"/readyz"), pprof,
-			"--webhook-host=127.0.0.1", "--webhook-port="+strconv.Itoa(w.LocalServingPort), "--cert-dir="+w.LocalServingCertDir,
-			"--metrics-bind-address="+metricsAddr, "--metrics-secure=false", "--health-probe-bind-address="+probe, "--pprof-bind-address="+pprof,
-			"--shutdown-delay=0s", "--rr-namespaces="+nss["plain"], "--kube-api-qps=5000", "--kube-api-burst=10000",
+		args := append([]string{"--webhook-host=127.0.0.1", "--webhook-port=" + strconv.Itoa(w.LocalServingPort), "--cert-dir=" + w.LocalServingCertDir,
+			"--metrics-bind-address=" + metricsAddr, "--metrics-secure=false", "--health-probe-bind-address=" + probe, "--pprof-bind-address=" + pprof,
+			"--shutdown-delay=0s", "--rr-namespaces=" + nss["plain"], "--kube-api-qps=5000", "--kube-api-burst=10000",
 			// The policies' webhooks call this process, outside any cluster.
-			fmt.Sprintf("--webhook-url=https://127.0.0.1:%d", w.LocalServingPort), "--webhook-ca-file="+caFile)
+			fmt.Sprintf("--webhook-url=https://127.0.0.1:%d", w.LocalServingPort), "--webhook-ca-file=" + caFile}, releaseTimings...)
+		return start(ctx, "rrguard", rrguardBin, []string{"KUBECONFIG=" + kubeconfig, "POD_NAMESPACE=" + testenv.MarksNamespace, "GOMEMLIMIT=" + chartGoMemLimit},
+			httpReady("http://"+probe+"/readyz"), pprof, args...)
 	}
 	rr, err := startRRGuard()
 	if err != nil {
@@ -163,12 +166,24 @@ func runPolicyBench(cfg config, objects int) error {
 		return env.Client.Create(ctx, pipelineRun(nss["plain"], n))
 	}
 	b.rrguardPprof = pprof
+	cpu := func() map[string]float64 {
+		v := cpuOf(api, etcd, rr.pid(), bare.pid())
+		return map[string]float64{"kube-apiserver": v[0], "etcd": v[1], "rrguard": v[2], "bare": v[3]}
+	}
 	row := func(mode string, round int) (policyRow, error) {
 		b.settle()
+		// rrguard's rows end once rrguard has released what they stored (release.go).
+		releases := strings.HasPrefix(mode, "rrguard")
+		var idle map[string]float64
+		var releasedBefore float64
+		if releases {
+			idle = idleRates(cpu)
+			releasedBefore = releasedCount(metricsAddr)
+		}
 		if cfg.profile && round == 0 && mode != "baseline" {
 			go b.profiles(mode)
 		}
-		cpu0 := cpuOf(api, etcd, rr.pid(), bare.pid())
+		cpu0 := cpu()
 		var errs atomic.Int64
 		var done atomic.Int64
 		began := time.Now()
@@ -183,14 +198,26 @@ func runPolicyBench(cfg config, objects int) error {
 			done.Add(1)
 		})
 		wall := time.Since(began)
-		cpu1 := cpuOf(api, etcd, rr.pid(), bare.pid())
 		n := float64(done.Load())
 		if n == 0 {
 			return policyRow{}, fmt.Errorf("%s: no create succeeded (%d errors)", mode, errs.Load())
 		}
-		return policyRow{mode: mode, creates: int(n), perSec: n / wall.Seconds(),
-			apiMS: (cpu1[0] - cpu0[0]) * 1000 / n, etcdMS: (cpu1[1] - cpu0[1]) * 1000 / n, rrMS: (cpu1[2] - cpu0[2]) * 1000 / n,
-			bareMS: (cpu1[3] - cpu0[3]) * 1000 / n,
+		var wait time.Duration
+		if releases {
+			var err error
+			if wait, err = awaitReleases(metricsAddr, releasedBefore, int(n), nil); err != nil {
+				return policyRow{}, fmt.Errorf("%s: %w", mode, err)
+			}
+		}
+		cpu1 := cpu()
+		used := map[string]float64{}
+		for k, v := range cpu1 {
+			used[k] = v - cpu0[k]
+		}
+		ms := withoutIdle(used, idle, wait)
+		return policyRow{mode: mode, creates: int(n), perSec: n / wall.Seconds(), releaseWait: wait.Seconds(),
+			apiMS: ms["kube-apiserver"] * 1000 / n, etcdMS: ms["etcd"] * 1000 / n, rrMS: ms["rrguard"] * 1000 / n,
+			bareMS: ms["bare"] * 1000 / n,
 			errors: int(errs.Load())}, nil
 	}
 	modes := []string{"baseline", "bare", "rrguard", "rrguard-rr"}
@@ -202,8 +229,8 @@ func runPolicyBench(cfg config, objects int) error {
 			if err != nil {
 				return err
 			}
-			fmt.Printf("round %d %-10s %5d creates %6.0f/s  CPU ms/create: kube-apiserver %.2f etcd %.2f rrguard %.2f bare %.2f  errors %d\n",
-				r+1, m, pr.creates, pr.perSec, pr.apiMS, pr.etcdMS, pr.rrMS, pr.bareMS, pr.errors)
+			fmt.Printf("round %d %-10s %5d creates %6.0f/s  CPU ms/create: kube-apiserver %.2f etcd %.2f rrguard %.2f bare %.2f  release wait %.1fs  errors %d\n",
+				r+1, m, pr.creates, pr.perSec, pr.apiMS, pr.etcdMS, pr.rrMS, pr.bareMS, pr.releaseWait, pr.errors)
 			rows[m] = append(rows[m], pr)
 		}
 	}

@@ -55,20 +55,25 @@ type row struct {
 	P50       float64 `json:"p50ms"`
 	P99       float64 `json:"p99ms"`
 	// CPU is milliseconds of CPU per signal, by process: kube-apiserver, etcd, rrguard, bare,
-	// load generator.
-	CPU        map[string]float64 `json:"cpuMsPerSignal"`
-	APIPerSig  float64            `json:"apiRequestsPerSignal"`
-	Stored     int                `json:"rrsStored"`
-	Duplicates int                `json:"duplicates"`
-	Counted    int                `json:"signalsCounted"`
-	Errors     int                `json:"errors"`
-	FirstError string             `json:"firstError,omitempty"`
+	// load generator. An rrguard row's includes the release of what it stored (ReleaseSeconds
+	// after its last signal, the processes' idle CPU over that wait taken out).
+	CPU            map[string]float64 `json:"cpuMsPerSignal"`
+	ReleaseSeconds float64            `json:"releaseWaitSeconds,omitempty"`
+	APIPerSig      float64            `json:"apiRequestsPerSignal"`
+	Stored         int                `json:"rrsStored"`
+	Duplicates     int                `json:"duplicates"`
+	Counted        int                `json:"signalsCounted"`
+	Errors         int                `json:"errors"`
+	FirstError     string             `json:"firstError,omitempty"`
 	// rrguard's own account of the row (its /metrics, before and after): decisions, the API
 	// reads they made, and decisions taken from consistent reads because the index could not
 	// vouch for itself.
 	Decisions int `json:"rrguardDecisions,omitempty"`
 	Reads     int `json:"rrguardReads,omitempty"`
 	Fallbacks int `json:"rrguardFallbacks,omitempty"`
+	// RRGuardRequests is rrguard's own API requests per signal, by method (client-go's count):
+	// the decisions' reads, the release's GET, PATCH and mark writes.
+	RRGuardRequests map[string]float64 `json:"rrguardRequestsPerSignal,omitempty"`
 }
 
 var cell atomic.Int64
@@ -125,10 +130,18 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 		procs[i] = &process{c: labelled, cr: cr}
 	}
 	latencies := make([]time.Duration, s.signals)
-	var next, done, errCount atomic.Int64
+	var next, done, created, errCount atomic.Int64
 	var firstErr atomic.Value
 	runtime.GC()
 	b.settle()
+	// rrguard's rows end once rrguard has released what they stored (release.go).
+	releases := s.m.name == rrguard.name && b.rrguardMetrics != ""
+	var idle map[string]float64
+	var releasedBefore float64
+	if releases {
+		idle = idleRates(b.cpu)
+		releasedBefore = releasedCount(b.rrguardMetrics)
+	}
 	cpuBefore := b.cpu()
 	reqBefore := b.requests.All.Load()
 	guardBefore := b.rrguardCounts()
@@ -149,9 +162,12 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 					return
 				}
 				t := time.Now()
-				_, err := s.m.signal(ctx, p, s.ns, fingerprint(i), pod)
+				isNew, err := s.m.signal(ctx, p, s.ns, fingerprint(i), pod)
 				latencies[i] = time.Since(t)
 				done.Add(1)
+				if isNew {
+					created.Add(1)
+				}
 				if err != nil {
 					errCount.Add(1)
 					firstErr.CompareAndSwap(nil, err.Error())
@@ -161,14 +177,29 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 	}
 	wg.Wait()
 	elapsed := time.Since(begin)
+	var releaseWait time.Duration
+	if releases {
+		var err error
+		var profile func()
+		if s.during != nil {
+			profile = func() { b.profiles("release") }
+		}
+		if releaseWait, err = awaitReleases(b.rrguardMetrics, releasedBefore, int(created.Load()), profile); err != nil {
+			return row{}, err
+		}
+	}
 	cpuAfter := b.cpu()
 	guardAfter := b.rrguardCounts()
 	n := int(done.Load())
 	r := row{Kind: s.kind, Mode: s.m.name, Size: s.size, Round: s.round, Creators: s.creators, Processes: len(procs), Signals: n,
 		Seconds: elapsed.Seconds(), PerSecond: float64(n) / elapsed.Seconds(), CPU: map[string]float64{},
-		APIPerSig: float64(b.requests.All.Load()-reqBefore) / float64(n), Errors: int(errCount.Load())}
+		APIPerSig: float64(b.requests.All.Load()-reqBefore) / float64(n), Errors: int(errCount.Load()), ReleaseSeconds: releaseWait.Seconds()}
+	used := map[string]float64{}
 	for k, v := range cpuAfter {
-		r.CPU[k] = (v - cpuBefore[k]) * 1000 / float64(n)
+		used[k] = v - cpuBefore[k]
+	}
+	for k, v := range withoutIdle(used, idle, releaseWait) {
+		r.CPU[k] = v * 1000 / float64(n)
 	}
 	if e, ok := firstErr.Load().(string); ok {
 		r.FirstError = e
@@ -176,6 +207,14 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 	r.Decisions = int(guardAfter["decisions"] - guardBefore["decisions"])
 	r.Reads = int(guardAfter["reads"] - guardBefore["reads"])
 	r.Fallbacks = int(guardAfter["fallbacks"] - guardBefore["fallbacks"])
+	for k, v := range guardAfter {
+		if m, ok := strings.CutPrefix(k, "requests "); ok && v > guardBefore[k] {
+			if r.RRGuardRequests == nil {
+				r.RRGuardRequests = map[string]float64{}
+			}
+			r.RRGuardRequests[m] = (v - guardBefore[k]) / float64(n)
+		}
+	}
 	lat := slices.Clone(latencies[:n])
 	slices.Sort(lat)
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -198,9 +237,12 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 			r.Duplicates += k - 1
 		}
 	}
-	fmt.Printf("%-10s %-10s size=%-6d round=%d creators=%-3d/%d %6d signals %7.0f/s p50=%6.1fms p99=%7.1fms api/sig=%4.2f cpu ms/sig: %s stored=%d dup=%d counted=%d err=%d rrguard decisions=%d reads=%d fallbacks=%d %s\n",
-		s.kind, s.m.name, s.size, s.round, s.creators, len(procs), n, r.PerSecond, r.P50, r.P99, r.APIPerSig, cpuString(r.CPU),
+	fmt.Printf("%-10s %-10s size=%-6d round=%d creators=%-3d/%d %6d signals %7.0f/s p50=%6.1fms p99=%7.1fms api/sig=%4.2f cpu ms/sig: %s release wait %.1fs stored=%d dup=%d counted=%d err=%d rrguard decisions=%d reads=%d fallbacks=%d %s\n",
+		s.kind, s.m.name, s.size, s.round, s.creators, len(procs), n, r.PerSecond, r.P50, r.P99, r.APIPerSig, cpuString(r.CPU), r.ReleaseSeconds,
 		r.Stored, r.Duplicates, r.Counted, r.Errors, r.Decisions, r.Reads, r.Fallbacks, r.FirstError)
+	if len(r.RRGuardRequests) > 0 {
+		fmt.Printf("           rrguard requests per signal: %v\n", r.RRGuardRequests)
+	}
 	return r, nil
 }
 
@@ -290,6 +332,12 @@ func (b *bench) rrguardCounts() map[string]float64 {
 			out["reads"] += v
 		case strings.HasPrefix(name, "rrguard_consistent_list_fallbacks_total"):
 			out["fallbacks"] += v
+		case strings.HasPrefix(name, "rest_client_requests_total{"):
+			// client-go's count of rrguard's own requests, by method.
+			if _, m, ok := strings.Cut(name, `method="`); ok {
+				m, _, _ = strings.Cut(m, `"`)
+				out["requests "+m] += v
+			}
 		}
 	}
 	return out

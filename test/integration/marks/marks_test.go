@@ -400,17 +400,24 @@ func TestWritesPerLifetime(t *testing.T) {
 	for _, rr := range all {
 		complete(ctx, t, rr)
 	}
+	readsBefore := n.Reads.Load()
 	for _, rr := range all {
 		released(ctx, t, rr, hold+30*time.Second)
 	}
-	atHold := n.Writes.Load() - before
+	atHold, readsAtHold := n.Writes.Load()-before, n.Reads.Load()-readsBefore
 	for _, rr := range all {
 		gone(ctx, t, rr, 10*time.Second)
 	}
 	atDeletion := n.Writes.Load() - before - atHold
-	t.Logf("rrguard writes: 0 for %d creates; %d when their hold ended; %d for their deletions (%.2f per RR lifetime)", rrs, atHold, atDeletion, float64(atHold+atDeletion)/rrs)
+	t.Logf("rrguard writes: 0 for %d creates; %d when their hold ended (and %d reads); %d for their deletions (%.2f per RR lifetime)",
+		rrs, atHold, readsAtHold, atDeletion, float64(atHold+atDeletion)/rrs)
 	if atHold > 2*rrs || atDeletion != 0 {
 		t.Fatalf("%d writes at the end of the hold and %d at deletion for %d RRs: want at most a mark write and a release each, then none", atHold, atDeletion, rrs)
+	}
+	// The release reads the mark's shard to raise it, and not the RR (its finalizer goes by a
+	// tested patch): at most one read per RR.
+	if readsAtHold > rrs {
+		t.Fatalf("%d reads at the end of the hold for %d RRs: want at most the mark's shard each (the last: %v)", readsAtHold, rrs, n.Paths())
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -138,6 +139,50 @@ func TestReleasedAfterTheHold(t *testing.T) {
 		t.Fatalf("after %s was released and deleted, the next RR was named %s, want %s", rr.Name, next.Name, rules.Name(fp, 2))
 	}
 	t.Logf("released at %s old; deletion of the released RR took %s", age.Round(time.Millisecond), took.Round(time.Millisecond))
+}
+
+// The release removes rrguard's finalizer by a patch that tests it is the first; an RR whose first
+// finalizer is another's (put there after its creation) fails that test, and is released by a
+// read and a guarded patch instead: rrguard's finalizer goes, the other stays.
+func TestReleasedBehindAnotherFinalizer(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "behind", 3*time.Minute)
+	const hold, other = 2 * time.Second, "example.com/another"
+	var n testenv.Requests
+	stop, err := env.ServeRRGuardWith(ctx, testenv.Counting(env.Config, &n), func(o *serve.Options) {
+		o.ReleaseMinAge, o.ReleaseEvery = hold, 100*time.Millisecond
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stop() })
+	rr := create(ctx, t, ns, testenv.Fingerprint(ns+"/behind"))
+	rr.Finalizers = append([]string{other}, rr.Finalizers...)
+	if err := env.Client.Update(ctx, rr); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		patch := client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`))
+		_ = env.Client.Patch(context.Background(), rr, patch)
+	})
+	released(ctx, t, rr, hold+10*time.Second)
+	var cur v1alpha1.RemediationRequest
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(rr), &cur); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(cur.Finalizers, []string{other}) {
+		t.Fatalf("after the release: finalizers %v, want only %s", cur.Finalizers, other)
+	}
+	// The fault hit: the tested patch failed, and the fallback read the RR.
+	read := false
+	for _, p := range n.Paths() {
+		read = read || strings.HasSuffix(strings.SplitN(p, "?", 2)[0], "/remediationrequests/"+rr.Name)
+	}
+	if !read {
+		t.Fatalf("rrguard released %s behind another finalizer without reading it: the tested patch cannot have failed (reads: %v)", rr.Name, n.Paths())
+	}
+	if m := markOf(ctx, t, rr); m < 1 {
+		t.Fatalf("released with the mark at %d", m)
+	}
 }
 
 // RRs past the hold are deleted at once, with rrguard up and with it down for longer than the

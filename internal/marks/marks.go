@@ -14,15 +14,18 @@ package marks
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/internal/rules"
@@ -48,6 +51,28 @@ type Store struct {
 	// entries are "<namespace>.<scope>.<key[:32]>" (Scope names the target, "jobs.batch"); the
 	// RR's, scope "", keep the format they always had.
 	Scope string
+	// Known, when set, remembers the shards seen to exist, for RaiseAbsent (shared by the copies
+	// of a Store, as the shards are by every policy).
+	Known *KnownShards
+}
+
+// KnownShards is the set of shard ConfigMaps seen to exist: rrguard never deletes one (the
+// collector empties entries), so a shard once seen is patched, and one never seen is created,
+// rather than a patch that finds nothing. A shard deleted by hand costs one failed patch.
+type KnownShards struct{ m sync.Map }
+
+func (k *KnownShards) has(shard string) bool {
+	if k == nil {
+		return false
+	}
+	_, ok := k.m.Load(shard)
+	return ok
+}
+
+func (k *KnownShards) add(shard string) {
+	if k != nil {
+		k.m.Store(shard, struct{}{})
+	}
 }
 
 // EntryKey is the data key of key fp of namespace in its shard, in s's scope.
@@ -142,6 +167,9 @@ func (s Store) shards(ctx context.Context) (*corev1.ConfigMapList, error) {
 	if err := s.Reader.List(ctx, &shards, client.InNamespace(s.Namespace), client.MatchingLabels{Label: "true"}); err != nil {
 		return nil, err
 	}
+	for i := range shards.Items {
+		s.Known.add(shards.Items[i].Name)
+	}
 	return &shards, nil
 }
 
@@ -165,6 +193,70 @@ func (s Store) All(ctx context.Context) (all map[string]int64, corrupt []string,
 	}
 	return all, corrupt, nil
 }
+
+// RaiseAbsent is Raise for fingerprints whose marks are believed absent (the index's filter of
+// marked fingerprints says so): one write and no read, a JSON patch that adds each entry after
+// testing, in the API server and atomically with the adds, that it is absent; or, for a shard
+// that does not exist yet, its create. A test that fails (a mark exists after all: the filter
+// learns only of marks seen at start and of deletions, not of the sweep's own raises) falls back
+// to Raise, which reads. Two writers of one entry cannot lower it: the loser's test fails and it
+// reads.
+func (s Store) RaiseAbsent(ctx context.Context, namespace string, shard string, want map[string]int64) error {
+	now := time.Now
+	if s.Now != nil {
+		now = s.Now
+	}
+	data := map[string]string{}
+	var ops []jsonPatchOp
+	for fp, n := range want {
+		if ShardName(fp) != shard {
+			return fmt.Errorf("fingerprint %s does not belong to shard %s", fp, shard)
+		}
+		k, v := s.EntryKey(namespace, fp), formatEntry(Entry{N: n, Raised: now()})
+		data[k] = v
+		path := "/data/" + jsonPointerEscaper.Replace(k)
+		// A test of null passes only where the member is absent (the API server's JSON patch).
+		ops = append(ops, jsonPatchOp{Op: "test", Path: path, Value: nil}, jsonPatchOp{Op: "add", Path: path, Value: &v})
+	}
+	body, err := json.Marshal(ops)
+	if err != nil {
+		return err
+	}
+	patch := func() error {
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: shard}}
+		return s.Writer.Patch(ctx, cm, client.RawPatch(types.JSONPatchType, body))
+	}
+	create := func() error {
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: shard, Labels: map[string]string{Label: "true"}}, Data: data}
+		return s.Writer.Create(ctx, cm)
+	}
+	if s.Known.has(shard) {
+		if err = patch(); apierrors.IsNotFound(err) {
+			err = create()
+		}
+	} else if err = create(); apierrors.IsAlreadyExists(err) {
+		s.Known.add(shard)
+		err = patch()
+	}
+	if apierrors.IsInvalid(err) {
+		return s.Raise(ctx, namespace, shard, want)
+	}
+	if err == nil {
+		s.Known.add(shard)
+		raises.Inc()
+	}
+	return err
+}
+
+// jsonPatchOp is one operation of a JSON patch (RFC 6902); a nil Value is JSON null.
+type jsonPatchOp struct {
+	Op    string  `json:"op"`
+	Path  string  `json:"path"`
+	Value *string `json:"value"`
+}
+
+// jsonPointerEscaper escapes a member name for a JSON pointer (RFC 6901).
+var jsonPointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
 
 // Raise makes the marks of the given fingerprints (all in one shard, see ShardName) at least the
 // numbers given, in one write; it writes nothing when every mark is already that high. A write
@@ -216,6 +308,7 @@ func (s Store) Raise(ctx context.Context, namespace string, shard string, want m
 		err = s.Writer.Update(ctx, &cm)
 	}
 	if err == nil {
+		s.Known.add(shard)
 		raises.Inc()
 	}
 	return err

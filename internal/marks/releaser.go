@@ -103,6 +103,11 @@ type Facts interface {
 	KeyOf(namespace, name string) (keyHex string, n int64, ok bool)
 	// PolicyName is the policy whose objects the index holds (the metrics' policy label).
 	PolicyName() string
+	// MayBeMarked is false only for a key that surely has no mark (as far as the index has
+	// learnt: it may be wrong the other way, which RaiseAbsent's tests catch).
+	MayBeMarked(namespace, fp string) bool
+	// NoteMarked records marks that exist, by EntryKey: a key's next raise then reads first.
+	NoteMarked(keys ...string)
 }
 
 // Releaser removes rrguard's finalizer from RRs once their number is covered: it raises the
@@ -339,7 +344,14 @@ func (r *Releaser) releaseRound(ctx context.Context, due []rrfacts.RR) int {
 	}
 	covered := map[shardKey]bool{}
 	for k, fps := range want {
-		if err := retry.OnError(retry.DefaultBackoff, contended, func() error { return r.Store.Raise(ctx, k.ns, k.shard, fps) }); err != nil {
+		raise := r.Store.RaiseAbsent
+		for fp := range fps {
+			if r.Index.MayBeMarked(k.ns, fp) {
+				raise = r.Store.Raise
+				break
+			}
+		}
+		if err := retry.OnError(retry.DefaultBackoff, contended, func() error { return raise(ctx, k.ns, k.shard, fps) }); err != nil {
 			if ctx.Err() != nil {
 				return 0 // stopping
 			}
@@ -349,6 +361,7 @@ func (r *Releaser) releaseRound(ctx context.Context, due []rrfacts.RR) int {
 		covered[k] = true
 		for fp, n := range fps {
 			r.Index.NoteCovered(k.ns, fp, n)
+			r.Index.NoteMarked(r.Store.EntryKey(k.ns, fp))
 		}
 	}
 	work := make(chan rrfacts.RR)

@@ -23,7 +23,6 @@ type Seeder struct {
 	// Index is rrguard's watch of RRs: the pass reads it, not the API server.
 	Index interface {
 		Facts
-		NoteMarked(keys ...string)
 		LoadedMarks()
 	}
 	Store  Store

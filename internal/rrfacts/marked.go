@@ -3,8 +3,8 @@ package rrfacts
 import "hash/maphash"
 
 // marked remembers which fingerprints may have a high-water mark (package marks): those whose
-// marks existed when the index started, and those it has seen an RR of deleted since (an RR is
-// released only after its mark covers it). A fingerprint it has never heard of has no mark, so a
+// marks existed when the index started, those it has seen an RR of deleted since (an RR is
+// released only after its mark covers it), and those whose marks this replica's release raised. A fingerprint it has never heard of has no mark, so a
 // decision about it needs no mark read. It is a Bloom filter: a "maybe" can be wrong (then the
 // mark is read, and found absent), a "no" never is. Nothing is ever removed; 1 MiB holds a
 // million fingerprints at about a 2% false-positive rate.

@@ -236,7 +236,7 @@ func New(cfg *rest.Config, o Options) (_ *Replica, err error) {
 	if err != nil {
 		return nil, err
 	}
-	store := marks.Store{Namespace: o.MarksNamespace, Reader: marksReader, Writer: mgr.GetClient()}
+	store := marks.Store{Namespace: o.MarksNamespace, Reader: marksReader, Writer: mgr.GetClient(), Known: &marks.KnownShards{}}
 	probeCtx, cancel := context.WithTimeout(context.Background(), 70*time.Second)
 	defer cancel()
 	api, err := ProbeAPIServer(probeCtx, cfg)

@@ -414,10 +414,12 @@ func TestWritesPerLifetime(t *testing.T) {
 	if atHold > 2*rrs || atDeletion != 0 {
 		t.Fatalf("%d writes at the end of the hold and %d at deletion for %d RRs: want at most a mark write and a release each, then none", atHold, atDeletion, rrs)
 	}
-	// The release reads the mark's shard to raise it, and not the RR (its finalizer goes by a
-	// tested patch): at most one read per RR.
-	if readsAtHold > rrs {
-		t.Fatalf("%d reads at the end of the hold for %d RRs: want at most the mark's shard each (the last: %v)", readsAtHold, rrs, n.Paths())
+	// The release reads neither the RR (its finalizer goes by a tested patch) nor, for these
+	// new fingerprints, the mark's shard (their marks are added by a patch that tests each is
+	// absent). A read here would be the index's filter of marked fingerprints answering "maybe"
+	// for a fingerprint it never saw: about once in 10^9 at this fill.
+	if readsAtHold != 0 {
+		t.Fatalf("%d reads at the end of the hold for %d RRs of new fingerprints: want none (the last: %v)", readsAtHold, rrs, n.Paths())
 	}
 }
 

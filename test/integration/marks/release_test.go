@@ -147,14 +147,7 @@ func TestReleasedAfterTheHold(t *testing.T) {
 func TestReleasedBehindAnotherFinalizer(t *testing.T) {
 	ctx, ns := env.TestNamespace(t, "behind", 3*time.Minute)
 	const hold, other = 2 * time.Second, "example.com/another"
-	var n testenv.Requests
-	stop, err := env.ServeRRGuardWith(ctx, testenv.Counting(env.Config, &n), func(o *serve.Options) {
-		o.ReleaseMinAge, o.ReleaseEvery = hold, 100*time.Millisecond
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = stop() })
+	n := servingCounted(ctx, t, hold)
 	rr := create(ctx, t, ns, testenv.Fingerprint(ns+"/behind"))
 	rr.Finalizers = append([]string{other}, rr.Finalizers...)
 	if err := env.Client.Update(ctx, rr); err != nil {
@@ -182,6 +175,76 @@ func TestReleasedBehindAnotherFinalizer(t *testing.T) {
 	}
 	if m := markOf(ctx, t, rr); m < 1 {
 		t.Fatalf("released with the mark at %d", m)
+	}
+}
+
+// servingCounted serves a replica with the given hold, sweeping every 100 ms, whose requests are
+// counted in the Requests returned.
+func servingCounted(ctx context.Context, t *testing.T, hold time.Duration) *testenv.Requests {
+	t.Helper()
+	n := &testenv.Requests{}
+	stop, err := env.ServeRRGuardWith(ctx, testenv.Counting(env.Config, n), func(o *serve.Options) {
+		o.ReleaseMinAge, o.ReleaseEvery = hold, 100*time.Millisecond
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stop() })
+	return n
+}
+
+// A key's first mark is added without a read, by a patch that tests the entry is absent; its next
+// raise, for its next RR past the hold, reads the shard (the replica noted the mark it raised).
+// And a mark another replica raised, which this one's filter of marked keys does not know, makes
+// the tested patch fail: the replica falls back to the read, and the mark is raised, never
+// lowered.
+func TestMarkRaisedWithoutARead(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "unread", 3*time.Minute)
+	const hold = 2 * time.Second
+	n := servingCounted(ctx, t, hold)
+	// releasedAfter waits for rr's release and returns the replica's reads and mark writes it took.
+	releasedAfter := func(rr *v1alpha1.RemediationRequest, want int64) (reads int64, writes []string) {
+		t.Helper()
+		r0, w0 := n.Reads.Load(), len(n.WritesTo("configmaps"))
+		released(ctx, t, rr, hold+10*time.Second)
+		if m := markOf(ctx, t, rr); m != want {
+			t.Fatalf("mark %d after %s was released, want %d", m, rr.Name, want)
+		}
+		return n.Reads.Load() - r0, n.WritesTo("configmaps")[w0:]
+	}
+
+	fp := testenv.Fingerprint(ns + "/unread")
+	first := create(ctx, t, ns, fp)
+	if reads, writes := releasedAfter(first, 1); reads != 0 || len(writes) != 1 {
+		t.Fatalf("a new key's first mark: %d reads, writes %v; want none and one", reads, writes)
+	}
+	complete(ctx, t, first)
+	if reads, writes := releasedAfter(create(ctx, t, ns, fp), 2); reads != 1 || len(writes) != 1 {
+		t.Fatalf("the second mark of a key this replica marked: %d reads, writes %v; want the shard read once, one write", reads, writes)
+	}
+
+	// Another replica releases the first RR of another key: it raises the mark and removes the
+	// finalizer, within the hold, before this replica would.
+	other := testenv.Fingerprint(ns + "/other")
+	byOther := create(ctx, t, ns, other)
+	store := marks.Store{Namespace: testenv.MarksNamespace, Reader: env.Client, Writer: env.Client}
+	if err := store.Raise(ctx, ns, marks.ShardName(other), map[string]int64{other: 1}); err != nil {
+		t.Fatal(err)
+	}
+	patch := client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`))
+	if err := env.Client.Patch(ctx, byOther, patch); err != nil {
+		t.Fatal(err)
+	}
+	complete(ctx, t, byOther)
+	reads, writes := releasedAfter(create(ctx, t, ns, other), 2)
+	// A shard the replica had not seen (the hand-written raise made it) is first created, which
+	// finds it exists.
+	if len(writes) > 0 && strings.HasPrefix(writes[0], "POST") {
+		writes = writes[1:]
+	}
+	// The fault hit: the tested patch was sent and refused, then the shard was read and written.
+	if reads != 1 || len(writes) != 2 || !strings.HasPrefix(writes[0], "PATCH") || !strings.HasPrefix(writes[1], "PUT") {
+		t.Fatalf("raising a mark this replica did not know of: %d reads, writes %v; want the tested PATCH refused, one read, one PUT", reads, writes)
 	}
 }
 

@@ -25,7 +25,7 @@ const (
 	releasePoll      = 250 * time.Millisecond
 	// idleWindow is how long the processes are watched idle before a row whose releases it waits
 	// for: their background CPU over the wait is taken out, since the other rows have no wait.
-	idleWindow = time.Second
+	idleWindow = 2 * time.Second
 )
 
 // releasedCount is rrguard's count of finalizers it has released, from its /metrics.

@@ -59,6 +59,10 @@ type row struct {
 	// after its last signal, the processes' idle CPU over that wait taken out).
 	CPU            map[string]float64 `json:"cpuMsPerSignal"`
 	ReleaseSeconds float64            `json:"releaseWaitSeconds,omitempty"`
+	// ReleaseCPU is the part of CPU spent after the last signal, releasing (ms per signal), and
+	// IdleCPU the idle rate taken out of it (ms of CPU per second), by process.
+	ReleaseCPU map[string]float64 `json:"releaseCpuMsPerSignal,omitempty"`
+	IdleCPU    map[string]float64 `json:"idleCpuMsPerSecond,omitempty"`
 	APIPerSig      float64            `json:"apiRequestsPerSignal"`
 	Stored         int                `json:"rrsStored"`
 	Duplicates     int                `json:"duplicates"`
@@ -177,6 +181,7 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 	}
 	wg.Wait()
 	elapsed := time.Since(begin)
+	cpuCreated := b.cpu()
 	var releaseWait time.Duration
 	if releases {
 		var err error
@@ -200,6 +205,17 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 	}
 	for k, v := range withoutIdle(used, idle, releaseWait) {
 		r.CPU[k] = v * 1000 / float64(n)
+	}
+	if releases {
+		r.ReleaseCPU, r.IdleCPU = map[string]float64{}, map[string]float64{}
+		released := map[string]float64{}
+		for k, v := range cpuAfter {
+			released[k] = v - cpuCreated[k]
+			r.IdleCPU[k] = idle[k] * 1000
+		}
+		for k, v := range withoutIdle(released, idle, releaseWait) {
+			r.ReleaseCPU[k] = v * 1000 / float64(n)
+		}
 	}
 	if e, ok := firstErr.Load().(string); ok {
 		r.FirstError = e
@@ -240,8 +256,9 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 	fmt.Printf("%-10s %-10s size=%-6d round=%d creators=%-3d/%d %6d signals %7.0f/s p50=%6.1fms p99=%7.1fms api/sig=%4.2f cpu ms/sig: %s release wait %.1fs stored=%d dup=%d counted=%d err=%d rrguard decisions=%d reads=%d fallbacks=%d %s\n",
 		s.kind, s.m.name, s.size, s.round, s.creators, len(procs), n, r.PerSecond, r.P50, r.P99, r.APIPerSig, cpuString(r.CPU), r.ReleaseSeconds,
 		r.Stored, r.Duplicates, r.Counted, r.Errors, r.Decisions, r.Reads, r.Fallbacks, r.FirstError)
-	if len(r.RRGuardRequests) > 0 {
-		fmt.Printf("           rrguard requests per signal: %v\n", r.RRGuardRequests)
+	if releases {
+		fmt.Printf("           release: cpu ms/sig %s (idle ms/s taken out: %s); rrguard requests per signal: %v\n",
+			cpuString(r.ReleaseCPU), cpuString(r.IdleCPU), r.RRGuardRequests)
 	}
 	return r, nil
 }

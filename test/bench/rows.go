@@ -63,12 +63,12 @@ type row struct {
 	// IdleCPU the idle rate taken out of it (ms of CPU per second), by process.
 	ReleaseCPU map[string]float64 `json:"releaseCpuMsPerSignal,omitempty"`
 	IdleCPU    map[string]float64 `json:"idleCpuMsPerSecond,omitempty"`
-	APIPerSig      float64            `json:"apiRequestsPerSignal"`
-	Stored         int                `json:"rrsStored"`
-	Duplicates     int                `json:"duplicates"`
-	Counted        int                `json:"signalsCounted"`
-	Errors         int                `json:"errors"`
-	FirstError     string             `json:"firstError,omitempty"`
+	APIPerSig  float64            `json:"apiRequestsPerSignal"`
+	Stored     int                `json:"rrsStored"`
+	Duplicates int                `json:"duplicates"`
+	Counted    int                `json:"signalsCounted"`
+	Errors     int                `json:"errors"`
+	FirstError string             `json:"firstError,omitempty"`
 	// rrguard's own account of the row (its /metrics, before and after): decisions, the API
 	// reads they made, and decisions taken from consistent reads because the index could not
 	// vouch for itself.

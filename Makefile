@@ -113,11 +113,11 @@ demo: testbin ## `make run`, then the GW-DEDUP-002 storm (5, then 100 simultaneo
 	bin/rrguard-local --demo
 
 .PHONY: bench
-bench: testbin ## Benchmarks against a no-webhook baseline (about 40 min); writes bin/bench/results.json and docs/benchmarks.md.
+bench: testbin ## Benchmarks against a no-webhook baseline (about 50 min: each rrguard row waits for its release); writes bin/bench/results.json and docs/benchmarks.md.
 	go run ./test/bench $(BENCH_FLAGS)
 
 .PHONY: bench-quick
-bench-quick: testbin ## The short benchmark (under 5 minutes): one size, shorter rows; writes docs/benchmarks.md too.
+bench-quick: testbin ## The short benchmark (about 6 minutes): one size, shorter rows; writes docs/benchmarks.md too.
 	go run ./test/bench -quick $(BENCH_FLAGS)
 
 .PHONY: bench-policy

@@ -56,7 +56,7 @@ type config struct {
 
 func main() {
 	var c config
-	quick := flag.Bool("quick", false, "the short run: one size, shorter rows, memory at 0 and 5k (under 5 minutes)")
+	quick := flag.Bool("quick", false, "the short run: one size, shorter rows, memory at 0 and 5k (about 6 minutes)")
 	flag.IntVar(&c.rounds, "rounds", 3, "interleaved rounds")
 	flag.IntVar(&c.creators, "creators", 32, "concurrent creators in throughput rows")
 	flag.IntVar(&c.signals, "signals", 3000, "signals per throughput row (a row also ends after -row-time)")

@@ -37,14 +37,26 @@ manifests: ## Generate deepcopy code and the CRDs: Kubernaut's RR into config/cr
 	sed 's/^metadata:$$/metadata:\n  labels:\n    app.kubernetes.io\/name: rrguard\n    app.kubernetes.io\/part-of: rrguard/' \
 	  config/crd/policies/rrguard.kubernaut.ai_uniquenesspolicies.yaml > charts/rrguard/crds/rrguard.kubernaut.ai_uniquenesspolicies.yaml
 
-.PHONY: testbin
-testbin: $(TESTBIN)/kube-apiserver $(TESTBIN)/etcd ## Build kube-apiserver and etcd of K8S_VERSION (default the newest) into the per-user cache (once).
+.PHONY: testbin controlplane
+testbin: controlplane $(TESTBIN)/kube-controller-manager ## Build kube-apiserver, kube-controller-manager and etcd of K8S_VERSION (default the newest) into the per-user cache (once).
+
+# controlplane is what make run, the demo and the benchmarks start: no controller manager.
+controlplane: $(TESTBIN)/kube-apiserver $(TESTBIN)/etcd
 
 $(TESTBIN)/kube-apiserver:
 	@test -f test/tools/testbin/kube-apiserver/$(K8S_VERSION)/go.mod || { echo "K8S_VERSION=$(K8S_VERSION): not one of $(K8S_VERSIONS) (test/tools/testbin/gen.sh adds a release)"; exit 1; }
 	@echo "building kube-apiserver v$(K8S_VERSION) into $(TESTBIN) (about 10 minutes the first time)"
 	@mkdir -p $(TESTBIN)
 	cd test/tools/testbin/kube-apiserver/$(K8S_VERSION) && go build -trimpath -ldflags='-s -w $(KUBE_VERSION_LDFLAGS)' -o $@.tmp k8s.io/kubernetes/cmd/kube-apiserver
+	mv $@.tmp $@
+
+# kube-controller-manager from the same module: the tests that claim what a controller does (a held
+# Job makes no Pod) run the real one, with only the controllers they need.
+$(TESTBIN)/kube-controller-manager:
+	@test -f test/tools/testbin/kube-apiserver/$(K8S_VERSION)/go.mod || { echo "K8S_VERSION=$(K8S_VERSION): not one of $(K8S_VERSIONS)"; exit 1; }
+	@echo "building kube-controller-manager v$(K8S_VERSION) into $(TESTBIN) (a few minutes the first time)"
+	@mkdir -p $(TESTBIN)
+	cd test/tools/testbin/kube-apiserver/$(K8S_VERSION) && go build -trimpath -ldflags='-s -w $(KUBE_VERSION_LDFLAGS)' -o $@.tmp k8s.io/kubernetes/cmd/kube-controller-manager
 	mv $@.tmp $@
 
 # etcd is built once per etcd version (1.32 and 1.33 ship the same) and linked into each folder.
@@ -75,8 +87,8 @@ TEST_FUZZ_EXECS ?= 10000x
 # releases (selectable fields and the scan fallback, ValidatingAdmissionPolicy, MutatingAdmissionPolicy,
 # server-side apply's create path, watch-list and the RR index, CRD validation, the chart's
 # kubeVersion with Helm 4 and 3), and policies for other resources (label-selector reads, a built-in
-# kind's status rules).
-OLDEST_SUITES ?= webhook,crd,kubernaut,marks,policies,nokubernaut,helm,helm3
+# kind's status rules), and the real Job controller's suspend.
+OLDEST_SUITES ?= webhook,crd,kubernaut,marks,policies,nokubernaut,jobs,helm,helm3
 
 .PHONY: test
 test: lint ## Every test: static checks, unit tests, integration tests on the newest API server (and the version-dependent ones on the oldest), alerts, the Helm chart with Helm 4 and 3, a short fuzz.
@@ -95,7 +107,7 @@ test-k8s: lint ## Every suite that talks to an API server, on each release of K8
 	go run ./test/matrix -testbin-root $(TESTBIN_ROOT) -versions "$(K8S_VERSIONS)" $(if $(SUITES),-suites $(SUITES))
 
 .PHONY: storm
-storm: testbin ## The storm tests at full length: the completion storm runs a minute (`make test` runs 10 s).
+storm: controlplane ## The storm tests at full length: the completion storm runs a minute (`make test` runs 10 s).
 	RRGUARD_STORM_DURATION=$(or $(STORM_DURATION),60s) go test -count=1 -v -timeout 30m ./test/integration/storm/
 
 .PHONY: fuzz
@@ -103,37 +115,37 @@ fuzz: ## Fuzz the admission handlers and the decision (FUZZTIME each, default 5m
 	@for t in $(FUZZ_TARGETS); do echo "fuzz $$t ($(FUZZTIME))"; go test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./webhook/ || exit 1; done
 
 .PHONY: run
-run: testbin ## Local control plane + CRD + webhooks + rrguard in the foreground (Ctrl-C stops all).
+run: controlplane ## Local control plane + CRD + webhooks + rrguard in the foreground (Ctrl-C stops all).
 	go build -o bin/rrguard-local ./cmd/rrguard-local
 	bin/rrguard-local
 
 .PHONY: demo
-demo: testbin ## `make run`, then the GW-DEDUP-002 storm (5, then 100 simultaneous creates), then exit.
+demo: controlplane ## `make run`, then the GW-DEDUP-002 storm (5, then 100 simultaneous creates), then exit.
 	go build -o bin/rrguard-local ./cmd/rrguard-local
 	bin/rrguard-local --demo
 
 .PHONY: bench
-bench: testbin ## Benchmarks against a no-webhook baseline (about 50 min: each rrguard row waits for its release); writes bin/bench/results.json and docs/benchmarks.md.
+bench: controlplane ## Benchmarks against a no-webhook baseline (about 50 min: each rrguard row waits for its release); writes bin/bench/results.json and docs/benchmarks.md.
 	go run ./test/bench $(BENCH_FLAGS)
 
 .PHONY: bench-quick
-bench-quick: testbin ## The short benchmark (about 6 minutes): one size, shorter rows; writes docs/benchmarks.md too.
+bench-quick: controlplane ## The short benchmark (about 6 minutes): one size, shorter rows; writes docs/benchmarks.md too.
 	go run ./test/bench -quick $(BENCH_FLAGS)
 
 .PHONY: bench-policy
-bench-policy: testbin ## A generic target: PipelineRuns under the Tekton sample policy against no webhook and the bare webhook, beside RRs (CPU per create); rrguard's heap per PipelineRun at 100k and a restart with them.
+bench-policy: controlplane ## A generic target: PipelineRuns under the Tekton sample policy against no webhook and the bare webhook, beside RRs (CPU per create); rrguard's heap per PipelineRun at 100k and a restart with them.
 	go run ./test/bench -policy $(BENCH_POLICY_FLAGS)
 
 .PHONY: bench-marks
-bench-marks: testbin ## Names for life at scale: creates with 100k high-water marks against none, interleaved; marks' bytes and objects.
+bench-marks: controlplane ## Names for life at scale: creates with 100k high-water marks against none, interleaved; marks' bytes and objects.
 	go run ./test/bench/marks $(BENCH_MARKS_FLAGS)
 
 .PHONY: bench-deletions
-bench-deletions: testbin ## Deleting RRs: past the hold with rrguard up and down, and held, against no rrguard, interleaved.
+bench-deletions: controlplane ## Deleting RRs: past the hold with rrguard up and down, and held, against no rrguard, interleaved.
 	go run ./test/bench/deletions $(BENCH_DELETIONS_FLAGS)
 
 .PHONY: bench-reads
-bench-reads: testbin ## A consistent read of one fingerprint at 10k RRs: by field selector, and by the namespace scan a CRD without the selectable field gets.
+bench-reads: controlplane ## A consistent read of one fingerprint at 10k RRs: by field selector, and by the namespace scan a CRD without the selectable field gets.
 	go run ./test/bench/reads $(BENCH_READS_FLAGS)
 
 .PHONY: build

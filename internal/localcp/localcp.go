@@ -60,6 +60,9 @@ type Options struct {
 	// webhooks or its ValidatingAdmissionPolicy; a replica serves only what policies configure.
 	// ServeOptions then enforce no built-in policy.
 	NoKubernaut bool
+	// Controllers, when set, runs kube-controller-manager of the same release with only these
+	// controllers (its --controllers: "job", say), for tests of what a controller does.
+	Controllers []string
 }
 
 // Env is a running control plane.
@@ -212,6 +215,12 @@ func Start(o Options) (*Env, error) {
 	e.noKubernaut = o.NoKubernaut
 	if o.Webhooks && !o.CheckWebhook && !o.NoKubernaut {
 		if err := e.InstallPolicy(context.Background()); err != nil {
+			_ = e.Stop()
+			return nil, err
+		}
+	}
+	if len(o.Controllers) > 0 {
+		if err := e.startControllers(o.Controllers); err != nil {
 			_ = e.Stop()
 			return nil, err
 		}

@@ -28,6 +28,7 @@ var Suites = []suite{
 	{"kubernaut", ".", "./test/integration/kubernaut"},
 	{"policies", ".", "./test/integration/policies"},
 	{"nokubernaut", ".", "./test/integration/nokubernaut"},
+	{"jobs", ".", "./test/integration/jobs"},
 	{"rollout", ".", "./test/integration/rollout"},
 	{"deploy", ".", "./test/integration/deploy"},
 	{"tls", ".", "./test/integration/tls"},

@@ -8,6 +8,10 @@
 # Run once per new release; `make testbin` never runs it.
 set -euo pipefail
 v=${1:?usage: gen.sh <kubernetes version, e.g. 1.34.4>}
+# Staging releases the module proxy does not serve, each replaced by the nearest earlier patch it
+# does (module@version=version). Only kube-controller-manager imports these; the tests run none of
+# the controllers they hold.
+unserved="k8s.io/endpointslice@v0.32.13=v0.32.12"
 here=$(cd "$(dirname "$0")" && pwd)
 minor_patch=${v#1.}
 GOFLAGS=-mod=mod go mod download k8s.io/kubernetes@v"$v"
@@ -18,7 +22,7 @@ etcd=$(sed -n 's/.*DefaultEtcdVersion = "\([0-9.]*\)-[0-9]*".*/\1/p' "$src/cmd/k
 d=$here/kube-apiserver/$v
 mkdir -p "$d"
 {
-  echo "// Module $v builds k8s.io/kubernetes' kube-apiserver v$v for envtest (written by ../../gen.sh)."
+  echo "// Module $v builds k8s.io/kubernetes' kube-apiserver and kube-controller-manager v$v for the tests (written by ../../gen.sh)."
   echo "// k8s.io/kubernetes points its staging modules at ./staging, which is not in"
   echo "// the module zip, so each is replaced by its published release."
   echo "module github.com/rrguard/rrguard/test/tools/testbin/kube-apiserver/$v"
@@ -28,16 +32,22 @@ mkdir -p "$d"
   echo "require k8s.io/kubernetes v$v"
   echo
   echo "replace ("
-  grep -E '^\s*k8s.io/[a-z0-9-]+ => \./staging/src/' "$src/go.mod" | awk -v mv="v0.$minor_patch" '{print "\t" $1 " => " $1 " " mv}'
+  grep -E '^\s*k8s.io/[a-z0-9-]+ => \./staging/src/' "$src/go.mod" | awk -v mv="v0.$minor_patch" -v unserved="$unserved" '
+    BEGIN { n = split(unserved, u, " "); for (i = 1; i <= n; i++) { split(u[i], kv, "="); alt[kv[1]] = kv[2] } }
+    { ver = mv; if (($1 "@" mv) in alt) ver = alt[$1 "@" mv]; print "\t" $1 " => " $1 " " ver }'
   echo ")"
 } > "$d/go.mod"
 cat > "$d/tools.go" <<'GO'
 //go:build tools
 
-// Package tools pins kube-apiserver so that go mod tidy keeps its dependencies.
+// Package tools pins kube-apiserver and kube-controller-manager (the tests that need a real
+// controller run it) so that go mod tidy keeps their dependencies.
 package tools
 
-import _ "k8s.io/kubernetes/cmd/kube-apiserver"
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+)
 GO
 echo "$etcd" > "$d/etcd-version"
 (cd "$d" && go mod tidy)

@@ -1,6 +1,10 @@
 //go:build tools
 
-// Package tools pins kube-apiserver so that go mod tidy keeps its dependencies.
+// Package tools pins kube-apiserver and kube-controller-manager (the tests that need a real
+// controller run it) so that go mod tidy keeps their dependencies.
 package tools
 
-import _ "k8s.io/kubernetes/cmd/kube-apiserver"
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+)

@@ -37,15 +37,16 @@ func (e *Env) startControllers(controllers []string) error {
 		return err
 	}
 	kubeconfig := filepath.Join(dir, "kubeconfig")
-	if err := e.WriteKubeconfig(kubeconfig); err != nil {
-		return err
-	}
 	port, err := freePort()
-	if err != nil {
-		return err
+	var log *os.File
+	if err == nil {
+		err = e.WriteKubeconfig(kubeconfig)
 	}
-	log, err := os.Create(filepath.Join(dir, "kube-controller-manager.log"))
+	if err == nil {
+		log, err = os.Create(filepath.Join(dir, "kube-controller-manager.log"))
+	}
 	if err != nil {
+		_ = os.RemoveAll(dir)
 		return err
 	}
 	cmd := exec.Command(bin,
@@ -60,6 +61,7 @@ func (e *Env) startControllers(controllers []string) error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		log.Close()
+		_ = os.RemoveAll(dir)
 		return err
 	}
 	log.Close()

@@ -56,9 +56,10 @@ type Store struct {
 	Known *KnownShards
 }
 
-// KnownShards is the set of shard ConfigMaps seen to exist: rrguard never deletes one (the
-// collector empties entries), so a shard once seen is patched, and one never seen is created,
-// rather than a patch that finds nothing. A shard deleted by hand costs one failed patch.
+// KnownShards is the set of shard ConfigMaps seen to exist: a shard once seen is patched, and one
+// never seen is created, rather than a patch that finds nothing. The collector deletes a shard it
+// empties (and forgets it here); one deleted by another replica's collector, or by hand, costs one
+// failed patch.
 type KnownShards struct{ m sync.Map }
 
 func (k *KnownShards) has(shard string) bool {
@@ -72,6 +73,12 @@ func (k *KnownShards) has(shard string) bool {
 func (k *KnownShards) add(shard string) {
 	if k != nil {
 		k.m.Store(shard, struct{}{})
+	}
+}
+
+func (k *KnownShards) forget(shard string) {
+	if k != nil {
+		k.m.Delete(shard)
 	}
 }
 

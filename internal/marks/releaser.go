@@ -237,7 +237,11 @@ func (r *Releaser) minAge() time.Duration {
 // an error: with several replicas it is the rule, not a fault.
 func (r *Releaser) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	res, err := r.releaseDeleted(ctx, req)
-	if err != nil && contended(err) && ctx.Err() == nil {
+	switch {
+	case err != nil && ctx.Err() != nil:
+		// Stopping (a policy's next generation takes over): the object stays held for it.
+		return reconcile.Result{}, nil
+	case err != nil && contended(err):
 		return reconcile.Result{RequeueAfter: contendedRetry}, nil
 	}
 	return res, err

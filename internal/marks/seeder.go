@@ -9,6 +9,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/internal/rrfacts"
 )
@@ -216,7 +217,19 @@ func (s *Seeder) collect(ctx context.Context, live map[string]bool) error {
 			continue
 		}
 		// Guarded by the resourceVersion read: a raise in between wins, and the next pass retries.
-		if err := s.Store.Writer.Update(ctx, cm); err != nil && !apierrors.IsConflict(err) {
+		// A shard left empty is deleted, not kept without data: a raise that adds an entry
+		// without reading (RaiseAbsent) patches a path under data, which an empty shard lacks.
+		var err error
+		if len(cm.Data) == 0 {
+			err = s.Store.Writer.Delete(ctx, cm, client.Preconditions{ResourceVersion: &cm.ResourceVersion})
+			if err == nil || apierrors.IsNotFound(err) {
+				s.Store.Known.forget(cm.Name)
+				err = nil
+			}
+		} else {
+			err = s.Store.Writer.Update(ctx, cm)
+		}
+		if err != nil && !apierrors.IsConflict(err) {
 			return err
 		}
 		collected.Inc()

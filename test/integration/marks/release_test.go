@@ -178,13 +178,14 @@ func TestReleasedBehindAnotherFinalizer(t *testing.T) {
 	}
 }
 
-// servingCounted serves a replica with the given hold, sweeping every 100 ms, whose requests are
-// counted in the Requests returned.
+// servingCounted serves a replica with the given hold, sweeping every 100 ms and seeding only at
+// its start, whose requests are counted in the Requests returned.
 func servingCounted(ctx context.Context, t *testing.T, hold time.Duration) *testenv.Requests {
 	t.Helper()
 	n := &testenv.Requests{}
 	stop, err := env.ServeRRGuardWith(ctx, testenv.Counting(env.Config, n), func(o *serve.Options) {
-		o.ReleaseMinAge, o.ReleaseEvery = hold, 100*time.Millisecond
+		// No seeding pass after the first: its reads are not the release's.
+		o.ReleaseMinAge, o.ReleaseEvery, o.SeedEvery = hold, 100*time.Millisecond, time.Hour
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -245,6 +246,21 @@ func TestMarkRaisedWithoutARead(t *testing.T) {
 	// The fault hit: the tested patch was sent and refused, then the shard was read and written.
 	if reads != 1 || len(writes) != 2 || !strings.HasPrefix(writes[0], "PATCH") || !strings.HasPrefix(writes[1], "PUT") {
 		t.Fatalf("raising a mark this replica did not know of: %d reads, writes %v; want the tested PATCH refused, one read, one PUT", reads, writes)
+	}
+
+	// An entry already above the number released stays as it is: the tested patch is refused,
+	// the read finds it high enough, nothing is written.
+	higher := testenv.Fingerprint(ns + "/higher")
+	low := create(ctx, t, ns, higher)
+	if err := store.Raise(ctx, ns, marks.ShardName(higher), map[string]int64{higher: 5}); err != nil {
+		t.Fatal(err)
+	}
+	reads, writes = releasedAfter(low, 5)
+	if len(writes) > 0 && strings.HasPrefix(writes[0], "POST") {
+		writes = writes[1:]
+	}
+	if reads != 1 || len(writes) != 1 || !strings.HasPrefix(writes[0], "PATCH") {
+		t.Fatalf("releasing %s under a mark of 5: %d reads, writes %v; want the tested PATCH refused, one read, no write", low.Name, reads, writes)
 	}
 }
 

@@ -94,6 +94,8 @@ func upgrade(t *testing.T, old, kubeconfig string, timings func(*serve.Options),
 	var staleRetries atomic.Int64
 	done := make(chan struct{})
 	var wg sync.WaitGroup
+	stopCreators := sync.OnceFunc(func() { close(done); wg.Wait() })
+	defer stopCreators()
 	for i := range creators {
 		wg.Add(1)
 		go func() {
@@ -149,8 +151,7 @@ func upgrade(t *testing.T, old, kubeconfig string, timings func(*serve.Options),
 	}
 	phase.Store(2)
 	time.Sleep(time.Second)
-	close(done)
-	wg.Wait()
+	stopCreators()
 
 	if len(failures) > 0 {
 		t.Fatalf("%d failures through the upgrade, the first: %s", len(failures), failures[0])
@@ -221,16 +222,31 @@ func buildRelease(t *testing.T, commit string) string {
 	if out, err := archive.CombinedOutput(); err != nil {
 		t.Fatalf("extracting %s: %v %s", commit, err, out)
 	}
-	build := exec.Command("go", "build", "-o", bin+".partial", "./cmd/rrguard")
+	// Built beside its final path and renamed into it: two test binaries building at once each
+	// write their own file.
+	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	partial, err := os.CreateTemp(filepath.Dir(bin), "rrguard-*.partial")
+	if err != nil {
+		t.Fatal(err)
+	}
+	partial.Close()
+	build := exec.Command("go", "build", "-o", partial.Name(), "./cmd/rrguard")
 	build.Dir = src
 	if out, err := build.CombinedOutput(); err != nil {
+		os.Remove(partial.Name())
 		t.Fatalf("building the release at %s: %v %s", commit, err, out)
 	}
-	if err := os.Rename(bin+".partial", bin); err != nil {
+	if err := os.Rename(partial.Name(), bin); err != nil {
 		t.Fatal(err)
 	}
 	return bin
 }
+
+// releaseStopLimit bounds a stopping replica of the last release: its 2 s shutdown delay, then
+// its graceful stop.
+const releaseStopLimit = 30 * time.Second
 
 // startRelease runs a replica of the release binary bin as a process serving where the test's
 // in-process replicas would (the same certificate, marks namespace and test timings: hold 1 ms,
@@ -253,6 +269,8 @@ func startRelease(ctx context.Context, t *testing.T, bin, kubeconfig string, fla
 		"--marks-namespace=" + o.MarksNamespace, "--release-min-age=" + o.ReleaseMinAge.String(), "--release-every=" + o.ReleaseEvery.String()}, flags...)...)
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
 	cmd.Stdout, cmd.Stderr = log, log
+	// It dies with the test binary, however that ends (a -timeout, a kill).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +281,12 @@ func startRelease(ctx context.Context, t *testing.T, bin, kubeconfig string, fla
 	stop = func() error {
 		once.Do(func() {
 			_ = cmd.Process.Signal(syscall.SIGTERM)
-			stopErr = <-exited
+			select {
+			case stopErr = <-exited:
+			case <-time.After(releaseStopLimit):
+				_ = cmd.Process.Kill()
+				stopErr = fmt.Errorf("did not stop within %s of SIGTERM: %v", releaseStopLimit, <-exited)
+			}
 		})
 		return stopErr
 	}

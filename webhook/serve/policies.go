@@ -15,6 +15,7 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -51,13 +52,34 @@ var ErrNoWebhookClient = errors.New("rrguard has no client configuration for the
 type livePolicy struct {
 	compiled   *policy.Compiled
 	generation int64
-	index      *rrfacts.Index
-	seeder     *marks.Seeder
-	mutate     http.Handler
-	validate   http.Handler
-	starts     []func(context.Context) error
-	cancel     context.CancelFunc
-	done       sync.WaitGroup
+	// spec is what it was built from: a change of the message alone keeps what runs (withMessage).
+	spec     rrguardv1.UniquenessPolicySpec
+	index    *rrfacts.Index
+	seeder   *marks.Seeder
+	mutate   http.Handler
+	validate http.Handler
+	// answer makes the webhooks' handlers for a compiled policy of this generation's target.
+	answer func(*policy.Compiled) (mutate, validate http.Handler)
+	starts []func(context.Context) error
+	cancel context.CancelFunc
+	// done counts what runs; shared by the generations that share it (withMessage).
+	done *sync.WaitGroup
+}
+
+// withMessage is lp for a new generation whose spec differs from lp's in its message only: the
+// same watch, index, releaser and seeder, which judge nothing by the message, with handlers that
+// answer with the new one. Nothing is listed or watched again and no create waits.
+func (lp *livePolicy) withMessage(c *policy.Compiled, generation int64, spec rrguardv1.UniquenessPolicySpec) *livePolicy {
+	next := *lp
+	next.compiled, next.generation, next.spec = c, generation, spec
+	next.mutate, next.validate = lp.answer(c)
+	return &next
+}
+
+// messageOnly reports whether specs a and b differ in their message alone.
+func messageOnly(a, b rrguardv1.UniquenessPolicySpec) bool {
+	a.Message, b.Message = "", ""
+	return equality.Semantic.DeepEqual(a, b)
 }
 
 // policySet holds the policies a replica enforces besides the RR's: those of Options.Policies,
@@ -123,6 +145,20 @@ const policyReconcilers = 4
 // creates of every policy go on meanwhile. Two generations judge one target only in the sense
 // that the handler looked up at a request's start serves it: each decision is one generation's.
 func (ps *policySet) enforce(ctx context.Context, p *rrguardv1.UniquenessPolicy) (*livePolicy, error) {
+	if old := ps.get(p.Name); old != nil && messageOnly(old.spec, p.Spec) {
+		c, err := ps.compile(p)
+		if err != nil {
+			return nil, err
+		}
+		lp := old.withMessage(c, p.Generation, p.Spec)
+		ps.mu.Lock()
+		defer ps.mu.Unlock()
+		if ps.live[p.Name] != old {
+			return nil, fmt.Errorf("policy %s changed while its message was swapped; retry", p.Name)
+		}
+		ps.live[p.Name] = lp
+		return lp, nil
+	}
 	lp, err := ps.build(p)
 	if err != nil {
 		return nil, err
@@ -197,15 +233,9 @@ func (ps *policySet) run(lp *livePolicy) {
 // build compiles p and makes what enforces it: a watch of its target, its releaser and seeder
 // (marks scoped to its target), and its webhooks.
 func (ps *policySet) build(p *rrguardv1.UniquenessPolicy) (*livePolicy, error) {
-	c, err := policy.Compile(p, ps.o.MarksNamespace)
+	c, err := ps.compile(p)
 	if err != nil {
 		return nil, err
-	}
-	if from := ps.namespacesFrom[p.Name]; from != "" {
-		c.NamespacesFrom = from
-	}
-	if !c.NamesForLife {
-		return nil, &policy.Error{Reason: policy.ReasonInvalid, Errs: field.ErrorList{field.NotSupported(field.NewPath("spec", "namesForLife"), false, []string{"true"})}}
 	}
 	gr := c.GroupResource
 	mgr := ps.r.mgr
@@ -240,19 +270,40 @@ func (ps *policySet) build(p *rrguardv1.UniquenessPolicy) (*livePolicy, error) {
 	releaser.Index = index
 	seeder := &marks.Seeder{Index: index, Store: store, Every: ps.o.SeedEvery, Horizon: ps.o.MarkHorizon, GCEvery: ps.o.MarkGCEvery}
 	leaveAlone := func(ns string) bool { return policy.NeverJudgedNamespace(ns, ps.o.MarksNamespace) }
-	namer := &webhook.Namer{Policy: c, Lister: index, Marks: store, Finalizer: marks.Finalizer, Ready: seeder.Ready, LeaveAlone: leaveAlone}
-	if ps.indexDecides {
-		namer.Index = index
+	lp := &livePolicy{
+		compiled: c, generation: p.Generation, spec: p.Spec, index: index, seeder: seeder,
+		starts: []func(context.Context) error{index.Start, releaser.Start, seeder.Start},
+		done:   &sync.WaitGroup{},
+		// The webhooks' handlers for a compiled policy judged by this index.
+		answer: func(c *policy.Compiled) (mutate, validate http.Handler) {
+			namer := &webhook.Namer{Policy: c, Lister: index, Marks: store, Finalizer: marks.Finalizer, Ready: seeder.Ready, LeaveAlone: leaveAlone}
+			if ps.indexDecides {
+				namer.Index = index
+			}
+			if len(c.Namespaces) > 0 {
+				namer.Judged = index.Watches
+			}
+			return &crwebhook.Admission{Handler: namer}, &crwebhook.Admission{Handler: &webhook.Checker{Policy: c, LeaveAlone: leaveAlone}}
+		},
 	}
-	if len(c.Namespaces) > 0 {
-		namer.Judged = index.Watches
+	lp.mutate, lp.validate = lp.answer(c)
+	return lp, nil
+}
+
+// compile compiles p as this replica enforces it (the setting its namespaces come from; names
+// for life, which every policy needs).
+func (ps *policySet) compile(p *rrguardv1.UniquenessPolicy) (*policy.Compiled, error) {
+	c, err := policy.Compile(p, ps.o.MarksNamespace)
+	if err != nil {
+		return nil, err
 	}
-	return &livePolicy{
-		compiled: c, generation: p.Generation, index: index, seeder: seeder,
-		mutate:   &crwebhook.Admission{Handler: namer},
-		validate: &crwebhook.Admission{Handler: &webhook.Checker{Policy: c, LeaveAlone: leaveAlone}},
-		starts:   []func(context.Context) error{index.Start, releaser.Start, seeder.Start},
-	}, nil
+	if from := ps.namespacesFrom[p.Name]; from != "" {
+		c.NamespacesFrom = from
+	}
+	if !c.NamesForLife {
+		return nil, &policy.Error{Reason: policy.ReasonInvalid, Errs: field.ErrorList{field.NotSupported(field.NewPath("spec", "namesForLife"), false, []string{"true"})}}
+	}
+	return c, nil
 }
 
 // targetError: the policy compiles but its target cannot be watched (unknown to the API server,

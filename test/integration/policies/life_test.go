@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -426,5 +427,65 @@ func TestPolicyOnAForbiddenTarget(t *testing.T) {
 	}
 	if slices.ContainsFunc(mut.Webhooks, func(w admissionregistrationv1.MutatingWebhook) bool { return strings.HasPrefix(w.Name, p.Name+".") }) {
 		t.Fatalf("a webhook is configured for a policy that cannot watch its target")
+	}
+}
+
+// A change of a policy's message alone swaps the handlers on the running watch: nothing of the
+// target is read again (while a change of the in-flight expression, which judges every object
+// anew, lists and watches it again), and the next 409 carries the new message.
+func TestAMessageChangeKeepsTheWatch(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "message", 3*time.Minute)
+	tg := targets[0]
+	g := &testenv.Gate{}
+	// Lists and watches of the target (PipelineRuns): a collection's path ends in its resource.
+	g.Count(func(r *http.Request) bool {
+		return r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/pipelineruns")
+	})
+	stop, err := env.ServeRRGuardWith(ctx, testenv.Gated(env.Config, g), func(o *serve.Options) { o.Policies = nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stop() })
+	p := lifePolicy(t, "message-pipelineruns", ns)
+	if err := env.Client.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), p) })
+	waitCondition(ctx, t, p.Name, rrguardv1.ConditionEnforced, metav1.ConditionTrue, "Enforced", enforceWithin)
+	change := func(generation int64, edit func(*rrguardv1.UniquenessPolicySpec)) (reads int64) {
+		t.Helper()
+		before := g.Counted()
+		if err := retryConflict(func() error {
+			var cur rrguardv1.UniquenessPolicy
+			if err := env.Client.Get(ctx, client.ObjectKeyFromObject(p), &cur); err != nil {
+				return err
+			}
+			edit(&cur.Spec)
+			return env.Client.Update(ctx, &cur)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, enforceWithin, true, func(ctx context.Context) (bool, error) {
+			st := policyStatus(ctx, t, p.Name)
+			return st.ObservedGeneration == generation && meta.IsStatusConditionTrue(st.Conditions, rrguardv1.ConditionEnforced), nil
+		}); err != nil {
+			t.Fatalf("generation %d not enforced: %v", generation, err)
+		}
+		return g.Counted() - before
+	}
+	const message = "a PipelineRun of this branch is running: wait for it"
+	if reads := change(2, func(s *rrguardv1.UniquenessPolicySpec) { s.Message = message }); reads != 0 {
+		t.Fatalf("a change of the message read the target %d times: want none", reads)
+	}
+	first := tg.object(ns)
+	if err := env.Client.Create(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Create(ctx, tg.object(ns)); !apierrors.IsAlreadyExists(err) || !strings.Contains(err.Error(), message) {
+		t.Fatalf("a repeat after the message changed: %v; want a 409 with %q", err, message)
+	}
+	// The counter sees a new generation's reads of the target: the same rule written anew is one.
+	if reads := change(3, func(s *rrguardv1.UniquenessPolicySpec) { s.InFlight = "(" + s.InFlight + ") || 1 < 0" }); reads == 0 {
+		t.Fatal("a change of the in-flight expression read nothing of the target: the count cannot see a new watch")
 	}
 }

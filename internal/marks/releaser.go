@@ -355,7 +355,14 @@ func (r *Releaser) releaseRound(ctx context.Context, due []rrfacts.RR) int {
 				break
 			}
 		}
-		if err := retry.OnError(retry.DefaultBackoff, contended, func() error { return raise(ctx, k.ns, k.shard, fps) }); err != nil {
+		if err := retry.OnError(retry.DefaultBackoff, contended, func() error {
+			err := raise(ctx, k.ns, k.shard, fps)
+			if contended(err) {
+				// Another writer has the shard: the retry reads it rather than try the test again.
+				raise = r.Store.Raise
+			}
+			return err
+		}); err != nil {
 			if ctx.Err() != nil {
 				return 0 // stopping
 			}

@@ -209,17 +209,13 @@ func (s Store) All(ctx context.Context) (all map[string]int64, corrupt []string,
 // to Raise, which reads. Two writers of one entry cannot lower it: the loser's test fails and it
 // reads.
 func (s Store) RaiseAbsent(ctx context.Context, namespace string, shard string, want map[string]int64) error {
-	now := time.Now
-	if s.Now != nil {
-		now = s.Now
+	if err := inShard(shard, want); err != nil {
+		return err
 	}
 	data := map[string]string{}
 	var ops []jsonPatchOp
 	for fp, n := range want {
-		if ShardName(fp) != shard {
-			return fmt.Errorf("fingerprint %s does not belong to shard %s", fp, shard)
-		}
-		k, v := s.EntryKey(namespace, fp), formatEntry(Entry{N: n, Raised: now()})
+		k, v := s.EntryKey(namespace, fp), formatEntry(Entry{N: n, Raised: s.now()})
 		data[k] = v
 		path := "/data/" + jsonPointerEscaper.Replace(k)
 		// A test of null passes only where the member is absent (the API server's JSON patch).
@@ -234,8 +230,7 @@ func (s Store) RaiseAbsent(ctx context.Context, namespace string, shard string, 
 		return s.Writer.Patch(ctx, cm, client.RawPatch(types.JSONPatchType, body))
 	}
 	create := func() error {
-		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: shard, Labels: map[string]string{Label: "true"}}, Data: data}
-		return s.Writer.Create(ctx, cm)
+		return s.Writer.Create(ctx, s.newShard(shard, data))
 	}
 	if s.Known.has(shard) {
 		if err = patch(); apierrors.IsNotFound(err) {
@@ -255,6 +250,29 @@ func (s Store) RaiseAbsent(ctx context.Context, namespace string, shard string, 
 	return err
 }
 
+// now is s.Now, time.Now when nil.
+func (s Store) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// newShard is shard as it is first created, holding data.
+func (s Store) newShard(shard string, data map[string]string) *corev1.ConfigMap {
+	return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: shard, Labels: map[string]string{Label: "true"}}, Data: data}
+}
+
+// inShard fails unless every fingerprint of want belongs to shard (see ShardName).
+func inShard(shard string, want map[string]int64) error {
+	for fp := range want {
+		if ShardName(fp) != shard {
+			return fmt.Errorf("fingerprint %s does not belong to shard %s", fp, shard)
+		}
+	}
+	return nil
+}
+
 // jsonPatchOp is one operation of a JSON patch (RFC 6902); a nil Value is JSON null.
 type jsonPatchOp struct {
 	Op    string  `json:"op"`
@@ -269,10 +287,6 @@ var jsonPointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
 // numbers given, in one write; it writes nothing when every mark is already that high. A write
 // conflict is returned as is, for the caller to retry with a fresh read.
 func (s Store) Raise(ctx context.Context, namespace string, shard string, want map[string]int64) error {
-	now := time.Now
-	if s.Now != nil {
-		now = s.Now
-	}
 	var cm corev1.ConfigMap
 	err := s.Reader.Get(ctx, client.ObjectKey{Namespace: s.Namespace, Name: shard}, &cm)
 	creating := apierrors.IsNotFound(err)
@@ -280,13 +294,13 @@ func (s Store) Raise(ctx context.Context, namespace string, shard string, want m
 		return err
 	}
 	if creating {
-		cm = corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: shard, Labels: map[string]string{Label: "true"}}}
+		cm = *s.newShard(shard, nil)
+	}
+	if err := inShard(shard, want); err != nil {
+		return err
 	}
 	changed := false
 	for fp, n := range want {
-		if ShardName(fp) != shard {
-			return fmt.Errorf("fingerprint %s does not belong to shard %s", fp, shard)
-		}
 		k := s.EntryKey(namespace, fp)
 		if v, ok := cm.Data[k]; ok {
 			cur, err := parseEntry(v)
@@ -300,7 +314,7 @@ func (s Store) Raise(ctx context.Context, namespace string, shard string, want m
 		if cm.Data == nil {
 			cm.Data = map[string]string{}
 		}
-		cm.Data[k] = formatEntry(Entry{N: n, Raised: now()})
+		cm.Data[k] = formatEntry(Entry{N: n, Raised: s.now()})
 		changed = true
 	}
 	if !changed {

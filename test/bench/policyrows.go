@@ -176,12 +176,9 @@ func runPolicyBench(cfg config, objects int) error {
 	row := func(mode string, round int) (policyRow, error) {
 		b.settle()
 		// rrguard's rows end once rrguard has released what they stored (release.go).
-		releases := strings.HasPrefix(mode, "rrguard")
-		var idle map[string]float64
-		var releasedBefore float64
-		if releases {
-			idle = idleRates(cpu)
-			releasedBefore = releasedCount(metricsAddr)
+		var release *releaseWindow
+		if strings.HasPrefix(mode, "rrguard") {
+			release = openRelease(metricsAddr, cpu)
 		}
 		if cfg.profile && round == 0 && mode != "baseline" {
 			go b.profiles(mode)
@@ -206,20 +203,11 @@ func runPolicyBench(cfg config, objects int) error {
 		if n == 0 {
 			return policyRow{}, fmt.Errorf("%s: no create succeeded (%d errors)", mode, errs.Load())
 		}
-		var wait time.Duration
-		if releases {
-			var err error
-			if wait, err = awaitReleases(metricsAddr, releasedBefore, int(n), nil); err != nil {
-				return policyRow{}, fmt.Errorf("%s: %w", mode, err)
-			}
+		if err := release.await(int(n), nil); err != nil {
+			return policyRow{}, fmt.Errorf("%s: %w", mode, err)
 		}
-		cpu1 := cpu()
-		used := map[string]float64{}
-		for k, v := range cpu1 {
-			used[k] = v - cpu0[k]
-		}
-		ms := withoutIdle(used, idle, wait)
-		return policyRow{mode: mode, creates: int(n), perSec: n / wall.Seconds(), releaseWait: wait.Seconds(),
+		ms := release.spent(cpu0, cpu())
+		return policyRow{mode: mode, creates: int(n), perSec: n / wall.Seconds(), releaseWait: release.waited().Seconds(),
 			createAPIMS: (cpuCreated["kube-apiserver"] - cpu0["kube-apiserver"]) * 1000 / n, createRRMS: (cpuCreated["rrguard"] - cpu0["rrguard"]) * 1000 / n,
 			apiMS: ms["kube-apiserver"] * 1000 / n, etcdMS: ms["etcd"] * 1000 / n, rrMS: ms["rrguard"] * 1000 / n,
 			bareMS: ms["bare"] * 1000 / n,

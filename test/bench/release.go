@@ -35,45 +35,71 @@ func releasedCount(metricsAddr string) float64 {
 	return scrapeMetrics(metricsAddr)["rrguard_finalizers_released_total"]
 }
 
-// awaitReleases waits until rrguard has released want finalizers more than before, and returns
-// how long that took; started, when set, runs once the first release is seen (a profile of the
-// release, not of the hold before it).
-func awaitReleases(metricsAddr string, before float64, want int, started func()) (time.Duration, error) {
+// releaseWindow accounts for a row whose objects rrguard releases after its last signal: each
+// process's idle rate and rrguard's releases before the row, then the wait for the row's. A nil
+// window is a row that waits for nothing.
+type releaseWindow struct {
+	metricsAddr string
+	idle        map[string]float64 // CPU seconds per second, by process
+	before      float64
+	wait        time.Duration
+}
+
+// openRelease samples the idle rates over idleWindow (cpu reads each process's CPU seconds) and
+// rrguard's releases so far, at metricsAddr; call it before the row begins.
+func openRelease(metricsAddr string, cpu func() map[string]float64) *releaseWindow {
+	before := cpu()
+	time.Sleep(idleWindow)
+	after := cpu()
+	w := &releaseWindow{metricsAddr: metricsAddr, idle: map[string]float64{}, before: releasedCount(metricsAddr)}
+	for k, v := range after {
+		w.idle[k] = (v - before[k]) / idleWindow.Seconds()
+	}
+	return w
+}
+
+// await waits until rrguard has released want finalizers more than before the row; started, when
+// set, runs once the first release is seen (a profile of the release, not of the hold before it).
+func (w *releaseWindow) await(want int, started func()) error {
+	if w == nil {
+		return nil
+	}
 	begin := time.Now()
+	defer func() { w.wait = time.Since(begin) }()
 	for {
-		got := releasedCount(metricsAddr) - before
+		got := releasedCount(w.metricsAddr) - w.before
 		if got > 0 && started != nil {
 			go started()
 			started = nil
 		}
 		if got >= float64(want) {
-			return time.Since(begin), nil
+			return nil
 		}
 		if time.Since(begin) > releaseWaitLimit {
-			return time.Since(begin), fmt.Errorf("rrguard released %.0f of the row's %d objects in %s", got, want, releaseWaitLimit)
+			return fmt.Errorf("rrguard released %.0f of the row's %d objects in %s", got, want, releaseWaitLimit)
 		}
 		time.Sleep(releasePoll)
 	}
 }
 
-// idleRates is each process's CPU seconds per second over idleWindow, read by cpu.
-func idleRates(cpu func() map[string]float64) map[string]float64 {
-	before := cpu()
-	time.Sleep(idleWindow)
-	after := cpu()
-	out := map[string]float64{}
-	for k, v := range after {
-		out[k] = (v - before[k]) / idleWindow.Seconds()
+// waited is how long await waited (0 for a nil window).
+func (w *releaseWindow) waited() time.Duration {
+	if w == nil {
+		return 0
 	}
-	return out
+	return w.wait
 }
 
-// withoutIdle takes idle CPU (rates, per second) over wait out of the CPU seconds used, per
-// process, never below zero.
-func withoutIdle(used, rates map[string]float64, wait time.Duration) map[string]float64 {
+// spent is the CPU seconds each process used from before to after, with its idle CPU over the
+// wait taken out (never below zero).
+func (w *releaseWindow) spent(before, after map[string]float64) map[string]float64 {
 	out := map[string]float64{}
-	for k, v := range used {
-		out[k] = max(v-rates[k]*wait.Seconds(), 0)
+	for k, v := range after {
+		idle := 0.0
+		if w != nil {
+			idle = w.idle[k] * w.wait.Seconds()
+		}
+		out[k] = max(v-before[k]-idle, 0)
 	}
 	return out
 }

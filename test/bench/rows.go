@@ -139,12 +139,9 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 	runtime.GC()
 	b.settle()
 	// rrguard's rows end once rrguard has released what they stored (release.go).
-	releases := s.m.name == rrguard.name && b.rrguardMetrics != ""
-	var idle map[string]float64
-	var releasedBefore float64
-	if releases {
-		idle = idleRates(b.cpu)
-		releasedBefore = releasedCount(b.rrguardMetrics)
+	var release *releaseWindow
+	if s.m.name == rrguard.name && b.rrguardMetrics != "" {
+		release = openRelease(b.rrguardMetrics, b.cpu)
 	}
 	cpuBefore := b.cpu()
 	reqBefore := b.requests.All.Load()
@@ -182,39 +179,29 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 	wg.Wait()
 	elapsed := time.Since(begin)
 	cpuCreated := b.cpu()
-	var releaseWait time.Duration
-	if releases {
-		var err error
-		var profile func()
-		if s.during != nil {
-			profile = func() { b.profiles("release") }
-		}
-		if releaseWait, err = awaitReleases(b.rrguardMetrics, releasedBefore, int(created.Load()), profile); err != nil {
-			return row{}, err
-		}
+	var profile func()
+	if s.during != nil {
+		profile = func() { b.profiles("release") }
+	}
+	if err := release.await(int(created.Load()), profile); err != nil {
+		return row{}, err
 	}
 	cpuAfter := b.cpu()
 	guardAfter := b.rrguardCounts()
 	n := int(done.Load())
 	r := row{Kind: s.kind, Mode: s.m.name, Size: s.size, Round: s.round, Creators: s.creators, Processes: len(procs), Signals: n,
 		Seconds: elapsed.Seconds(), PerSecond: float64(n) / elapsed.Seconds(), CPU: map[string]float64{},
-		APIPerSig: float64(b.requests.All.Load()-reqBefore) / float64(n), Errors: int(errCount.Load()), ReleaseSeconds: releaseWait.Seconds()}
-	used := map[string]float64{}
-	for k, v := range cpuAfter {
-		used[k] = v - cpuBefore[k]
-	}
-	for k, v := range withoutIdle(used, idle, releaseWait) {
+		APIPerSig: float64(b.requests.All.Load()-reqBefore) / float64(n), Errors: int(errCount.Load()), ReleaseSeconds: release.waited().Seconds()}
+	for k, v := range release.spent(cpuBefore, cpuAfter) {
 		r.CPU[k] = v * 1000 / float64(n)
 	}
-	if releases {
+	if release != nil {
 		r.ReleaseCPU, r.IdleCPU = map[string]float64{}, map[string]float64{}
-		released := map[string]float64{}
-		for k, v := range cpuAfter {
-			released[k] = v - cpuCreated[k]
-			r.IdleCPU[k] = idle[k] * 1000
-		}
-		for k, v := range withoutIdle(released, idle, releaseWait) {
+		for k, v := range release.spent(cpuCreated, cpuAfter) {
 			r.ReleaseCPU[k] = v * 1000 / float64(n)
+		}
+		for k, v := range release.idle {
+			r.IdleCPU[k] = v * 1000
 		}
 	}
 	if e, ok := firstErr.Load().(string); ok {
@@ -256,7 +243,7 @@ func (b *bench) runRow(ctx context.Context, s spec) (row, error) {
 	fmt.Printf("%-10s %-10s size=%-6d round=%d creators=%-3d/%d %6d signals %7.0f/s p50=%6.1fms p99=%7.1fms api/sig=%4.2f cpu ms/sig: %s release wait %.1fs stored=%d dup=%d counted=%d err=%d rrguard decisions=%d reads=%d fallbacks=%d %s\n",
 		s.kind, s.m.name, s.size, s.round, s.creators, len(procs), n, r.PerSecond, r.P50, r.P99, r.APIPerSig, cpuString(r.CPU), r.ReleaseSeconds,
 		r.Stored, r.Duplicates, r.Counted, r.Errors, r.Decisions, r.Reads, r.Fallbacks, r.FirstError)
-	if releases {
+	if release != nil {
 		fmt.Printf("           release: cpu ms/sig %s (idle ms/s taken out: %s); rrguard requests per signal: %v\n",
 			cpuString(r.ReleaseCPU), cpuString(r.IdleCPU), r.RRGuardRequests)
 	}

@@ -87,8 +87,8 @@ TEST_FUZZ_EXECS ?= 10000x
 # releases (selectable fields and the scan fallback, ValidatingAdmissionPolicy, MutatingAdmissionPolicy,
 # server-side apply's create path, watch-list and the RR index, CRD validation, the chart's
 # kubeVersion with Helm 4 and 3), and policies for other resources (label-selector reads, a built-in
-# kind's status rules), and the real Job controller's suspend.
-OLDEST_SUITES ?= webhook,crd,kubernaut,marks,policies,nokubernaut,jobs,helm,helm3
+# kind's status rules), the real Job controller's suspend, and the Queue and Replace modes.
+OLDEST_SUITES ?= webhook,crd,kubernaut,marks,policies,nokubernaut,jobs,queue,helm,helm3
 
 .PHONY: test
 test: lint ## Every test: static checks, unit tests, integration tests on the newest API server (and the version-dependent ones on the oldest), alerts, the Helm chart with Helm 4 and 3, a short fuzz.
@@ -109,6 +109,10 @@ test-k8s: lint ## Every suite that talks to an API server, on each release of K8
 .PHONY: storm
 storm: controlplane ## The storm tests at full length: the completion storm runs a minute (`make test` runs 10 s).
 	RRGUARD_STORM_DURATION=$(or $(STORM_DURATION),60s) go test -count=1 -v -timeout 30m ./test/integration/storm/
+
+.PHONY: test-queue
+test-queue: testbin ## The Queue and Replace suite at full length: all 64 queued Jobs run to completion one after another (`make test` runs 8).
+	RRGUARD_QUEUE_RUNS=64 go test -count=1 -v -timeout 30m ./test/integration/queue/
 
 .PHONY: fuzz
 fuzz: ## Fuzz the admission handlers and the decision (FUZZTIME each, default 5m).

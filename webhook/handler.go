@@ -30,7 +30,7 @@ func PolicyPath(kind, policy string) string { return "/" + kind + "/" + policy }
 
 // createReads is what a webhook reads of a new object besides what its policy reads.
 var createReads = (&jsonproject.Tree{}).Add("metadata", "name").Add("metadata", "generateName").
-	Add("metadata", "finalizers").Add("metadata", "managedFields")
+	Add("metadata", "finalizers").Add("metadata", "managedFields").Touch("metadata", "annotations")
 
 // created is the object of a CREATE, as far as a webhook reads it.
 type created struct {

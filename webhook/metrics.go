@@ -14,6 +14,7 @@ const (
 	DecisionInvalid   = "invalid"
 	DecisionError     = "error"
 	DecisionAllowed   = "allowed" // the validating webhook's pass
+	DecisionHeld      = "held"    // stored held by a Queue or Replace policy
 )
 
 // policyOf is the policy label of a request to a handler with policy p (none: misconfigured).

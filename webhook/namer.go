@@ -124,6 +124,9 @@ func (h *Namer) handle(ctx context.Context, req admission.Request) (admission.Re
 	if h.Now != nil {
 		now = h.Now
 	}
+	if !h.Policy.Names() {
+		return h.hold(ctx, c, now())
+	}
 	name, err := h.decide(ctx, c, now)
 	var unavailable readError
 	if errors.As(err, &unavailable) {
@@ -186,7 +189,7 @@ func (h *Namer) decide(ctx context.Context, c *created, now func() time.Time) (s
 			return "", readError{err}
 		default:
 			t := now()
-			if slices.ContainsFunc(facts, func(f decision.Fact) bool { return f.InFlight(t) }) {
+			if slices.ContainsFunc(facts, func(f decision.Fact) bool { return f.Blocks(t) }) {
 				return decideFacts(h.Policy, c, facts, 0, t)
 			}
 			if len(facts) == 0 {
@@ -256,4 +259,43 @@ func (h *Namer) patch(c *created, name string, rename bool) []jsonpatch.JsonPatc
 		ops = append(ops, jsonpatch.JsonPatchOperation{Operation: "add", Path: "/metadata/finalizers", Value: []string{h.Finalizer}})
 	}
 	return ops
+}
+
+// hold admits a create of a Queue or Replace policy: stored under its creator's name, held, with
+// the annotations that place it in its key's queue (policy.HoldPatch). No read: the order is the
+// admission instant, and the release is the controller's (package queue). A create its creator
+// held already is the creator's, left alone.
+func (h *Namer) hold(ctx context.Context, c *created, now time.Time) (admission.Response, string) {
+	userHeld, err := h.Policy.UserHeld(ctx, c.fields)
+	if err != nil {
+		return deny(invalidObject(h.Policy, c, err)), DecisionInvalid
+	}
+	if userHeld {
+		return admission.Allowed("left alone: created held by its creator, who releases it"), DecisionAllowed
+	}
+	a := policy.Admission{Key: c.key, Queued: now, Behind: h.behind(c, now)}
+	return admission.Patched("held by policy "+h.Policy.Policy, h.Policy.HoldPatch(c.fields, a)...), DecisionHeld
+}
+
+// behind is the newest object of c's key ahead of it, in flight or held, as the index shows it
+// ("" when the index cannot vouch for itself or shows none): informative only, nothing depends on it.
+func (h *Namer) behind(c *created, now time.Time) string {
+	if h.Index == nil {
+		return ""
+	}
+	facts, err := h.Index.Lookup(c.Namespace, c.keyHex, now)
+	if err != nil {
+		return ""
+	}
+	var ahead []decision.Fact
+	for _, f := range facts {
+		if f.Blocks(now) {
+			ahead = append(ahead, f)
+		}
+	}
+	decision.Order(ahead)
+	if len(ahead) == 0 {
+		return ""
+	}
+	return ahead[len(ahead)-1].Name
 }

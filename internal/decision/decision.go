@@ -25,13 +25,34 @@ type Fact struct {
 	Phase string
 	// Created is the object's creationTimestamp: it breaks ties between objects in flight.
 	Created time.Time
+
+	// What a Queue or Replace policy put on the object at admission (see Plan); zero for an
+	// object it did not admit.
+	//
+	// Queued is the instant rrguard admitted it: the queue's order, name breaking ties.
+	Queued time.Time
+	// Held: rrguard holds it still; a release clears it.
+	Held bool
+	// Cancelled: rrguard has cancelled it (Replace).
+	Cancelled bool
+	// Deleting: its deletion has been asked for (it is not in flight, but it may still be
+	// winding down).
+	Deleting bool
 }
 
 // Forever is Until for an object in flight until it changes.
 var Forever = time.Unix(1<<62, 0).UTC()
 
-// InFlight reports whether the object blocks a new one of its key at now.
+// InFlight reports whether the object is in flight at now, by the policy's rule.
 func (f Fact) InFlight(now time.Time) bool { return now.Before(f.Until) }
+
+// Waiting: rrguard holds the object and will release it (a Queue or Replace policy's, not yet
+// cancelled or deleted).
+func (f Fact) Waiting() bool { return f.Held && !f.Cancelled && !f.Deleting }
+
+// Blocks reports whether the object blocks a new one of its key at now: it is in flight, or
+// held to run later (under a policy changed from Queue to Forbid, what it held still runs).
+func (f Fact) Blocks(now time.Time) bool { return f.InFlight(now) || f.Waiting() }
 
 // ErrExhausted: the key's occurrence numbers have reached the largest int64.
 var ErrExhausted = errors.New("occurrence numbers of this key are exhausted")
@@ -56,7 +77,7 @@ func Decide(facts []Fact, mark int64, now time.Time) (Outcome, error) {
 	for i := range facts {
 		f := &facts[i]
 		newest = max(newest, f.N)
-		if f.InFlight(now) && (dup == nil || newer(f, dup)) {
+		if f.Blocks(now) && (dup == nil || newer(f, dup)) {
 			dup = f
 		}
 	}

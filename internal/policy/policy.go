@@ -91,6 +91,8 @@ type Compiled struct {
 	message, hint  string
 	reads          *jsonproject.Tree
 	pattern        *labelPattern
+	conc           concurrency
+	userHeld       cel.Program
 }
 
 // Reads is the paths of an object the policy's expressions read (see jsonproject): an object
@@ -171,6 +173,9 @@ func Compile(p *v1alpha1.UniquenessPolicy, rrguardNamespace string) (*Compiled, 
 	if e := p.Spec.Key.Encoding; e != "" && e != v1alpha1.KeyHex && e != v1alpha1.KeySHA256 {
 		invalid = append(invalid, field.NotSupported(spec.Child("key", "encoding"), e, []string{string(v1alpha1.KeyHex), string(v1alpha1.KeySHA256)}))
 	}
+	var errs field.ErrorList
+	c.conc, errs = compileConcurrency(p.Spec.Concurrency, spec.Child("concurrency"))
+	invalid = append(invalid, errs...)
 	if len(invalid) > 0 {
 		return nil, &Error{Reason: ReasonInvalid, Errs: invalid}
 	}
@@ -197,6 +202,14 @@ func Compile(p *v1alpha1.UniquenessPolicy, rrguardNamespace string) (*Compiled, 
 	c.inFlightIsTime = out != nil && out.IsExactType(cel.TimestampType)
 	if p.Spec.Phase != "" {
 		c.phase, _ = compile(spec.Child("phase"), p.Spec.Phase, cel.StringType)
+	}
+	if cc := p.Spec.Concurrency; cc != nil && cc.UserHeld != "" {
+		c.userHeld, _ = compile(spec.Child("concurrency", "userHeld"), cc.UserHeld, cel.BoolType)
+	}
+	// What a queue put on an object (queueFacts), read of every object under any mode: a policy
+	// changed from Queue to Forbid still sees (and drains) what it held.
+	for _, a := range concurrencyReads(p.Spec.Concurrency) {
+		c.reads.Add("metadata", "annotations", a)
 	}
 	switch {
 	case len(compileErrs) > 0:
@@ -368,22 +381,29 @@ func (c *Compiled) Key(ctx context.Context, obj map[string]any) (keyHex, key str
 // in-flight rule that failed, the object kept in flight) is err. The index and the audit take
 // stored objects this way.
 func (c *Compiled) Judge(ctx context.Context, obj map[string]any, name string, created time.Time, deleting bool) (f decision.Fact, keyHex string, judged bool, err error) {
+	f, keyHex, _, judged, err = c.JudgeKey(ctx, obj, name, created, deleting)
+	return f, keyHex, judged, err
+}
+
+// JudgeKey is Judge, with the key as the expression gave it.
+func (c *Compiled) JudgeKey(ctx context.Context, obj map[string]any, name string, created time.Time, deleting bool) (f decision.Fact, keyHex, key string, judged bool, err error) {
 	if ok, err := c.Matches(ctx, obj); !ok || err != nil {
-		return decision.Fact{}, "", false, nil
+		return decision.Fact{}, "", "", false, nil
 	}
-	keyHex, _, err = c.Key(ctx, obj)
+	keyHex, key, err = c.Key(ctx, obj)
 	if err != nil {
-		return decision.Fact{}, "", false, nil
+		return decision.Fact{}, "", "", false, nil
 	}
 	f, err = c.Fact(ctx, obj, name, keyHex, created, deleting)
-	return f, keyHex, true, err
+	return f, keyHex, key, true, err
 }
 
 // Fact is what the engine keeps of an existing object: the in-flight instant and the phase (an
 // object being deleted is not in flight, whatever the rule says). name and keyHex place it.
 func (c *Compiled) Fact(ctx context.Context, obj map[string]any, name, keyHex string, created time.Time, deleting bool) (decision.Fact, error) {
-	f := decision.Fact{Name: name, Created: created}
+	f := decision.Fact{Name: name, Created: created, Deleting: deleting}
 	f.N, _ = rules.OccurrenceFor(c.prefix, keyHex, name)
+	queueFacts(obj, &f)
 	if c.phase != nil {
 		v, err := eval(ctx, c.phase, obj)
 		if err != nil {

@@ -52,10 +52,16 @@ func TestShippedPoliciesCompile(t *testing.T) {
 		read   rrguardv1.ConsistentRead
 		labels []string
 	}{
-		"../../config/policies/remediationrequests.yaml": {rrguardv1.ReadFieldSelector, nil},
-		"../../config/samples/tekton-pipelinerun.yaml":   {rrguardv1.ReadLabelSelector, []string{"ci.example.com/branch", "ci.example.com/repo"}},
-		"../../config/samples/argo-workflow.yaml":        {rrguardv1.ReadLabelSelector, []string{"example.com/job"}},
-		"../../config/samples/batch-job.yaml":            {rrguardv1.ReadLabelSelector, []string{"example.com/job"}},
+		"../../config/policies/remediationrequests.yaml":       {rrguardv1.ReadFieldSelector, nil},
+		"../../config/samples/tekton-pipelinerun.yaml":         {rrguardv1.ReadLabelSelector, []string{"ci.example.com/branch", "ci.example.com/repo"}},
+		"../../config/samples/argo-workflow.yaml":              {rrguardv1.ReadLabelSelector, []string{"example.com/job"}},
+		"../../config/samples/batch-job.yaml":                  {rrguardv1.ReadLabelSelector, []string{"example.com/job"}},
+		"../../config/samples/tekton-pipelinerun-queue.yaml":   {rrguardv1.ReadLabelSelector, []string{"ci.example.com/branch", "ci.example.com/repo"}},
+		"../../config/samples/tekton-pipelinerun-replace.yaml": {rrguardv1.ReadLabelSelector, []string{"ci.example.com/branch", "ci.example.com/repo"}},
+		"../../config/samples/argo-workflow-queue.yaml":        {rrguardv1.ReadLabelSelector, []string{"example.com/job"}},
+		"../../config/samples/argo-workflow-replace.yaml":      {rrguardv1.ReadLabelSelector, []string{"example.com/job"}},
+		"../../config/samples/batch-job-queue.yaml":            {rrguardv1.ReadLabelSelector, []string{"example.com/queue"}},
+		"../../config/samples/batch-job-replace.yaml":          {rrguardv1.ReadLabelSelector, []string{"example.com/queue"}},
 	}
 	files, _ := filepath.Glob("../../config/samples/*.yaml")
 	files = append(files, rrPolicy)

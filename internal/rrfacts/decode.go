@@ -54,6 +54,8 @@ type verdict struct {
 	// keyHex is the object's key; "" when the policy does not judge it (a match condition is
 	// false, or its key cannot be read).
 	keyHex string
+	// key is the key as the expression gave it (what a consistent read of the key selects by).
+	key string
 	// err: the in-flight rule or phase failed on the object, which is then kept in flight
 	// (policy.Compiled.Fact).
 	err error
@@ -124,11 +126,11 @@ func (o *object) UnmarshalJSON(b []byte) error {
 
 // judge applies the policy to an object's projection m.
 func (rd *reading) judge(m map[string]any, meta objectMeta) verdict {
-	f, keyHex, judged, err := rd.policy.Judge(context.Background(), m, meta.Name, meta.CreationTimestamp.Time, meta.DeletionTimestamp != nil)
+	f, keyHex, key, judged, err := rd.policy.JudgeKey(context.Background(), m, meta.Name, meta.CreationTimestamp.Time, meta.DeletionTimestamp != nil)
 	if !judged {
 		return verdict{}
 	}
-	return verdict{fact: f, keyHex: keyHex, err: err}
+	return verdict{fact: f, keyHex: keyHex, key: key, err: err}
 }
 
 func timeOf(v any) (metav1.Time, error) {

@@ -82,6 +82,10 @@ type Options struct {
 	// flight; Kind is its target's kind (the resource is the policy's).
 	Policy *policy.Compiled
 	Kind   schema.GroupVersionKind
+	// OnQueue, when set, is called (outside the index's lock) after each change to the objects
+	// of a key that has held objects (a Queue or Replace policy's), with the key as the
+	// expression gives it: the key's queue may move.
+	OnQueue func(namespace, keyHex, key string)
 	// FieldSelectable: the API server serves a field selector on the policy's KeyField (a CRD
 	// declares it selectable); otherwise ReadKey scans the namespace.
 	FieldSelectable bool
@@ -107,6 +111,9 @@ type Index struct {
 	marked      *marked
 	marksLoaded bool
 	phases      map[string]string
+	// keys is the key, as the expression gives it, of each group with held objects, by
+	// "<namespace>/<keyHex>" (OnQueue's third argument); only with OnQueue.
+	keys map[string]string
 }
 
 type nsFacts struct {
@@ -130,13 +137,16 @@ type entry struct {
 	phase     string // interned (Index.intern)
 	finalized bool
 	covered   bool
+	held      bool  // decision.Fact.Held
+	cancelled bool  // decision.Fact.Cancelled
 	created   int64 // unix seconds
 	deletedAt int64 // unix seconds; 0 when not being deleted
 	g         *group
 }
 
 func (e *entry) fact() Fact {
-	f := Fact{Fact: decision.Fact{Name: e.name, N: e.n, Phase: e.phase, Created: time.Unix(e.created, 0)},
+	f := Fact{Fact: decision.Fact{Name: e.name, N: e.n, Phase: e.phase, Created: time.Unix(e.created, 0),
+		Held: e.held, Cancelled: e.cancelled, Deleting: e.deletedAt != 0},
 		Finalized: e.finalized, Covered: e.covered}
 	if e.until != 0 {
 		f.Until = time.Unix(e.until, 0)
@@ -181,7 +191,7 @@ func New(cfg *rest.Config, o Options) (*Index, error) {
 	if err != nil {
 		return nil, err
 	}
-	ix := &Index{o: o, rc: rc, rd: rd, nss: map[string]*nsFacts{}, marked: newMarked(), phases: map[string]string{}}
+	ix := &Index{o: o, rc: rc, rd: rd, nss: map[string]*nsFacts{}, marked: newMarked(), phases: map[string]string{}, keys: map[string]string{}}
 	nss := o.Namespaces
 	if len(nss) == 0 {
 		nss = []string{metav1.NamespaceAll}
@@ -451,6 +461,7 @@ func (ix *Index) put(o *object) (keyHex string, deleting bool) {
 		e.until = fact.Until.Unix()
 	}
 	e.created = o.Meta.CreationTimestamp.Unix()
+	e.held, e.cancelled = fact.Held, fact.Cancelled
 	e.finalized = ix.o.Finalizer != "" && slices.Contains(o.Meta.Finalizers, ix.o.Finalizer)
 	e.deletedAt = 0
 	if o.Meta.DeletionTimestamp != nil {
@@ -494,13 +505,15 @@ func (nsf *nsFacts) remove(name string, e *entry) {
 
 // drop forgets a deleted RR; its fingerprint may have a mark from now on (rrguard released it
 // only after raising the mark).
-func (ix *Index) drop(ns, name string) {
+func (ix *Index) drop(ns, name string) (keyHex string) {
 	if nsf := ix.nss[ns]; nsf != nil {
 		if e := nsf.byName[name]; e != nil {
 			ix.marked.add(ix.o.MarkKey(ns, e.g.fp))
 			nsf.remove(name, e)
+			return e.g.fp
 		}
 	}
+	return ""
 }
 
 // listWatch reads RRs with the slim types, noting when each call begins.
@@ -617,12 +630,43 @@ func (f *feed) upsert(obj any) (*object, error) {
 		return nil, err
 	}
 	f.ix.mu.Lock()
-	_, deleting := f.ix.put(o)
+	keyHex, deleting := f.ix.put(o)
+	q, queued := f.ix.queue(o.Meta.Namespace, keyHex, o.verdict.key)
 	f.ix.mu.Unlock()
 	if deleting {
 		f.notify([]*object{o})
 	}
+	if queued {
+		f.ix.o.OnQueue(q.namespace, q.keyHex, q.key)
+	}
 	return o, nil
+}
+
+// queueKey is a key whose queue may have moved (Options.OnQueue).
+type queueKey struct{ namespace, keyHex, key string }
+
+// queue says whether the key keyHex of namespace has held objects, after a change to them, and
+// keeps the key as the expression gives it while it does (key is "" when the caller does not
+// know it: a deletion). The caller holds the lock.
+func (ix *Index) queue(ns, keyHex, key string) (queueKey, bool) {
+	if ix.o.OnQueue == nil || keyHex == "" {
+		return queueKey{}, false
+	}
+	id := ns + "/" + keyHex
+	held := false
+	if nsf := ix.nss[ns]; nsf != nil {
+		if g := nsf.byFP[keyHex]; g != nil {
+			held = slices.ContainsFunc(g.entries, func(e *entry) bool { return e.held && !e.cancelled && e.deletedAt == 0 })
+		}
+	}
+	if !held {
+		delete(ix.keys, id)
+		return queueKey{}, false
+	}
+	if key != "" {
+		ix.keys[id] = key
+	}
+	return queueKey{namespace: ns, keyHex: keyHex, key: ix.keys[id]}, true
 }
 
 // Delete implements cache.ReflectorStore.
@@ -635,8 +679,12 @@ func (f *feed) Delete(obj any) error {
 		return err
 	}
 	f.ix.mu.Lock()
-	f.ix.drop(o.Meta.Namespace, o.Meta.Name)
+	keyHex := f.ix.drop(o.Meta.Namespace, o.Meta.Name)
+	q, queued := f.ix.queue(o.Meta.Namespace, keyHex, "")
 	f.ix.mu.Unlock()
+	if queued {
+		f.ix.o.OnQueue(q.namespace, q.keyHex, q.key)
+	}
 	return nil
 }
 
@@ -678,10 +726,14 @@ func (f *feed) Replace(items []any, _ string) error {
 			delete(f.ix.nss, ns)
 		}
 	}
+	queues := map[queueKey]bool{}
 	for _, o := range objs {
 		keyHex, del := f.ix.put(o)
 		if del {
 			deleting = append(deleting, o)
+		}
+		if q, ok := f.ix.queue(o.Meta.Namespace, keyHex, o.verdict.key); ok {
+			queues[q] = true
 		}
 		if fp, ok := covered[o.Meta.Namespace][o.Meta.Name]; ok && fp == keyHex {
 			f.ix.nss[o.Meta.Namespace].byName[o.Meta.Name].covered = true
@@ -694,6 +746,12 @@ func (f *feed) Replace(items []any, _ string) error {
 	f.mu.Unlock()
 	f.seen(start)
 	f.notify(deleting)
+	for q := range queues {
+		// The key's entry may have been recorded before the key was known: take the last.
+		if q.key != "" {
+			f.ix.o.OnQueue(q.namespace, q.keyHex, q.key)
+		}
+	}
 	return nil
 }
 

@@ -29,6 +29,7 @@ var Suites = []suite{
 	{"policies", ".", "./test/integration/policies"},
 	{"nokubernaut", ".", "./test/integration/nokubernaut"},
 	{"jobs", ".", "./test/integration/jobs"},
+	{"queue", ".", "./test/integration/queue"},
 	{"rollout", ".", "./test/integration/rollout"},
 	{"deploy", ".", "./test/integration/deploy"},
 	{"tls", ".", "./test/integration/tls"},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -11,6 +12,8 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
+	"github.com/rrguard/rrguard/internal/policy"
 	"github.com/rrguard/rrguard/webhook/serve"
 )
 
@@ -65,3 +68,17 @@ func IndexTrusted(o *serve.Options) {
 // name: it serves on a loopback port the kernel picks as it binds (Replica.WebhookAddr), so no
 // other process can take the port between a pick and the bind.
 func Aside(o *serve.Options) { o.Host, o.Port = "127.0.0.1", 0 }
+
+// Sample reads the UniquenessPolicy of config/samples/<file>.
+func (e *Env) Sample(t testing.TB, file string) *rrguardv1.UniquenessPolicy {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(e.Root, "config", "samples", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := policy.ReadPolicy(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

@@ -33,6 +33,7 @@ import (
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
 	"github.com/rrguard/rrguard/internal/marks"
 	"github.com/rrguard/rrguard/internal/policy"
+	"github.com/rrguard/rrguard/internal/queue"
 	"github.com/rrguard/rrguard/internal/rrfacts"
 	"github.com/rrguard/rrguard/webhook"
 )
@@ -195,6 +196,7 @@ func (ps *policySet) stop(name string) {
 		lp.end()
 	}
 	marks.ForgetPolicy(name)
+	queue.ForgetPolicy(name)
 	forgetRead(name)
 }
 
@@ -259,10 +261,18 @@ func (ps *policySet) build(p *rrguardv1.UniquenessPolicy) (*livePolicy, error) {
 	store.Scope = marks.ScopeOf(gr.Group, gr.Resource)
 	releaser := &marks.Releaser{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Store: store,
 		MinAge: ps.o.ReleaseMinAge, Every: ps.o.ReleaseEvery, Batch: ps.o.ReleaseBatch, Kind: gvk, Name: c.Policy}
-	index, err := rrfacts.New(ps.cfg, rrfacts.Options{
+	o := rrfacts.Options{
 		Namespaces: c.Namespaces, Finalizer: marks.Finalizer, MarkKey: store.EntryKey,
 		MaxLag: ps.maxLag, OnDeleting: releaser.Enqueue, Policy: c, Kind: gvk, FieldSelectable: selectable,
-	})
+	}
+	// A policy that holds, or held under an earlier mode, releases by key as its objects change.
+	var queued *queue.Controller
+	if c.CanRelease() {
+		timeout, _, _ := ps.o.lagInputs()
+		queued = &queue.Controller{Policy: c, Client: mgr.GetClient(), Kind: gvk, Settle: timeout}
+		o.OnQueue = queued.Enqueue
+	}
+	index, err := rrfacts.New(ps.cfg, o)
 	if err != nil {
 		return nil, err
 	}
@@ -285,6 +295,10 @@ func (ps *policySet) build(p *rrguardv1.UniquenessPolicy) (*livePolicy, error) {
 			}
 			return &crwebhook.Admission{Handler: namer}, &crwebhook.Admission{Handler: &webhook.Checker{Policy: c, LeaveAlone: leaveAlone}}
 		},
+	}
+	if queued != nil {
+		queued.Reader = index
+		lp.starts = append(lp.starts, queued.Start)
 	}
 	lp.mutate, lp.validate = lp.answer(c)
 	return lp, nil
@@ -469,6 +483,7 @@ const (
 	ReasonNameCheckAPIServer = "APIServer"
 	ReasonNameCheckWebhook   = "Webhook"
 	ReasonNameCheckRefused   = "NameCheckRefused"
+	ReasonNameCheckNone      = "CreatorsNames"
 )
 
 // statusOf is a policy's status as this replica sees it.
@@ -518,6 +533,8 @@ func statusOf(p *rrguardv1.UniquenessPolicy, lp *livePolicy, enforceErr, nameChe
 		set(rrguardv1.ConditionEnforced, false, ReasonNotReady, "the watch has not synced, or the marks are not seeded yet")
 	}
 	switch {
+	case !lp.compiled.Names():
+		set(rrguardv1.ConditionNameChecked, true, ReasonNameCheckNone, "a "+string(lp.compiled.Mode())+" policy keeps the creators' names: there is no name to check")
 	case lp.compiled.NameCheck == rrguardv1.NameCheckWebhook:
 		set(rrguardv1.ConditionNameChecked, true, ReasonNameCheckWebhook, "rrguard's validating webhook checks every new object's final name")
 	case nameCheckErr != nil:
@@ -598,14 +615,17 @@ func (pc *policyController) syncWebhooks(ctx context.Context) (refused map[strin
 			FailurePolicy: ptr.To(admissionregistrationv1.Fail), TimeoutSeconds: ptr.To(policyWebhookTimeout),
 			MatchPolicy: ptr.To(admissionregistrationv1.Equivalent), ReinvocationPolicy: ptr.To(admissionregistrationv1.NeverReinvocationPolicy),
 		})
-		if c.NameCheck == rrguardv1.NameCheckWebhook {
+		switch {
+		case !c.Names():
+			// Queue and Replace keep the creators' names: no name to check.
+		case c.NameCheck == rrguardv1.NameCheckWebhook:
 			val = append(val, admissionregistrationv1.ValidatingWebhook{
 				Name: name, ClientConfig: cc("validate"), Rules: rules, NamespaceSelector: sel, ObjectSelector: &metav1.LabelSelector{},
 				SideEffects: ptr.To(admissionregistrationv1.SideEffectClassNone), AdmissionReviewVersions: []string{"v1"},
 				FailurePolicy: ptr.To(admissionregistrationv1.Fail), TimeoutSeconds: ptr.To(policyWebhookTimeout),
 				MatchPolicy: ptr.To(admissionregistrationv1.Equivalent),
 			})
-		} else {
+		default:
 			checks = append(checks, c)
 		}
 	}

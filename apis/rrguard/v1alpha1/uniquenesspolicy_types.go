@@ -1,6 +1,7 @@
 package v1alpha1
 
 import (
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -63,6 +64,96 @@ type UniquenessPolicySpec struct {
 	// +optional
 	// +kubebuilder:default=APIServer
 	NameCheck NameCheck `json:"nameCheck,omitempty"`
+
+	// Concurrency is what a create of a key that has one in flight gets: Forbid (the default, a
+	// 409 naming it), or Queue and Replace, which store every create held and release them by
+	// key. Absent is Forbid.
+	// +optional
+	Concurrency *Concurrency `json:"concurrency,omitempty"`
+}
+
+// ConcurrencyMode is what a create of a key with one in flight gets.
+// +kubebuilder:validation:Enum=Forbid;Queue;Replace
+type ConcurrencyMode string
+
+const (
+	// Forbid refuses it: 409 AlreadyExists naming the object in flight. Objects are named by the
+	// key (spec.key.namePrefix).
+	Forbid ConcurrencyMode = "Forbid"
+	// Queue stores it held; the key's held objects are released one at a time (up to
+	// maxInFlight), oldest first, as the ones in flight end. Objects keep their creators' names.
+	Queue ConcurrencyMode = "Queue"
+	// Replace stores it held and cancels every older object of the key, held or in flight; the
+	// newest is released once the ones it replaced have ended (see waitForEnd).
+	Replace ConcurrencyMode = "Replace"
+)
+
+// Concurrency declares how a target is held, released and cancelled: rrguard applies these
+// patches and never guesses them.
+// +kubebuilder:validation:XValidation:rule="self.mode == 'Forbid' || (has(self.hold) && has(self.release))",message="Queue and Replace need hold and release"
+// +kubebuilder:validation:XValidation:rule="self.mode != 'Replace' || has(self.cancel)",message="Replace needs cancel"
+type Concurrency struct {
+	// +kubebuilder:default=Forbid
+	Mode ConcurrencyMode `json:"mode"`
+	// MaxInFlight is how many released objects of one key may be in flight at once (Queue).
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	MaxInFlight int32 `json:"maxInFlight,omitempty"`
+	// Hold is applied to every create at admission, with rrguard's annotations: JSON patch
+	// operations (RFC 6902) that stop the target from running (a Job's spec.suspend, a
+	// PipelineRun's spec.status PipelineRunPending).
+	// +optional
+	// +kubebuilder:validation:MaxItems=8
+	Hold []PatchOperation `json:"hold,omitempty"`
+	// Release lets a held object run: applied with a test that rrguard still holds it.
+	// +optional
+	// +kubebuilder:validation:MaxItems=8
+	Release []PatchOperation `json:"release,omitempty"`
+	// Cancel ends an older object of the key under Replace.
+	// +optional
+	Cancel *Cancel `json:"cancel,omitempty"`
+	// CancelHeld ends an older object that is still held (under Replace); absent, Cancel does.
+	// Some targets ignore a cancel while held (an Argo Workflow ignores shutdown while
+	// suspended).
+	// +optional
+	CancelHeld *Cancel `json:"cancelHeld,omitempty"`
+	// UserHeld is CEL over `object`: true for a create its creator already held (a PipelineRun
+	// created pending, a Job created suspended). rrguard leaves such a create alone and never
+	// releases it: it is the user's.
+	// +optional
+	// +kubebuilder:validation:MaxLength=4096
+	UserHeld string `json:"userHeld,omitempty"`
+	// WaitForEnd (Replace): release the newest only once every object it cancelled has left
+	// flight (true, the default); false releases it as soon as the cancels are written, so a
+	// cancelled object may still be winding down while the newest runs.
+	// +optional
+	WaitForEnd *bool `json:"waitForEnd,omitempty"`
+}
+
+// PatchOperation is one JSON patch operation (RFC 6902): add, remove, replace or test.
+type PatchOperation struct {
+	// +kubebuilder:validation:Enum=add;remove;replace;test
+	Op string `json:"op"`
+	// Path is a JSON pointer into the object; never into metadata.name, metadata.namespace or
+	// rrguard's annotations.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=512
+	Path string `json:"path"`
+	// Value, for add, replace and test.
+	// +optional
+	Value *apiextensionsv1.JSON `json:"value,omitempty"`
+}
+
+// Cancel is how an older object is cancelled: a patch, or its deletion.
+// +kubebuilder:validation:XValidation:rule="has(self.patch) != (has(self.delete) && self.delete)",message="exactly one of patch and delete"
+type Cancel struct {
+	// +optional
+	// +kubebuilder:validation:MaxItems=8
+	Patch []PatchOperation `json:"patch,omitempty"`
+	// Delete deletes the object (background propagation).
+	// +optional
+	Delete bool `json:"delete,omitempty"`
 }
 
 // NameCheck says who checks a new object's final name.
@@ -188,6 +279,7 @@ type UniquenessPolicyStatus struct {
 // +kubebuilder:resource:scope=Cluster,shortName=up
 // +kubebuilder:subresource:status
 // +kubebuilder:printcolumn:name="Resource",type=string,JSONPath=`.spec.target.resource`
+// +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.spec.concurrency.mode`
 // +kubebuilder:printcolumn:name="Compiled",type=string,JSONPath=`.status.conditions[?(@.type=="Compiled")].status`
 // +kubebuilder:printcolumn:name="Enforced",type=string,JSONPath=`.status.conditions[?(@.type=="Enforced")].status`
 // +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Enforced")].reason`

@@ -27,7 +27,6 @@ import (
 
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
 	"github.com/rrguard/rrguard/internal/marks"
-	"github.com/rrguard/rrguard/internal/policy"
 	"github.com/rrguard/rrguard/internal/rules"
 	"github.com/rrguard/rrguard/test/testenv"
 	"github.com/rrguard/rrguard/webhook/serve"
@@ -70,14 +69,7 @@ func TestTektonOnlyCluster(t *testing.T) {
 		t.Fatal("the replica enforces the RR policy with no built-in policy enabled")
 	}
 
-	b, err := os.ReadFile(filepath.Join(env.Root, "config", "samples", "tekton-pipelinerun.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := policy.ReadPolicy(b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := env.Sample(t, "tekton-pipelinerun.yaml")
 	p.Spec.Target.Namespaces = []string{ns}
 	if err := env.Client.Create(ctx, p); err != nil {
 		t.Fatal(err)
@@ -125,7 +117,7 @@ func TestTektonOnlyCluster(t *testing.T) {
 	// `rrguard check` on the policy's target, as an operator verifies an install: a dry-run create
 	// of a PipelineRun through the API server, named by rrguard.
 	run := newRun(ns)
-	b, err = run.MarshalJSON()
+	b, err := run.MarshalJSON()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,6 @@ import (
 	"maps"
 	"net/url"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -28,7 +27,6 @@ import (
 
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
 	"github.com/rrguard/rrguard/internal/marks"
-	"github.com/rrguard/rrguard/internal/policy"
 	"github.com/rrguard/rrguard/internal/rules"
 	"github.com/rrguard/rrguard/test/testenv"
 	"github.com/rrguard/rrguard/webhook/serve"
@@ -102,15 +100,7 @@ func jobSucceeded(ctx context.Context, u *unstructured.Unstructured) error {
 
 func (tg target) policy(t *testing.T) *rrguardv1.UniquenessPolicy {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(env.Root, "config", "samples", tg.file))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := policy.ReadPolicy(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return env.Sample(t, tg.file)
 }
 
 func (tg target) object(ns string) *unstructured.Unstructured {

@@ -1,0 +1,404 @@
+// Package queue tests the Queue and Replace modes against a real API server and, for batch/v1
+// Jobs, the real Job controller (kube-controller-manager of the same release, Job controller
+// only): a held Job is suspended and the controller makes no Pod for it; a released one runs.
+// The test plays the kubelet: it marks a running Job's Pod Succeeded.
+package queue
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
+	"github.com/rrguard/rrguard/internal/policy"
+	"github.com/rrguard/rrguard/test/testenv"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	os.Exit(testenv.Main(m, testenv.Options{Webhooks: true, NoKubernaut: true, Controllers: []string{"job"},
+		ExtraCRDs: []string{filepath.Join("..", "policies", "testdata", "crds")}}, &env))
+}
+
+const queueLabel = "example.com/queue"
+
+func samplePolicy(t *testing.T, file, ns string) *rrguardv1.UniquenessPolicy {
+	t.Helper()
+	p := env.Sample(t, file)
+	p.Spec.Target.Namespaces = []string{ns}
+	return p
+}
+
+// serving runs a replica enforcing the cluster's policies, with a 1 s request bound (the settle
+// time of a held object) under which its index decides.
+func serving(ctx context.Context, t *testing.T) func() error {
+	t.Helper()
+	stop, err := env.ServeRRGuard(ctx, testenv.IndexTrusted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+// apply creates p and waits until a dry-run create of a Job of key in ns comes back held: the
+// policy is enforced and the API server calls rrguard for it. The policy is deleted, and its
+// webhook gone, when the test ends.
+func apply(ctx context.Context, t *testing.T, p *rrguardv1.UniquenessPolicy, ns, key string) {
+	t.Helper()
+	if err := env.Client.Create(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removePolicy(t, p.Name) })
+	var last error
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		j := job(ns, key)
+		last = env.Client.Create(ctx, j, client.DryRunAll)
+		return last == nil && j.Annotations[policy.AnnotationHeld] != "", nil
+	}); err != nil {
+		t.Fatalf("policy %s: Job creates are not held: %v (last: %v)", p.Name, err, last)
+	}
+}
+
+// removePolicy deletes a policy and waits until its webhook is gone from the API server's view: a
+// dry-run create is no longer held.
+func removePolicy(t *testing.T, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_ = env.Client.Delete(ctx, &rrguardv1.UniquenessPolicy{ObjectMeta: metav1.ObjectMeta{Name: name}})
+	_ = wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		ns, err := env.Namespace(ctx, "probe")
+		if err != nil {
+			return false, nil
+		}
+		defer func() { _ = env.Client.Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}) }()
+		j := job(ns, "probe")
+		err = env.Client.Create(ctx, j, client.DryRunAll)
+		return err == nil && j.Annotations[policy.AnnotationHeld] == "", nil
+	})
+}
+
+func job(ns, key string) *batchv1.Job {
+	return &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, GenerateName: "run-", Labels: map[string]string{queueLabel: key}},
+		Spec: batchv1.JobSpec{
+			Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+				RestartPolicy: corev1.RestartPolicyNever,
+				Containers:    []corev1.Container{{Name: "run", Image: "registry.k8s.io/pause:3.10"}},
+			}},
+		},
+	}
+}
+
+// released: rrguard admitted the Job held and has released it.
+func released(j *batchv1.Job) bool {
+	_, admitted := j.Annotations[policy.AnnotationQueued]
+	_, held := j.Annotations[policy.AnnotationHeld]
+	return admitted && !held
+}
+
+func finished(j *batchv1.Job) bool {
+	return slices.ContainsFunc(j.Status.Conditions, func(c batchv1.JobCondition) bool {
+		return (c.Type == batchv1.JobComplete || c.Type == batchv1.JobFailed) && c.Status == corev1.ConditionTrue
+	})
+}
+
+// running: released, not suspended, not finished, not being deleted (what maxInFlight bounds).
+func running(j *batchv1.Job) bool {
+	return released(j) && !ptr.Deref(j.Spec.Suspend, false) && !finished(j) && j.DeletionTimestamp == nil
+}
+
+// observer replays every change to the namespace's Jobs from the watch, in commit order: the most
+// Jobs running at once, and the order in which Jobs were first seen released.
+type observer struct {
+	mu       sync.Mutex
+	jobs     map[string]*batchv1.Job
+	maxRun   int
+	released []string
+	seen     map[string]bool
+	done     chan struct{}
+	err      error
+}
+
+func observe(ctx context.Context, t *testing.T, ns string) *observer {
+	t.Helper()
+	var list batchv1.JobList
+	if err := env.Client.List(ctx, &list, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	wc, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Client.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := wc.Watch(ctx, &batchv1.JobList{}, client.InNamespace(ns), &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: list.ResourceVersion}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &observer{jobs: map[string]*batchv1.Job{}, seen: map[string]bool{}, done: make(chan struct{})}
+	for i := range list.Items {
+		o.apply(watch.Modified, &list.Items[i])
+	}
+	go func() {
+		defer close(o.done)
+		for ev := range w.ResultChan() {
+			j, ok := ev.Object.(*batchv1.Job)
+			if !ok {
+				if ev.Type == watch.Error {
+					o.mu.Lock()
+					o.err = fmt.Errorf("watch error: %v", apierrors.FromObject(ev.Object))
+					o.mu.Unlock()
+				}
+				continue
+			}
+			o.apply(ev.Type, j)
+		}
+	}()
+	t.Cleanup(w.Stop)
+	return o
+}
+
+func (o *observer) apply(typ watch.EventType, j *batchv1.Job) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if typ == watch.Deleted {
+		delete(o.jobs, j.Name)
+	} else {
+		o.jobs[j.Name] = j
+	}
+	if released(j) && !o.seen[j.Name] {
+		o.seen[j.Name] = true
+		o.released = append(o.released, j.Name)
+	}
+	n := 0
+	for _, x := range o.jobs {
+		if running(x) {
+			n++
+		}
+	}
+	o.maxRun = max(o.maxRun, n)
+}
+
+// check fails t if the watch broke or more than max Jobs ran at once.
+func (o *observer) check(t *testing.T, most int) {
+	t.Helper()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	if o.maxRun > most {
+		t.Fatalf("%d Jobs of one key ran at once, want at most %d", o.maxRun, most)
+	}
+}
+
+func (o *observer) releasedOrder() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return slices.Clone(o.released)
+}
+
+// queueOrder is the Jobs of ns in the order rrguard admitted them (its annotation, then name).
+func queueOrder(ctx context.Context, t *testing.T, ns string) []batchv1.Job {
+	t.Helper()
+	var list batchv1.JobList
+	if err := env.Client.List(ctx, &list, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	at := func(j batchv1.Job) time.Time {
+		ts, err := time.Parse(time.RFC3339Nano, j.Annotations[policy.AnnotationQueued])
+		if err != nil {
+			t.Fatalf("Job %s: queued annotation %q: %v", j.Name, j.Annotations[policy.AnnotationQueued], err)
+		}
+		return ts
+	}
+	sort.Slice(list.Items, func(a, b int) bool {
+		ta, tb := at(list.Items[a]), at(list.Items[b])
+		if !ta.Equal(tb) {
+			return ta.Before(tb)
+		}
+		return list.Items[a].Name < list.Items[b].Name
+	})
+	return list.Items
+}
+
+func getJob(ctx context.Context, t *testing.T, ns, name string) *batchv1.Job {
+	t.Helper()
+	j := &batchv1.Job{}
+	if err := env.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, j); err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+// podOf waits for the Job controller to make name's Pod and returns it.
+func podOf(ctx context.Context, t *testing.T, ns, name string) *corev1.Pod {
+	t.Helper()
+	var pod *corev1.Pod
+	if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		var pods corev1.PodList
+		if err := env.Client.List(ctx, &pods, client.InNamespace(ns), client.MatchingLabels{batchv1.JobNameLabel: name}); err != nil {
+			return false, err
+		}
+		if len(pods.Items) > 0 {
+			pod = &pods.Items[0]
+		}
+		return pod != nil, nil
+	}); err != nil {
+		t.Fatalf("the Job controller made no Pod for released Job %s: %v", name, err)
+	}
+	return pod
+}
+
+// podsIn counts the Pods of ns.
+func podsIn(ctx context.Context, t *testing.T, ns string) int {
+	t.Helper()
+	var pods corev1.PodList
+	if err := env.Client.List(ctx, &pods, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	return len(pods.Items)
+}
+
+// succeed plays the kubelet: name's Pod succeeded; then waits for the Job controller to complete
+// the Job.
+func succeed(ctx context.Context, t *testing.T, ns, name string) {
+	t.Helper()
+	pod := podOf(ctx, t, ns, name)
+	if err := env.Client.Status().Patch(ctx, pod, client.RawPatch(types.MergePatchType, []byte(`{"status":{"phase":"Succeeded"}}`))); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		return finished(getJob(ctx, t, ns, name)), nil
+	}); err != nil {
+		t.Fatalf("Job %s did not complete: %v", name, err)
+	}
+}
+
+// createAll creates n Jobs of key at once; every one must be stored.
+func createAll(ctx context.Context, t *testing.T, ns, key string, n int) []string {
+	t.Helper()
+	names := make([]string, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			j := job(ns, key)
+			errs[i] = env.Client.Create(ctx, j)
+			names[i] = j.Name
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("create %d of %d simultaneous creates of one key: %v (Queue stores every one)", i, n, err)
+		}
+	}
+	return names
+}
+
+// awaitReleased waits until exactly want (a name) is the one running Job of ns and nothing else
+// has been released since; it returns how long that took.
+func awaitRunning(ctx context.Context, t *testing.T, ns, want string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var cur *batchv1.Job
+	if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		cur = getJob(ctx, t, ns, want)
+		return running(cur), nil
+	}); err != nil {
+		t.Fatalf("Job %s was not released: %v (annotations %v)", want, err, cur.Annotations)
+	}
+	return time.Since(start)
+}
+
+// For Queue on Jobs: n simultaneous creates of one key are all stored, every one held by
+// suspension (the Job controller makes no Pod for them), and released one at a time in the order
+// rrguard admitted them, each as the one before completes; never two running at once.
+func TestQueueReleasesOneAtATimeInOrder(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "queue", 5*time.Minute)
+	serving(ctx, t)
+	apply(ctx, t, samplePolicy(t, "batch-job-queue.yaml", ns), ns, "etl")
+	obs := observe(ctx, t, ns)
+
+	const n = 64
+	createAll(ctx, t, ns, "etl", n)
+	order := queueOrder(ctx, t, ns)
+	if len(order) != n {
+		t.Fatalf("%d Jobs stored, want %d", len(order), n)
+	}
+	for _, j := range order {
+		if !ptr.Deref(j.Spec.Suspend, false) || j.Annotations[policy.AnnotationPolicy] != "batch-jobs-queue" || j.Annotations[policy.AnnotationKey] != "etl" {
+			t.Fatalf("Job %s stored unheld or unmarked: suspend %v, annotations %v", j.Name, j.Spec.Suspend, j.Annotations)
+		}
+	}
+	var waits []time.Duration
+	for i, j := range order[:runs()] {
+		waits = append(waits, awaitRunning(ctx, t, ns, j.Name))
+		if pods := podsIn(ctx, t, ns); pods > i+1 {
+			t.Fatalf("%d Pods after %d releases: a held Job has a Pod", pods, i+1)
+		}
+		// Exactly one released Job is not finished: this one.
+		for _, other := range queueOrder(ctx, t, ns)[i+1:] {
+			if released(&other) {
+				t.Fatalf("Job %s released while %s runs", other.Name, j.Name)
+			}
+		}
+		succeed(ctx, t, ns, j.Name)
+	}
+	obs.check(t, 1)
+	// The last one completed has released the next: that one too is in order.
+	want := names(order)[:min(runs()+1, n)]
+	awaitRunning(ctx, t, ns, want[len(want)-1])
+	if got := obs.releasedOrder(); !slices.Equal(got, want) {
+		t.Fatalf("released in order %v, want the admission order %v", got, want)
+	}
+	t.Logf("%d of %d Jobs released one at a time in admission order; from one completing to the next running: %v", len(want), n, summary(waits[1:]))
+}
+
+// runs is how many Jobs of the 64 the queue test runs to completion, one after another (about a
+// second each, most of it the Job controller's): RRGUARD_QUEUE_RUNS, 8 by default; make
+// test-queue runs all 64.
+func runs() int {
+	n, err := strconv.Atoi(os.Getenv("RRGUARD_QUEUE_RUNS"))
+	if err != nil || n <= 0 || n > 64 {
+		return 8
+	}
+	return n
+}
+
+func names(js []batchv1.Job) []string {
+	out := make([]string, len(js))
+	for i, j := range js {
+		out[i] = j.Name
+	}
+	return out
+}
+
+func summary(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "none"
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return fmt.Sprintf("median %v, max %v", s[len(s)/2].Round(time.Millisecond), s[len(s)-1].Round(time.Millisecond))
+}

@@ -15,6 +15,7 @@ COPY internal/decision/ internal/decision/
 COPY internal/jsonproject/ internal/jsonproject/
 COPY internal/marks/ internal/marks/
 COPY internal/policy/ internal/policy/
+COPY internal/queue/ internal/queue/
 COPY internal/rrfacts/ internal/rrfacts/
 COPY internal/rules/ internal/rules/
 COPY kubernaut/cluster/ kubernaut/cluster/

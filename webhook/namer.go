@@ -115,17 +115,18 @@ func (h *Namer) handle(ctx context.Context, req admission.Request) (admission.Re
 	if h.Judged != nil && !h.Judged(c.Namespace) {
 		return deny(notJudged(c, h.Policy)), DecisionInvalid
 	}
-	if h.Ready != nil {
-		if err := h.Ready(); err != nil {
-			return deny(apierrors.NewServiceUnavailable("rrguard is not ready to decide: " + err.Error())), DecisionError
-		}
-	}
 	now := time.Now
 	if h.Now != nil {
 		now = h.Now
 	}
 	if !h.Policy.Names() {
+		// A hold reads nothing and names nothing: it needs no seeded marks.
 		return h.hold(ctx, c, now())
+	}
+	if h.Ready != nil {
+		if err := h.Ready(); err != nil {
+			return deny(apierrors.NewServiceUnavailable("rrguard is not ready to decide: " + err.Error())), DecisionError
+		}
 	}
 	name, err := h.decide(ctx, c, now)
 	var unavailable readError

@@ -78,13 +78,14 @@ func policyCmd(args []string, stdout, stderr io.Writer) int {
 	results := c.Simulate(context.Background(), objs, now)
 	if *output == "json" {
 		type row struct {
-			Object, Key, KeyHex, Until, Name, Duplicate, Error string
-			Matched, Keyless, InFlight                         bool
+			Object, Key, KeyHex, Until, Name, Duplicate, Error    string
+			Matched, Keyless, InFlight, UserHeld, Runs, Cancelled bool
+			Held                                                  int `json:",omitempty"`
 		}
 		rows := make([]row, len(results))
 		for i, r := range results {
 			rows[i] = row{Object: r.Object, Key: r.Key, KeyHex: r.KeyHex, Until: r.Until, Name: r.Name, Duplicate: r.Duplicate,
-				Matched: r.Matched, Keyless: r.Keyless, InFlight: r.InFlight}
+				Matched: r.Matched, Keyless: r.Keyless, InFlight: r.InFlight, UserHeld: r.UserHeld, Runs: r.Runs, Cancelled: r.Cancelled, Held: r.Held}
 			if r.Err != nil {
 				rows[i].Error = r.Err.Error()
 			}
@@ -95,7 +96,7 @@ func policyCmd(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "policy %s (%s, consistent read: %s)\n", c.Policy, c.GroupResource, c.Read)
+	fmt.Fprintf(tw, "policy %s (%s, %s, consistent read: %s)\n", c.Policy, c.GroupResource, c.Mode(), c.Read)
 	fmt.Fprintln(tw, "OBJECT\tKEY\tIN FLIGHT\tANSWER")
 	for _, r := range results {
 		inFlight := "no"
@@ -110,6 +111,10 @@ func policyCmd(args []string, stdout, stderr io.Writer) int {
 		}
 		answer := "named " + r.Name
 		switch {
+		case r.UserHeld:
+			answer = "left alone (created held by its creator)"
+		case !c.Names() && r.Err == nil && r.Matched && !r.Keyless:
+			answer = queueAnswer(r)
 		case !r.Matched && r.Err == nil:
 			answer, inFlight = "left alone (a match condition is false)", "-"
 		case r.Keyless:
@@ -125,4 +130,18 @@ func policyCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	_ = tw.Flush()
 	return 0
+}
+
+// queueAnswer is what a Queue or Replace policy does with a create, once every create of the
+// file is in.
+func queueAnswer(r policy.Result) string {
+	switch {
+	case r.Runs:
+		return "held, then released: runs"
+	case r.Cancelled:
+		return "held, then cancelled by a newer one"
+	case r.Held > 0:
+		return fmt.Sprintf("held: %d in its key's queue", r.Held)
+	}
+	return "held"
 }

@@ -69,3 +69,26 @@ func TestPolicyTestCommand(t *testing.T) {
 	runPolicyTest(t, 2, "-f", "testdata/pipelineruns.yaml", "testdata/pipelineruns.yaml") // not a policy
 	runPolicyTest(t, 2, "-f", "../../config/samples/tekton-pipelinerun.yaml", "testdata/missing.yaml")
 }
+
+// Under Queue and Replace: which create would run, which would wait and in what place, which a
+// newer one would cancel, and which its creator held (left alone).
+func TestPolicyTestCommandQueue(t *testing.T) {
+	for _, c := range []struct {
+		sample string
+		want   []string // per object of testdata/pipelineruns.yaml, the answer's start
+	}{
+		{"tekton-pipelinerun-queue.yaml", []string{"held, then released: runs", "held: 1 in its key's queue", "held, then released: runs", "held: 1 in its key's queue", "left alone (no key", "left alone (created held by its creator)"}},
+		{"tekton-pipelinerun-replace.yaml", []string{"held, then cancelled by a newer one", "held, then released: runs", "held, then cancelled by a newer one", "held, then released: runs", "left alone (no key", "left alone (created held by its creator)"}},
+	} {
+		out, _ := runPolicyTest(t, 0, "-f", "../../config/samples/"+c.sample, "testdata/pipelineruns.yaml", "testdata/pending-pipelinerun.yaml")
+		lines := strings.Split(strings.TrimSpace(out), "\n")[2:]
+		if len(lines) != len(c.want) {
+			t.Fatalf("%s: %d rows:\n%s", c.sample, len(lines), out)
+		}
+		for i, w := range c.want {
+			if !strings.Contains(lines[i], w) {
+				t.Errorf("%s, row %d: %q, want %q", c.sample, i, lines[i], w)
+			}
+		}
+	}
+}

@@ -209,7 +209,11 @@ func (c *Compiled) UserHeld(ctx context.Context, obj map[string]any) (bool, erro
 		return false, nil
 	}
 	v, err := eval(ctx, c.userHeld, obj)
-	if err != nil {
+	switch {
+	case err != nil && missing(err):
+		// The object lacks what the rule reads (no spec at all, say): its creator held nothing.
+		return false, nil
+	case err != nil:
 		return false, &EvalError{Field: "spec.concurrency.userHeld", Err: err}
 	}
 	b, ok := v.Value().(bool)

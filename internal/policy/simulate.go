@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,6 +33,12 @@ type Result struct {
 	Name      string // the name it would get; empty when refused or left alone
 	Duplicate string // the object in flight it would be refused for
 	Err       error  // an expression failed on it: the 422 a create would get
+
+	// Under Queue and Replace (the object keeps its name; Name is empty):
+	UserHeld  bool // created held by its creator: left alone
+	Runs      bool // released once every create of the file is in
+	Held      int  // still held: its place in its key's queue (1 is next)
+	Cancelled bool // cancelled by a newer one (Replace)
 }
 
 // Simulate runs creates of objs, in order, through the decision core against an empty cluster
@@ -64,6 +71,17 @@ func (c *Compiled) Simulate(ctx context.Context, objs []*unstructured.Unstructur
 			r.Until = f.Until.UTC().Format(time.RFC3339)
 		}
 		k := nsKey{u.GetNamespace(), r.KeyHex}
+		if !c.Names() {
+			if r.UserHeld, err = c.UserHeld(ctx, obj); err != nil {
+				r.Err = err
+			} else if !r.UserHeld {
+				// Held at admission, in file order; named by its place in the file.
+				f = decision.Fact{Name: strconv.Itoa(len(out)), Queued: now.Add(time.Duration(len(out))), Held: true}
+				stored[k] = append(stored[k], f)
+			}
+			out = append(out, r)
+			continue
+		}
 		o, err := decision.Decide(stored[k], 0, now)
 		switch {
 		case err != nil:
@@ -76,6 +94,22 @@ func (c *Compiled) Simulate(ctx context.Context, objs []*unstructured.Unstructur
 			stored[k] = append(stored[k], f)
 		}
 		out = append(out, r)
+	}
+	if !c.Names() {
+		// Every create is in: what the queue controller would do with each key, settled.
+		for _, facts := range stored {
+			p := decision.PlanKey(facts, c.Rule(0), now.Add(time.Duration(len(out))))
+			at := func(f decision.Fact) *Result { i, _ := strconv.Atoi(f.Name); return &out[i] }
+			for _, f := range p.Release {
+				at(f).Runs = true
+			}
+			for _, f := range p.Cancel {
+				at(f).Cancelled = true
+			}
+			for i, f := range p.Waiting {
+				at(f).Held = i + 1
+			}
+		}
 	}
 	return out
 }

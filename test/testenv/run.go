@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.uber.org/zap/zapcore"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
@@ -81,4 +83,14 @@ func (e *Env) Sample(t testing.TB, file string) *rrguardv1.UniquenessPolicy {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// NewObject is a new object of gvk in ns to create with generateName "run-", as CI creators do.
+func NewObject(gvk schema.GroupVersionKind, ns string, spec map[string]any, labels map[string]string) *unstructured.Unstructured {
+	u := &unstructured.Unstructured{Object: map[string]any{"spec": spec}}
+	u.SetGroupVersionKind(gvk)
+	u.SetNamespace(ns)
+	u.SetGenerateName("run-")
+	u.SetLabels(labels)
+	return u
 }

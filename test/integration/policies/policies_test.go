@@ -104,12 +104,7 @@ func (tg target) policy(t *testing.T) *rrguardv1.UniquenessPolicy {
 }
 
 func (tg target) object(ns string) *unstructured.Unstructured {
-	u := &unstructured.Unstructured{Object: map[string]any{"spec": tg.spec}}
-	u.SetGroupVersionKind(tg.gvk)
-	u.SetNamespace(ns)
-	u.SetGenerateName("run-")
-	u.SetLabels(tg.labels)
-	return u
+	return testenv.NewObject(tg.gvk, ns, tg.spec, tg.labels)
 }
 
 func (tg target) name(n int64) string { return rules.NameFor(tg.prefix, rules.HashKey(tg.key), n) }

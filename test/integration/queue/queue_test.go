@@ -1,6 +1,7 @@
 // Package queue tests the Queue and Replace modes against a real API server and, for batch/v1
 // Jobs, the real Job controller (kube-controller-manager of the same release, Job controller
-// only): a held Job is suspended and the controller makes no Pod for it; a released one runs.
+// and the garbage collector, which a foreground deletion needs): a held Job is suspended and the
+// controller makes no Pod for it; a released one runs.
 // The test plays the kubelet: it marks a running Job's Pod Succeeded.
 package queue
 
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -29,12 +31,13 @@ import (
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
 	"github.com/rrguard/rrguard/internal/policy"
 	"github.com/rrguard/rrguard/test/testenv"
+	"github.com/rrguard/rrguard/webhook/serve"
 )
 
 var env *testenv.Env
 
 func TestMain(m *testing.M) {
-	os.Exit(testenv.Main(m, testenv.Options{Webhooks: true, NoKubernaut: true, Controllers: []string{"job"},
+	os.Exit(testenv.Main(m, testenv.Options{Webhooks: true, NoKubernaut: true, Controllers: []string{"job", "garbagecollector"},
 		ExtraCRDs: []string{filepath.Join("..", "policies", "testdata", "crds")}}, &env))
 }
 
@@ -78,21 +81,19 @@ func apply(ctx context.Context, t *testing.T, p *rrguardv1.UniquenessPolicy, ns,
 	}
 }
 
-// removePolicy deletes a policy and waits until its webhook is gone from the API server's view: a
-// dry-run create is no longer held.
+// removePolicy deletes a policy and waits until rrguard has removed its webhook.
 func removePolicy(t *testing.T, name string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_ = env.Client.Delete(ctx, &rrguardv1.UniquenessPolicy{ObjectMeta: metav1.ObjectMeta{Name: name}})
 	_ = wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-		ns, err := env.Namespace(ctx, "probe")
-		if err != nil {
-			return false, nil
+		var mwc admissionregistrationv1.MutatingWebhookConfiguration
+		if err := env.Client.Get(ctx, client.ObjectKey{Name: serve.PoliciesWebhookConfiguration}, &mwc); err != nil {
+			return apierrors.IsNotFound(err), nil
 		}
-		defer func() { _ = env.Client.Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}) }()
-		j := job(ns, "probe")
-		err = env.Client.Create(ctx, j, client.DryRunAll)
-		return err == nil && j.Annotations[policy.AnnotationHeld] == "", nil
+		return !slices.ContainsFunc(mwc.Webhooks, func(w admissionregistrationv1.MutatingWebhook) bool {
+			return w.Name == policy.GeneratedName(name)
+		}), nil
 	})
 }
 
@@ -134,8 +135,11 @@ type observer struct {
 	maxRun   int
 	released []string
 	seen     map[string]bool
-	done     chan struct{}
-	err      error
+	// overlap: for each Job released, the other Jobs that were running or being deleted then.
+	overlap map[string][]string
+	resumed int // times the watch resumed from a list
+	done    chan struct{}
+	err     error
 }
 
 func observe(ctx context.Context, t *testing.T, ns string) *observer {
@@ -148,31 +152,88 @@ func observe(ctx context.Context, t *testing.T, ns string) *observer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := wc.Watch(ctx, &batchv1.JobList{}, client.InNamespace(ns), &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: list.ResourceVersion}})
+	watchFrom := func(rv string) (watch.Interface, error) {
+		return wc.Watch(ctx, &batchv1.JobList{}, client.InNamespace(ns), &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: rv}})
+	}
+	w, err := watchFrom(list.ResourceVersion)
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := &observer{jobs: map[string]*batchv1.Job{}, seen: map[string]bool{}, done: make(chan struct{})}
+	o := &observer{jobs: map[string]*batchv1.Job{}, seen: map[string]bool{}, overlap: map[string][]string{}, done: make(chan struct{})}
 	for i := range list.Items {
 		o.apply(watch.Modified, &list.Items[i])
 	}
+	var mu sync.Mutex // guards w, which a resume replaces
+	t.Cleanup(func() { mu.Lock(); w.Stop(); mu.Unlock() })
 	go func() {
 		defer close(o.done)
-		for ev := range w.ResultChan() {
-			j, ok := ev.Object.(*batchv1.Job)
-			if !ok {
-				if ev.Type == watch.Error {
-					o.mu.Lock()
-					o.err = fmt.Errorf("watch error: %v", apierrors.FromObject(ev.Object))
-					o.mu.Unlock()
+		for {
+			for ev := range w.ResultChan() {
+				j, ok := ev.Object.(*batchv1.Job)
+				if !ok {
+					if ev.Type == watch.Error {
+						o.mu.Lock()
+						o.err = fmt.Errorf("watch error: %v", apierrors.FromObject(ev.Object))
+						o.mu.Unlock()
+						return
+					}
+					continue
 				}
-				continue
+				o.apply(ev.Type, j)
 			}
-			o.apply(ev.Type, j)
+			// The stream ended (an API server restart): resume from a list, as an informer
+			// does (a new API server's watch cache starts after the last change seen). The
+			// test waits for the resume before it changes anything (resumed).
+			for ctx.Err() == nil {
+				var l batchv1.JobList
+				if err := env.Client.List(ctx, &l, client.InNamespace(ns)); err != nil {
+					time.Sleep(100 * time.Millisecond)
+					continue
+				}
+				nw, err := watchFrom(l.ResourceVersion)
+				if err != nil {
+					time.Sleep(100 * time.Millisecond)
+					continue
+				}
+				o.relist(l.Items)
+				mu.Lock()
+				w = nw
+				mu.Unlock()
+				break
+			}
+			if ctx.Err() != nil {
+				return
+			}
 		}
 	}()
-	t.Cleanup(w.Stop)
 	return o
+}
+
+// relist takes a list as the state after a watch ended.
+func (o *observer) relist(items []batchv1.Job) {
+	o.mu.Lock()
+	for name := range o.jobs {
+		if !slices.ContainsFunc(items, func(j batchv1.Job) bool { return j.Name == name }) {
+			delete(o.jobs, name)
+		}
+	}
+	o.resumed++
+	o.mu.Unlock()
+	for i := range items {
+		o.apply(watch.Modified, &items[i])
+	}
+}
+
+// awaitResumed waits until the watch has resumed n times.
+func (o *observer) awaitResumed(ctx context.Context, t *testing.T, n int) {
+	t.Helper()
+	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		return o.resumed >= n, nil
+	}); err != nil {
+		t.Fatalf("the test's watch did not resume: %v", err)
+	}
 }
 
 func (o *observer) apply(typ watch.EventType, j *batchv1.Job) {
@@ -186,6 +247,11 @@ func (o *observer) apply(typ watch.EventType, j *batchv1.Job) {
 	if released(j) && !o.seen[j.Name] {
 		o.seen[j.Name] = true
 		o.released = append(o.released, j.Name)
+		for _, x := range o.jobs {
+			if x.Name != j.Name && (running(x) || x.DeletionTimestamp != nil) {
+				o.overlap[j.Name] = append(o.overlap[j.Name], x.Name)
+			}
+		}
 	}
 	n := 0
 	for _, x := range o.jobs {
@@ -207,6 +273,13 @@ func (o *observer) check(t *testing.T, most int) {
 	if o.maxRun > most {
 		t.Fatalf("%d Jobs of one key ran at once, want at most %d", o.maxRun, most)
 	}
+}
+
+// overlapping is the Jobs running or being deleted when name was released.
+func (o *observer) overlapping(name string) []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return slices.Clone(o.overlap[name])
 }
 
 func (o *observer) releasedOrder() []string {

@@ -39,6 +39,9 @@ type Plan struct {
 	Recheck time.Time
 	// Waiting is the held objects left waiting, oldest first (the queue after this plan).
 	Waiting []Fact
+	// Full (Queue): no slot is left after this plan's releases, so no held object, settled or
+	// not, would be released now: only an object leaving flight moves the queue.
+	Full bool
 }
 
 // Order sorts facts in queue order: admission instant, then name (unique in a namespace).
@@ -103,6 +106,7 @@ func PlanKey(facts []Fact, r Rule, now time.Time) Plan {
 		n := min(max(slots, 0), settled)
 		p.Release = held[:n:n]
 		p.Waiting = held[n:]
+		p.Full = n >= slots
 		return p
 	}
 }

@@ -18,6 +18,17 @@ func queued(name string, d time.Duration, held, running bool) Fact {
 	return f
 }
 
+// running counts the objects in flight that rrguard does not hold.
+func running(fs []Fact) int {
+	n := 0
+	for _, f := range fs {
+		if !f.Held && f.InFlight(now) {
+			n++
+		}
+	}
+	return n
+}
+
 func names(fs []Fact) []string {
 	out := []string{}
 	for _, f := range fs {
@@ -90,6 +101,9 @@ func TestPlanQueue(t *testing.T) {
 			}
 			if len(p.Cancel) > 0 {
 				t.Errorf("Queue cancelled %v", names(p.Cancel))
+			}
+			if r.MaxInFlight-running(c.facts)-len(p.Release) <= 0 != p.Full {
+				t.Errorf("full %v with %d running and %d released of %d", p.Full, running(c.facts), len(p.Release), r.MaxInFlight)
 			}
 		})
 	}

@@ -52,7 +52,14 @@ type concurrency struct {
 	hold, release                      []jsonpatch.JsonPatchOperation
 	cancel, cancelHeld                 []jsonpatch.JsonPatchOperation
 	cancelByDelete, cancelHeldByDelete bool
+	stallAfter                         time.Duration
 }
+
+// DefaultStallAfter is spec.concurrency.stallAfter's default.
+const DefaultStallAfter = time.Hour
+
+// StallAfter is how long a key's queue may go without a release before it counts as stalled.
+func (c *Compiled) StallAfter() time.Duration { return c.conc.stallAfter }
 
 // Mode is what a create of a key with one in flight gets.
 func (c *Compiled) Mode() decision.Mode { return c.conc.rule.Mode }
@@ -77,9 +84,14 @@ func (c *Compiled) Names() bool { return c.conc.rule.Mode == decision.Forbid }
 func (c *Compiled) CanRelease() bool { return len(c.conc.release) > 0 }
 
 func compileConcurrency(s *v1alpha1.Concurrency, path *field.Path) (concurrency, field.ErrorList) {
-	out := concurrency{rule: decision.Rule{Mode: decision.Forbid, MaxInFlight: 1, WaitForEnd: true}}
+	out := concurrency{rule: decision.Rule{Mode: decision.Forbid, MaxInFlight: 1, WaitForEnd: true}, stallAfter: DefaultStallAfter}
 	if s == nil {
 		return out, nil
+	}
+	if s.StallAfter != nil {
+		if out.stallAfter = s.StallAfter.Duration; out.stallAfter <= 0 {
+			return out, field.ErrorList{field.Invalid(path.Child("stallAfter"), s.StallAfter.Duration.String(), "must be positive")}
+		}
 	}
 	var errs field.ErrorList
 	switch s.Mode {

@@ -39,6 +39,14 @@ type KeyReader interface {
 	ReadKey(ctx context.Context, namespace, keyHex, key string) ([]decision.Fact, error)
 }
 
+// Index is rrguard's watch of the target (rrfacts.Index): a key's facts as of a snapshot of the
+// API server's commits, and the instant it is complete as of, or an error when it cannot vouch.
+type Index interface {
+	Snapshot(namespace, keyHex string) ([]decision.Fact, time.Time, error)
+	// NoteWritten: this process's write of an object was answered with rv (see rrfacts).
+	NoteWritten(namespace, name, rv string, sent time.Time)
+}
+
 // Key is one key's queue: what the controller reconciles.
 type Key struct{ Namespace, KeyHex, Key string }
 
@@ -46,11 +54,17 @@ type Key struct{ Namespace, KeyHex, Key string }
 type Controller struct {
 	Policy *policy.Compiled
 	Reader KeyReader
+	// Index, when set, plans a key from the index where it can vouch for the settled objects
+	// (plan); nil plans every key from a consistent read.
+	Index Index
 	// Client writes the releases and cancels (JSON patches and deletes, as metadata).
 	Client client.Client
 	Kind   schema.GroupVersionKind
-	// Settle is the API server's bound on a request (decision.Rule.Settle).
+	// Settle is how long after its admission an object may be released (Settle, decision.Rule).
 	Settle time.Duration
+	// Census, when set, counts what the policy's queues hold (rrfacts.Index.QueueCensus): the
+	// controller exports it every censusEvery.
+	Census func(now time.Time, stallAfter time.Duration) (held int, oldest time.Time, stalled int)
 	Now    func() time.Time // time.Now when nil
 
 	once    sync.Once
@@ -58,6 +72,15 @@ type Controller struct {
 	ctrl    controller.TypedController[Key]
 	ctrlErr error
 }
+
+// MaxClockSkew is how far apart rrguard's replicas' clocks may be: an object's admission instant
+// is one replica's clock, the settle check another's (clocks kept by NTP, as the API server's
+// own leases and certificates assume).
+const MaxClockSkew = time.Second
+
+// Settle is the settle time (decision.Rule.Settle) under the API server's request bound: every
+// object admitted before an instant has been stored or refused Settle after it.
+func Settle(requestTimeout time.Duration) time.Duration { return requestTimeout + MaxClockSkew }
 
 // controllerName prefixes the name of a policy's queue controller (its metrics' and logs' label).
 const controllerName = "queue-"
@@ -87,14 +110,40 @@ var (
 		Help:    "How long each released object was held, from its admission to its release, by policy.",
 		Buckets: prometheus.ExponentialBuckets(0.1, 2, 18), // 0.1 s to about 3.6 h
 	}, []string{"policy"})
+	heldNow = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "rrguard_queue_held",
+		Help: "Objects rrguard holds to release later, as of the last census, by policy.",
+	}, []string{"policy"})
+	oldestWait = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "rrguard_queue_oldest_wait_seconds",
+		Help: "How long the oldest object rrguard holds has existed, as of the last census, by policy (0 when none is held).",
+	}, []string{"policy"})
+	plans = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rrguard_queue_plans_total",
+		Help: "Plans of a key's queue, by policy and what they read: the index, or a consistent read of the key's objects.",
+	}, []string{"policy", "read"})
+	stalled = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "rrguard_queue_stalled_keys",
+		Help: "Keys that hold objects and have released none for longer than the policy's spec.concurrency.stallAfter, as of the last census, by policy.",
+	}, []string{"policy"})
 )
 
-func init() { metrics.Registry.MustRegister(releases, cancellations, waits) }
+func init() {
+	metrics.Registry.MustRegister(releases, cancellations, waits, heldNow, oldestWait, stalled, plans)
+}
+
+// censusEvery is how often a policy's queue gauges are counted: a walk of the index under its
+// read lock, as the seeding pass's.
+const censusEvery = 10 * time.Second
 
 // ForgetPolicy drops a deleted policy's series.
 func ForgetPolicy(name string) {
 	releases.DeleteLabelValues(name)
 	cancellations.DeletePartialMatch(prometheus.Labels{"policy": name})
+	plans.DeletePartialMatch(prometheus.Labels{"policy": name})
+	for _, v := range []*prometheus.GaugeVec{heldNow, oldestWait, stalled} {
+		v.DeleteLabelValues(name)
+	}
 	waits.DeleteLabelValues(name)
 }
 
@@ -133,13 +182,37 @@ func (c *Controller) Enqueue(namespace, keyHex, key string) {
 	c.queue.Add(Key{Namespace: namespace, KeyHex: keyHex, Key: key})
 }
 
-// Start runs the controller until ctx is done.
+// Start runs the controller, and the census, until ctx is done.
 func (c *Controller) Start(ctx context.Context) error {
 	ct, err := c.init()
 	if err != nil {
 		return err
 	}
+	if c.Census != nil {
+		go c.census(ctx)
+	}
 	return ct.Start(ctx)
+}
+
+func (c *Controller) census(ctx context.Context) {
+	t := time.NewTicker(censusEvery)
+	defer t.Stop()
+	for {
+		now := c.now()
+		held, oldest, n := c.Census(now, c.Policy.StallAfter())
+		heldNow.WithLabelValues(c.Policy.Policy).Set(float64(held))
+		wait := 0.0
+		if held > 0 {
+			wait = now.Sub(oldest).Seconds()
+		}
+		oldestWait.WithLabelValues(c.Policy.Policy).Set(wait)
+		stalled.WithLabelValues(c.Policy.Policy).Set(float64(n))
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // NeedLeaderElection implements manager.LeaderElectionRunnable: every replica plans every key.
@@ -161,12 +234,11 @@ func (c *Controller) Reconcile(ctx context.Context, k Key) (reconcile.Result, er
 		// those objects stay held (docs/design.md, "A mode changed while objects are held").
 		return reconcile.Result{}, nil
 	}
-	facts, err := c.Reader.ReadKey(ctx, k.Namespace, k.KeyHex, k.Key)
+	now := c.now()
+	plan, err := c.plan(ctx, k, now)
 	if err != nil {
 		return reconcile.Result{}, stopping(ctx, fmt.Errorf("reading the key's objects: %w", err))
 	}
-	now := c.now()
-	plan := decision.PlanKey(facts, c.Policy.Rule(c.Settle), now)
 	contended := false
 	// Each write of the plan: one lost to another writer makes the key contended (planned again
 	// from a fresh read); any other error ends the pass.
@@ -204,6 +276,47 @@ func (c *Controller) Reconcile(ctx context.Context, k Key) (reconcile.Result, er
 	return reconcile.Result{}, nil
 }
 
+// plan plans k from the index where it can, else from a consistent read of the key's objects.
+//
+// The index is a snapshot of the API server's commits in their order, as a consistent read is,
+// only older: what PlanKey's argument needs of a read is that it shows every settled object, and
+// the index shows every object admitted more than Settle before the instant it is complete as of
+// (asOf: it has seen an object created then, or the echo of a write this process sent then, and
+// every object admitted Settle before that was stored before it). So the plan is made as of asOf,
+// however stale: a stale snapshot shows releases and ends late, never early, so it releases no
+// more than a fresh read would, and what it releases again fails the patch's test. Where the
+// index's plan waits for an object the clock says has settled (nothing proved the index complete
+// since) and a slot is free for it, a consistent read plans instead; its release's echo proves the
+// index again.
+func (c *Controller) plan(ctx context.Context, k Key, now time.Time) (decision.Plan, error) {
+	rule := c.Policy.Rule(c.Settle)
+	if c.Index != nil {
+		facts, asOf, err := c.Index.Snapshot(k.Namespace, k.KeyHex)
+		if err == nil {
+			at := now
+			if asOf.Before(now) {
+				at = asOf
+			}
+			p := decision.PlanKey(facts, rule, at)
+			if p.Full {
+				// No slot left: objects the index cannot vouch settled would not be released
+				// either; the end of one in flight, an event, moves the queue.
+				p.Recheck = time.Time{}
+			}
+			if p.Recheck.IsZero() || p.Recheck.After(now) {
+				plans.WithLabelValues(c.Policy.Policy, "index").Inc()
+				return p, nil
+			}
+		}
+	}
+	facts, err := c.Reader.ReadKey(ctx, k.Namespace, k.KeyHex, k.Key)
+	if err != nil {
+		return decision.Plan{}, err
+	}
+	plans.WithLabelValues(c.Policy.Policy, "consistent").Inc()
+	return decision.PlanKey(facts, rule, now), nil
+}
+
 // stopping drops err when ctx is done: a policy's next generation carries on from the objects.
 func stopping(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
@@ -230,7 +343,17 @@ func (c *Controller) patch(ctx context.Context, namespace, name string, ops any)
 	if err != nil {
 		return err
 	}
-	return c.Client.Patch(ctx, c.object(namespace, name), client.RawPatch(types.JSONPatchType, b))
+	o := c.object(namespace, name)
+	sent := c.now()
+	if err := c.Client.Patch(ctx, o, client.RawPatch(types.JSONPatchType, b)); err != nil {
+		return err
+	}
+	if c.Index != nil {
+		// Its echo in the watch proves the index complete as of sent: the next plans of a quiet
+		// key read nothing.
+		c.Index.NoteWritten(namespace, name, o.ResourceVersion, sent)
+	}
+	return nil
 }
 
 // cancel ends an older object under Replace: the policy's patch (held or not, tested), or its

@@ -114,6 +114,62 @@ type Index struct {
 	// keys is the key, as the expression gives it, of each group with held objects, by
 	// "<namespace>/<keyHex>" (OnQueue's third argument); only with OnQueue.
 	keys map[string]string
+	// moved is when this process last saw a held object of a key leave the queue (released,
+	// cancelled, deleted), by "<namespace>/<keyHex>"; started is when the index was made. Only
+	// for QueueCensus: nothing decides by them.
+	moved   map[string]time.Time
+	started time.Time
+	// queued is decision.Fact.Queued (unix nanoseconds) of the entries a Queue or Replace policy
+	// admitted: kept beside the entries, so that objects of other policies pay nothing for it.
+	queued map[*entry]int64
+}
+
+// Census is what a policy's queues hold, for its metrics.
+type Census struct {
+	// Held is the objects rrguard holds to release later; Oldest, when Held > 0, is the creation
+	// of the one that has waited longest.
+	Held   int
+	Oldest time.Time
+	// Stalled is the keys that hold objects and have released none for longer than the policy's
+	// stall bound (counted from the later of the last release this process saw, its start and
+	// the oldest held object's creation).
+	Stalled int
+}
+
+// QueueCensus counts the objects held in every key's queue, as of now.
+func (ix *Index) QueueCensus(now time.Time, stallAfter time.Duration) Census {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	var c Census
+	for ns, nsf := range ix.nss {
+		for _, g := range nsf.byFP {
+			var oldest time.Time
+			for _, e := range g.entries {
+				if e.waiting() {
+					c.Held++
+					if t := time.Unix(e.created, 0); oldest.IsZero() || t.Before(oldest) {
+						oldest = t
+					}
+				}
+			}
+			if oldest.IsZero() {
+				continue
+			}
+			if c.Oldest.IsZero() || oldest.Before(c.Oldest) {
+				c.Oldest = oldest
+			}
+			since := oldest
+			for _, t := range []time.Time{ix.moved[ns+"/"+g.fp], ix.started} {
+				if t.After(since) {
+					since = t
+				}
+			}
+			if now.Sub(since) > stallAfter {
+				c.Stalled++
+			}
+		}
+	}
+	return c
 }
 
 type nsFacts struct {
@@ -144,6 +200,9 @@ type entry struct {
 	g         *group
 }
 
+// waiting: rrguard holds the object to release it later (decision.Fact.Waiting).
+func (e *entry) waiting() bool { return e.held && !e.cancelled && e.deletedAt == 0 }
+
 func (e *entry) fact() Fact {
 	f := Fact{Fact: decision.Fact{Name: e.name, N: e.n, Phase: e.phase, Created: time.Unix(e.created, 0),
 		Held: e.held, Cancelled: e.cancelled, Deleting: e.deletedAt != 0},
@@ -153,6 +212,9 @@ func (e *entry) fact() Fact {
 	}
 	if f.Name == "" {
 		f.Name = e.g.ix.o.Policy.Name(e.g.fp, e.n)
+	}
+	if q, ok := e.g.ix.queued[e]; ok {
+		f.Queued = time.Unix(0, q)
 	}
 	if e.deletedAt != 0 {
 		f.DeletedAt = time.Unix(e.deletedAt, 0)
@@ -176,6 +238,8 @@ type feed struct {
 	advanced   chan struct{}
 	probeUntil time.Time
 	lastErr    error
+	// written: this process's writes whose echo would prove the feed complete (NoteWritten).
+	written map[string]written
 }
 
 // New builds an index that reads through cfg. Start runs it.
@@ -191,7 +255,8 @@ func New(cfg *rest.Config, o Options) (*Index, error) {
 	if err != nil {
 		return nil, err
 	}
-	ix := &Index{o: o, rc: rc, rd: rd, nss: map[string]*nsFacts{}, marked: newMarked(), phases: map[string]string{}, keys: map[string]string{}}
+	ix := &Index{o: o, rc: rc, rd: rd, nss: map[string]*nsFacts{}, marked: newMarked(), phases: map[string]string{}, keys: map[string]string{},
+		moved: map[string]time.Time{}, started: time.Now(), queued: map[*entry]int64{}}
 	nss := o.Namespaces
 	if len(nss) == 0 {
 		nss = []string{metav1.NamespaceAll}
@@ -256,34 +321,96 @@ func (ix *Index) feedFor(namespace string) *feed {
 // create (its request timeout). Lookup requires that c be within MaxLag of now. What a caller
 // may conclude from the answer, and why that is enough, is argued in docs/design.md ("Reads").
 func (ix *Index) Lookup(namespace, fp string, now time.Time) ([]decision.Fact, error) {
+	facts, asOf, err := ix.Snapshot(namespace, fp)
+	if err != nil {
+		return nil, err
+	}
+	if ix.o.MaxLag <= 0 || now.Sub(asOf) > ix.o.MaxLag {
+		return nil, &Untrusted{Reason: ReasonNotFresh}
+	}
+	return facts, nil
+}
+
+// Snapshot is a key's facts as the index holds them, and the instant they are complete as of
+// (every object of the key created more than the API server's request bound before it is among
+// them; it is read before the facts, which can only be newer), however long ago that was: for a caller whose argument needs a snapshot of
+// the API server's commits, not a fresh one (package queue). Untrusted only when the index has
+// not synced or does not watch the namespace.
+func (ix *Index) Snapshot(namespace, fp string) ([]decision.Fact, time.Time, error) {
 	f := ix.feedFor(namespace)
 	if f == nil {
-		return nil, &Untrusted{Reason: ReasonNotWatched}
+		return nil, time.Time{}, &Untrusted{Reason: ReasonNotWatched}
 	}
 	f.mu.Lock()
 	synced, asOf := f.synced, f.completeAsOf
 	f.mu.Unlock()
-	switch {
-	case !synced:
-		return nil, &Untrusted{Reason: ReasonNotSynced}
-	case ix.o.MaxLag <= 0 || now.Sub(asOf) > ix.o.MaxLag:
-		return nil, &Untrusted{Reason: ReasonNotFresh}
+	if !synced {
+		return nil, asOf, &Untrusted{Reason: ReasonNotSynced}
 	}
+	return ix.facts(namespace, fp), asOf, nil
+}
+
+// facts is a key's facts, under the read lock.
+func (ix *Index) facts(namespace, fp string) []decision.Fact {
 	ix.mu.RLock()
 	defer ix.mu.RUnlock()
 	nsf := ix.nss[namespace]
 	if nsf == nil {
-		return nil, nil
+		return nil
 	}
 	g := nsf.byFP[fp]
 	if g == nil {
-		return nil, nil
+		return nil
 	}
 	out := make([]decision.Fact, len(g.entries))
 	for i, e := range g.entries {
 		out[i] = e.fact().Fact
 	}
-	return out, nil
+	return out
+}
+
+// NoteWritten tells the index that this process sent a write of object name of namespace at
+// sent, which the API server answered with resourceVersion rv. When the watch delivers that very
+// version, every commit before it has been delivered, and the write committed after sent: the
+// index is then complete as of sent, though nothing was created (package queue's own releases
+// prove it so after a quiet spell).
+func (ix *Index) NoteWritten(namespace, name, rv string, sent time.Time) {
+	f := ix.feedFor(namespace)
+	if f == nil || rv == "" {
+		return
+	}
+	f.mu.Lock()
+	if f.written == nil {
+		f.written = map[string]written{}
+	}
+	if len(f.written) < maxWritten {
+		f.written[namespace+"/"+name] = written{rv: rv, sent: sent}
+	}
+	f.mu.Unlock()
+}
+
+// written is a write NoteWritten awaits the echo of.
+type written struct {
+	rv   string
+	sent time.Time
+}
+
+// maxWritten bounds the writes a feed awaits (a write whose echo never comes, its object deleted
+// first, is dropped at the next relist).
+const maxWritten = 4096
+
+// echo advances the feed's completeness when o is the echo of a write NoteWritten awaits.
+func (f *feed) echo(o *object) {
+	id := o.Meta.Namespace + "/" + o.Meta.Name
+	f.mu.Lock()
+	w, ok := f.written[id]
+	if ok && w.rv == o.Meta.ResourceVersion {
+		delete(f.written, id)
+	}
+	f.mu.Unlock()
+	if ok && w.rv == o.Meta.ResourceVersion {
+		f.seen(w.sent)
+	}
 }
 
 // AwaitFresh is for decisions that found the index not fresh (Lookup's ReasonNotFresh), which
@@ -456,18 +583,34 @@ func (ix *Index) put(o *object) (keyHex string, deleting bool) {
 		g.entries = append(g.entries, e)
 		nsf.byName[name] = e
 	}
+	wasWaiting := e.waiting()
 	e.phase, e.until = ix.intern(fact.Phase), 0
 	if !fact.Until.IsZero() {
 		e.until = fact.Until.Unix()
 	}
 	e.created = o.Meta.CreationTimestamp.Unix()
 	e.held, e.cancelled = fact.Held, fact.Cancelled
+	if fact.Queued.IsZero() {
+		delete(ix.queued, e)
+	} else {
+		ix.queued[e] = fact.Queued.UnixNano()
+	}
 	e.finalized = ix.o.Finalizer != "" && slices.Contains(o.Meta.Finalizers, ix.o.Finalizer)
 	e.deletedAt = 0
 	if o.Meta.DeletionTimestamp != nil {
 		e.deletedAt = o.Meta.DeletionTimestamp.Unix()
 	}
+	if wasWaiting && !e.waiting() {
+		ix.noteMoved(ns, keyHex)
+	}
 	return keyHex, e.finalized && e.deletedAt != 0
+}
+
+// noteMoved records that a key's queue moved; the caller holds the lock.
+func (ix *Index) noteMoved(ns, keyHex string) {
+	if ix.o.OnQueue != nil {
+		ix.moved[ns+"/"+keyHex] = time.Now()
+	}
 }
 
 // maxInterned bounds the phases interned: a phase is one of a handful of enum values (the RR's 12),
@@ -492,6 +635,7 @@ func (ix *Index) intern(s string) string {
 func (nsf *nsFacts) remove(name string, e *entry) {
 	delete(nsf.byName, name)
 	g := e.g
+	delete(g.ix.queued, e)
 	for i, x := range g.entries {
 		if x == e {
 			g.entries = append(g.entries[:i], g.entries[i+1:]...)
@@ -510,6 +654,9 @@ func (ix *Index) drop(ns, name string) (keyHex string) {
 		if e := nsf.byName[name]; e != nil {
 			ix.marked.add(ix.o.MarkKey(ns, e.g.fp))
 			nsf.remove(name, e)
+			if e.waiting() {
+				ix.noteMoved(ns, e.g.fp)
+			}
 			return e.g.fp
 		}
 	}
@@ -633,6 +780,7 @@ func (f *feed) upsert(obj any) (*object, error) {
 	keyHex, deleting := f.ix.put(o)
 	q, queued := f.ix.queue(o.Meta.Namespace, keyHex, o.verdict.key)
 	f.ix.mu.Unlock()
+	f.echo(o)
 	if deleting {
 		f.notify([]*object{o})
 	}
@@ -656,11 +804,12 @@ func (ix *Index) queue(ns, keyHex, key string) (queueKey, bool) {
 	held := false
 	if nsf := ix.nss[ns]; nsf != nil {
 		if g := nsf.byFP[keyHex]; g != nil {
-			held = slices.ContainsFunc(g.entries, func(e *entry) bool { return e.held && !e.cancelled && e.deletedAt == 0 })
+			held = slices.ContainsFunc(g.entries, (*entry).waiting)
 		}
 	}
 	if !held {
 		delete(ix.keys, id)
+		delete(ix.moved, id)
 		return queueKey{}, false
 	}
 	if key != "" {
@@ -723,6 +872,9 @@ func (f *feed) Replace(items []any, _ string) error {
 			for fp := range nsf.byFP {
 				f.ix.marked.add(f.ix.o.MarkKey(ns, fp))
 			}
+			for _, e := range nsf.byName {
+				delete(f.ix.queued, e)
+			}
 			delete(f.ix.nss, ns)
 		}
 	}
@@ -743,6 +895,7 @@ func (f *feed) Replace(items []any, _ string) error {
 	f.mu.Lock()
 	start := f.callStart
 	f.synced = true
+	f.written = nil
 	f.mu.Unlock()
 	f.seen(start)
 	f.notify(deleting)

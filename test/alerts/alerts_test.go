@@ -139,6 +139,15 @@ var cases = map[string]struct {
 		quiet: `load 1m
 			rrguard_release_backlog{instance="a"} 900 600 300 0x30`,
 	},
+	"RRGuardQueueStalled": {
+		fire: `load 1m
+			rrguard_queue_stalled_keys{instance="a",policy="tekton-queue"} 0x5 1x30
+			rrguard_queue_stalled_keys{instance="b",policy="jobs"} 0x35`,
+		names: [2]string{"policy", "tekton-queue"},
+		// A key that stalls for a minute and moves again is no alert.
+		quiet: `load 1m
+			rrguard_queue_stalled_keys{instance="a",policy="tekton-queue"} 0x5 1 0x30`,
+	},
 	"RRGuardUnreachableFromAPIServer": {
 		fire: `load 1m
 			apiserver_admission_webhook_rejection_count{name="tekton.policies.rrguard.kubernaut.ai",type="admit",operation="CREATE",error_type="calling_webhook_error",rejection_code="0"} 0+3x30`,

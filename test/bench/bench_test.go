@@ -69,3 +69,24 @@ func TestBenchSmoke(t *testing.T) {
 		t.Errorf("report: %q", md)
 	}
 }
+
+// bench-policy's short version: every mode's row runs once, tiny, and the Queue latency rows
+// time every release after a key's first.
+func TestBenchPolicySmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a control plane and builds two binaries")
+	}
+	cfg := config{rounds: 1, creators: 4, signals: 100, rowTime: 10 * time.Second, queueKeys: []int{1, 3}, binDir: t.TempDir()}
+	b, err := runPolicyBench(cfg, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.queueLatency) != 2 {
+		t.Fatalf("queue latency rows: %+v", b.queueLatency)
+	}
+	for _, r := range b.queueLatency {
+		if r.Releases != r.Keys*(queueDepth-1) || r.P50 <= 0 || r.Max < r.P99 {
+			t.Errorf("queue latency row %+v: want %d releases timed", r, r.Keys*(queueDepth-1))
+		}
+	}
+}

@@ -52,6 +52,8 @@ type config struct {
 	out, doc                    string
 	binDir                      string // bin/bench of the checkout when empty
 	profile                     bool
+	// queueKeys: the key counts of the Queue latency rows of -policy.
+	queueKeys []int
 }
 
 func main() {
@@ -71,16 +73,17 @@ func main() {
 	flag.BoolVar(&c.memoryOnly, "memory-only", false, "only the memory rows: rrguard started with -memory RRs already there, time to ready, live heap, RSS and peak RSS")
 	policyOnly := flag.Bool("policy", false, "only the generic target's rows (make bench-policy): PipelineRuns under the Tekton sample policy against no webhook, and rrguard's heap per PipelineRun")
 	policyObjects := flag.Int("policy-objects", 100000, "PipelineRuns in rrguard's index for the memory row of -policy (0: none)")
+	queueKeys := flag.String("queue-keys", "1,100,1000", "keys (queues of 10 PipelineRuns each) of the Queue latency rows of -policy")
 	flag.Parse()
 	c.quick = *quick
-	c.sizes, c.memSizes = parseInts(*sizes), parseInts(*memSizes)
+	c.sizes, c.memSizes, c.queueKeys = parseInts(*sizes), parseInts(*memSizes), parseInts(*queueKeys)
 	if c.quick {
 		c.sizes, c.memSizes = []int{0}, []int{0, 5000}
 		c.signals, c.rowTime, c.latencySignals, c.stormSignal = 1500, 10*time.Second, 300, 1000
 	}
 	ctrl.SetLogger(zap.New(zap.Level(zapcore.ErrorLevel)))
 	if *policyOnly {
-		if err := runPolicyBench(c, *policyObjects); err != nil {
+		if _, err := runPolicyBench(c, *policyObjects); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
 		}
@@ -120,6 +123,7 @@ type bench struct {
 	binDir         string
 	rrguardPprof   string
 	rrguardMetrics string
+	queueLatency   []queueLatencyRow
 }
 
 // chartGoMemLimit is the chart's goMemLimit: rrguard runs here as deployed.

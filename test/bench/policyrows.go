@@ -13,6 +13,7 @@ import (
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -31,7 +32,18 @@ import (
 //   - rrguard: PipelineRuns through rrguard under the Tekton sample policy;
 //   - rrguard-rr: RRs through rrguard under the built-in RR policy, what a PipelineRun's cost is
 //     held against (issue 25: within 10%);
-// then rrguard's live heap per PipelineRun in its index at -policy-objects objects.
+//   - rrguard-queue, rrguard-replace: the same PipelineRuns under the Queue and Replace samples
+//     (each its own key: held at admission, released once settled);
+// then, under Queue, the time from the one in flight ending to the next released at 1, 100 and
+// 1,000 keys with queues of 10 (queuelatency.go); then rrguard's live heap per PipelineRun in its
+// index at -policy-objects objects.
+
+// policyModes are the rows under the PipelineRun policy, by the sample each uses.
+var policyModes = map[string]string{
+	"rrguard":         "tekton-pipelinerun.yaml",
+	"rrguard-queue":   "tekton-pipelinerun-queue.yaml",
+	"rrguard-replace": "tekton-pipelinerun-replace.yaml",
+}
 
 type policyRow struct {
 	mode                string
@@ -48,50 +60,53 @@ type policyRow struct {
 	errors                  int
 }
 
-func runPolicyBench(cfg config, objects int) error {
+func runPolicyBench(cfg config, objects int) (b *bench, err error) {
 	ctx := context.Background()
 	root, err := testenv.Root()
 	if err != nil {
-		return err
+		return b, err
 	}
-	binDir := filepath.Join(root, "bin", "bench")
+	binDir := cfg.binDir
+	if binDir == "" {
+		binDir = filepath.Join(root, "bin", "bench")
+	}
 	if err := os.MkdirAll(binDir, 0o755); err != nil {
-		return err
+		return b, err
 	}
 	rrguardBin, err := build(root, binDir, "./cmd/rrguard", "rrguard")
 	if err != nil {
-		return err
+		return b, err
 	}
 	env, err := testenv.Start(testenv.Options{Webhooks: true, ExtraCRDs: []string{filepath.Join(root, "test", "integration", "policies", "testdata", "crds")}})
 	if err != nil {
-		return err
+		return b, err
 	}
 	defer env.Stop()
 	api, err := testenv.ChildPID("kube-apiserver")
 	if err != nil {
-		return err
+		return b, err
 	}
 	etcd, err := testenv.ChildPID("etcd")
 	if err != nil {
-		return err
+		return b, err
 	}
-	b := &bench{cfg: cfg, env: env, api: api, etcd: etcd, binDir: binDir}
+	b = &bench{cfg: cfg, env: env, api: api, etcd: etcd, binDir: binDir}
 	kubeconfig := filepath.Join(binDir, "kubeconfig")
 	if err := env.WriteKubeconfig(kubeconfig); err != nil {
-		return err
+		return b, err
 	}
 	nss := map[string]string{}
-	for _, m := range []string{"judged", "plain", "memory", "bare"} {
+	for _, m := range []string{"judged", "plain", "memory", "bare", "latency"} {
 		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "bench-policy-" + m + "-"}}
 		if err := env.Client.Create(ctx, ns); err != nil {
-			return err
+			return b, err
 		}
 		nss[m] = ns.Name
 	}
 	w := env.Environment().WebhookInstallOptions
 	caFile := filepath.Join(binDir, "webhook-ca.crt")
 	if err := os.WriteFile(caFile, w.LocalServingCAData, 0o600); err != nil {
-		return err
+		return b, err
 	}
 	probe, _ := freeAddr()
 	pprof, _ := freeAddr()
@@ -109,47 +124,74 @@ func runPolicyBench(cfg config, objects int) error {
 	}
 	rr, err := startRRGuard()
 	if err != nil {
-		return err
+		return b, err
 	}
 	defer func() { rr.stop() }()
-	b2, err := os.ReadFile(filepath.Join(root, "config", "samples", "tekton-pipelinerun.yaml"))
-	if err != nil {
-		return err
+	// One policy for PipelineRuns, its mode set before each of its rows: the Tekton sample
+	// (Forbid), and its Queue and Replace variants.
+	specs := map[string]rrguardv1.UniquenessPolicySpec{}
+	var p *rrguardv1.UniquenessPolicy
+	for mode, file := range policyModes {
+		b2, err := os.ReadFile(filepath.Join(root, "config", "samples", file))
+		if err != nil {
+			return b, err
+		}
+		sp, err := policy.ReadPolicy(b2)
+		if err != nil {
+			return b, err
+		}
+		sp.Spec.Target.Namespaces = []string{nss["judged"], nss["latency"]}
+		specs[mode] = sp.Spec
+		if mode == "rrguard" {
+			p = sp
+		}
 	}
-	p, err := policy.ReadPolicy(b2)
-	if err != nil {
-		return err
-	}
-	p.Spec.Target.Namespaces = []string{nss["judged"]}
 	if err := env.Client.Create(ctx, p); err != nil {
-		return err
+		return b, err
 	}
 	if err := awaitPolicy(ctx, env.Client, p.Name, 1); err != nil {
-		return err
+		return b, err
 	}
 	if err := awaitNamed(ctx, env.Client, nss["judged"]); err != nil {
-		return err
+		return b, err
+	}
+	// setMode makes the policy mode's spec, and waits until the replica enforces it.
+	setMode := func(mode string) error {
+		var cur rrguardv1.UniquenessPolicy
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(p), &cur); err != nil {
+			return err
+		}
+		want := specs[mode]
+		want.Target.Namespaces = cur.Spec.Target.Namespaces
+		if equality.Semantic.DeepEqual(cur.Spec, want) {
+			return nil
+		}
+		cur.Spec = want
+		if err := env.Client.Update(ctx, &cur); err != nil {
+			return err
+		}
+		return awaitPolicy(ctx, env.Client, p.Name, cur.Generation)
 	}
 
 	bareBin, err := build(root, binDir, "./test/bench/bare", "bare")
 	if err != nil {
-		return err
+		return b, err
 	}
 	bareAddr, err := freeAddr()
 	if err != nil {
-		return err
+		return b, err
 	}
 	_, barePort, _ := strings.Cut(bareAddr, ":")
 	bare, err := start(ctx, "bare", bareBin, nil, tlsReady(bareAddr), "", "--port="+barePort, "--cert-dir="+w.LocalServingCertDir)
 	if err != nil {
-		return err
+		return b, err
 	}
 	defer bare.stop()
 	if err := routeBare(ctx, env.Client, "https://"+bareAddr+"/mutate-pipelinerun", nss["bare"]); err != nil {
-		return err
+		return b, err
 	}
 	if err := awaitNamed(ctx, env.Client, nss["bare"]); err != nil {
-		return err
+		return b, err
 	}
 
 	var seq atomic.Int64
@@ -161,7 +203,7 @@ func runPolicyBench(cfg config, objects int) error {
 			rr := testenv.NewRR(nss["plain"], testenv.Fingerprint("bench-policy/"+n))
 			rr.Spec.OriginalPayload = strings.Repeat("p", kubernautPayload)
 			return env.Client.Create(ctx, rr)
-		case "rrguard":
+		case "rrguard", "rrguard-queue", "rrguard-replace":
 			return env.Client.Create(ctx, pipelineRun(nss["judged"], n))
 		case "bare":
 			return env.Client.Create(ctx, pipelineRun(nss["bare"], n))
@@ -174,6 +216,11 @@ func runPolicyBench(cfg config, objects int) error {
 		return map[string]float64{"kube-apiserver": v[0], "etcd": v[1], "rrguard": v[2], "bare": v[3]}
 	}
 	row := func(mode string, round int) (policyRow, error) {
+		if _, ok := specs[mode]; ok {
+			if err := setMode(mode); err != nil {
+				return policyRow{}, fmt.Errorf("%s: %w", mode, err)
+			}
+		}
 		b.settle()
 		// rrguard's rows end once rrguard has released what they stored (release.go).
 		var release *releaseWindow
@@ -213,14 +260,14 @@ func runPolicyBench(cfg config, objects int) error {
 			bareMS: ms["bare"] * 1000 / n,
 			errors: int(errs.Load())}, nil
 	}
-	modes := []string{"baseline", "bare", "rrguard", "rrguard-rr"}
+	modes := []string{"baseline", "bare", "rrguard", "rrguard-queue", "rrguard-replace", "rrguard-rr"}
 	rows := map[string][]policyRow{}
 	for r := range cfg.rounds {
 		for i := range modes {
 			m := modes[(i+r)%len(modes)]
 			pr, err := row(m, r)
 			if err != nil {
-				return err
+				return b, err
 			}
 			fmt.Printf("round %d %-10s %5d creates %6.0f/s  CPU ms/create: kube-apiserver %.2f etcd %.2f rrguard %.2f bare %.2f  release wait %.1fs (create path alone: kube-apiserver %.2f rrguard %.2f)  errors %d\n",
 				r+1, m, pr.creates, pr.perSec, pr.apiMS, pr.etcdMS, pr.rrMS, pr.bareMS, pr.releaseWait, pr.createAPIMS, pr.createRRMS, pr.errors)
@@ -267,14 +314,33 @@ func runPolicyBench(cfg config, objects int) error {
 	// The bare webhook's rows have no release: their create path is their whole cost.
 	paired("rrguard CPU per create path, PipelineRun ÷ RR (target ≤ 1.10)", rows["rrguard"], rows["rrguard-rr"], func(r policyRow) float64 { return r.createRRMS })
 	paired("kube-apiserver CPU per PipelineRun create path, rrguard ÷ bare webhook (target ≤ 1.10)", rows["rrguard"], rows["bare"], func(r policyRow) float64 { return r.createAPIMS })
+	for _, m := range []string{"rrguard-queue", "rrguard-replace"} {
+		paired("kube-apiserver CPU per PipelineRun, create and release, "+m+" ÷ bare webhook", rows[m], rows["bare"], func(r policyRow) float64 { return r.apiMS })
+		paired("kube-apiserver CPU per PipelineRun create path, "+m+" ÷ bare webhook", rows[m], rows["bare"], func(r policyRow) float64 { return r.createAPIMS })
+		paired("rrguard CPU per PipelineRun, create and release, "+m+" ÷ Forbid", rows[m], rows["rrguard"], func(r policyRow) float64 { return r.rrMS })
+	}
 	fmt.Println()
+
+	// Queue: from the one in flight ending to the next released, at keys queues of queueDepth.
+	if err := setMode("rrguard-queue"); err != nil {
+		return b, err
+	}
+	fmt.Printf("\n| keys (queues of %d) | releases timed | in flight ended → next released p50 | p99 | max |\n|---:|---:|---:|---:|---:|\n", queueDepth)
+	for _, keys := range cfg.queueKeys {
+		lat, err := queueLatency(ctx, env, nss["latency"], keys)
+		if err != nil {
+			return b, fmt.Errorf("queue latency at %d keys: %w", keys, err)
+		}
+		fmt.Println(lat.row(keys))
+		b.queueLatency = append(b.queueLatency, lat)
+	}
 
 	// Memory: objects made where no policy judges them, then the policy extended to their
 	// namespace: rrguard's index lists them all (one watch per policy).
 	if objects > 0 {
 		before, err := rr.liveHeapMB()
 		if err != nil {
-			return err
+			return b, err
 		}
 		fmt.Printf("\ncreating %d PipelineRuns in %s ...\n", objects, nss["memory"])
 		var failed atomic.Int64
@@ -287,22 +353,22 @@ func runPolicyBench(cfg config, objects int) error {
 			}
 		})
 		if failed.Load() > 0 {
-			return fmt.Errorf("%d of %d PipelineRuns not created", failed.Load(), objects)
+			return b, fmt.Errorf("%d of %d PipelineRuns not created", failed.Load(), objects)
 		}
 		var cur rrguardv1.UniquenessPolicy
 		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(p), &cur); err != nil {
-			return err
+			return b, err
 		}
 		cur.Spec.Target.Namespaces = append(cur.Spec.Target.Namespaces, nss["memory"])
 		if err := env.Client.Update(ctx, &cur); err != nil {
-			return err
+			return b, err
 		}
 		if err := awaitPolicy(ctx, env.Client, p.Name, 2); err != nil {
-			return err
+			return b, err
 		}
 		after, err := rr.liveHeapMB()
 		if err != nil {
-			return err
+			return b, err
 		}
 		fmt.Printf("\n| PipelineRuns in the index | rrguard live heap MB | bytes per PipelineRun (over the heap before: %.1f MB) | RSS MB |\n|---:|---:|---:|---:|\n", before)
 		fmt.Printf("| %d | %.1f | %.0f | %.0f |\n", objects, after, (after-before)*(1<<20)/float64(objects), float64(testenv.RSSBytes(rr.pid()))/(1<<20))
@@ -312,7 +378,7 @@ func runPolicyBench(cfg config, objects int) error {
 		rr.stop()
 		began := time.Now()
 		if rr, err = startRRGuard(); err != nil {
-			return err
+			return b, err
 		}
 		// The policy's stored status is the last replica's: ask this one, by its metrics, when
 		// it enforces the policy with every PipelineRun indexed.
@@ -321,17 +387,17 @@ func runPolicyBench(cfg config, objects int) error {
 			m := scrapeMetrics(metricsAddr)
 			return m["rrguard_policy_enforced"+series] == 1 && m["rrguard_policy_objects"+series] >= float64(objects), nil
 		}); err != nil {
-			return fmt.Errorf("the restarted replica never indexed the %d PipelineRuns: %w", objects, err)
+			return b, fmt.Errorf("the restarted replica never indexed the %d PipelineRuns: %w", objects, err)
 		}
 		ready := time.Since(began)
 		heap, err := rr.liveHeapMB()
 		if err != nil {
-			return err
+			return b, err
 		}
 		fmt.Printf("\nrestarted with %d PipelineRuns (GOMEMLIMIT=%s): ready in %.1f s, live heap %.1f MB, RSS %.1f MB, peak RSS %.1f MB\n",
 			objects, chartGoMemLimit, ready.Seconds(), heap, float64(testenv.RSSBytes(rr.pid()))/(1<<20), float64(testenv.PeakRSSBytes(rr.pid()))/(1<<20))
 	}
-	return nil
+	return b, nil
 }
 
 // routeBare sends PipelineRun creates in ns to the bare webhook at url, with the CA the suite's

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -30,9 +31,16 @@ const (
 	idleWindow = 2 * time.Second
 )
 
-// releasedCount is rrguard's count of finalizers it has released, from its /metrics.
+// releasedCount is rrguard's count of objects it has released, from its /metrics: finalizers
+// (Forbid) and held objects (Queue, Replace), each object counted once.
 func releasedCount(metricsAddr string) float64 {
-	return scrapeMetrics(metricsAddr)["rrguard_finalizers_released_total"]
+	n := 0.0
+	for k, v := range scrapeMetrics(metricsAddr) {
+		if k == "rrguard_finalizers_released_total" || strings.HasPrefix(k, "rrguard_queue_releases_total{") {
+			n += v
+		}
+	}
+	return n
 }
 
 // releaseWindow accounts for a row whose objects rrguard releases after its last signal: each

@@ -269,7 +269,7 @@ func (ps *policySet) build(p *rrguardv1.UniquenessPolicy) (*livePolicy, error) {
 	var queued *queue.Controller
 	if c.CanRelease() {
 		timeout, _, _ := ps.o.lagInputs()
-		queued = &queue.Controller{Policy: c, Client: mgr.GetClient(), Kind: gvk, Settle: timeout}
+		queued = &queue.Controller{Policy: c, Client: mgr.GetClient(), Kind: gvk, Settle: queue.Settle(timeout)}
 		o.OnQueue = queued.Enqueue
 	}
 	index, err := rrfacts.New(ps.cfg, o)
@@ -298,6 +298,13 @@ func (ps *policySet) build(p *rrguardv1.UniquenessPolicy) (*livePolicy, error) {
 	}
 	if queued != nil {
 		queued.Reader = index
+		if ps.indexDecides {
+			queued.Index = index
+		}
+		queued.Census = func(now time.Time, stallAfter time.Duration) (int, time.Time, int) {
+			c := index.QueueCensus(now, stallAfter)
+			return c.Held, c.Oldest, c.Stalled
+		}
 		lp.starts = append(lp.starts, queued.Start)
 	}
 	lp.mutate, lp.validate = lp.answer(c)

@@ -129,6 +129,11 @@ type Concurrency struct {
 	// cancelled object may still be winding down while the newest runs.
 	// +optional
 	WaitForEnd *bool `json:"waitForEnd,omitempty"`
+	// StallAfter is how long a key's queue may go without a release, while it holds objects,
+	// before rrguard counts it stalled (rrguard_queue_stalled_keys, the RRGuardQueueStalled
+	// alert); 1h by default. Set it above the longest run you expect.
+	// +optional
+	StallAfter *metav1.Duration `json:"stallAfter,omitempty"`
 }
 
 // PatchOperation is one JSON patch operation (RFC 6902): add, remove, replace or test.

@@ -424,6 +424,10 @@ func TestQueueReleasesOneAtATimeInOrder(t *testing.T) {
 			t.Fatalf("Job %s stored unheld or unmarked: suspend %v, annotations %v", j.Name, j.Spec.Suspend, j.Annotations)
 		}
 	}
+	plansBy := func(read string) float64 {
+		return testenv.Counter("rrguard_queue_plans_total", map[string]string{"policy": "batch-jobs-queue", "read": read})
+	}
+	consistent0, index0 := plansBy("consistent"), plansBy("index")
 	var waits []time.Duration
 	for i, j := range order[:runs()] {
 		waits = append(waits, awaitRunning(ctx, t, ns, j.Name))
@@ -445,7 +449,15 @@ func TestQueueReleasesOneAtATimeInOrder(t *testing.T) {
 	if got := obs.releasedOrder(); !slices.Equal(got, want) {
 		t.Fatalf("released in order %v, want the admission order %v", got, want)
 	}
-	t.Logf("%d of %d Jobs released one at a time in admission order; from one completing to the next running: %v", len(want), n, summary(waits[1:]))
+	// Once the first release's echo has proved the index complete, every plan reads only the
+	// index: a consistent read of the key for the first release (the index saw nothing after
+	// the burst of creates), and perhaps one while its echo is on its way.
+	consistent, index := plansBy("consistent")-consistent0, plansBy("index")-index0
+	if consistent > 3 || index < float64(runs()) {
+		t.Errorf("%v plans read the key consistently and %v the index over %d releases; want at most 3 consistent", consistent, index, runs())
+	}
+	t.Logf("%d of %d Jobs released one at a time in admission order; after the test saw one complete, the next running within: %v; plans: %v consistent, %v index",
+		len(want), n, summary(waits[1:]), consistent, index)
 }
 
 // runs is how many Jobs of the 64 the queue test runs to completion, one after another (about a

@@ -119,7 +119,7 @@ func TestQueueGoesOnThroughFaults(t *testing.T) {
 	apply(ctx, t, samplePolicy(t, "batch-job-queue.yaml", ns), ns, "etl")
 	obs := observe(ctx, t, ns)
 
-	names := createHeld(ctx, t, ns, "etl", 10)
+	names := createHeld(ctx, t, ns, "etl", 12)
 	select {
 	case <-hit:
 	case <-ctx.Done():
@@ -146,7 +146,7 @@ func TestQueueGoesOnThroughFaults(t *testing.T) {
 	succeed(ctx, t, ns, names[0])
 	awaitRunning(ctx, t, ns, names[1])
 
-	// Every replica restarted with 8 held: the queue goes on; a create after is queued last.
+	// Every replica restarted with 10 held: the queue goes on; a create after is queued last.
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}

@@ -33,6 +33,10 @@ type Fact struct {
 	Queued time.Time
 	// Held: rrguard holds it still; a release clears it.
 	Held bool
+	// Lifted: rrguard's annotation says it holds the object, but its hold is off (its creator
+	// or a user started it by hand): it is not held, and counts by the in-flight rule; the
+	// queue's controller drops the stale annotation (Plan.Lift).
+	Lifted bool
 	// Cancelled: rrguard has cancelled it (Replace).
 	Cancelled bool
 	// Deleting: its deletion has been asked for (it is not in flight, but it may still be

@@ -30,6 +30,9 @@ type Rule struct {
 
 // Plan is what a key's queue needs now.
 type Plan struct {
+	// Lift is the objects whose hold someone else lifted: rrguard's annotation is dropped
+	// from them before anything else is written (a cancel tests it is gone).
+	Lift []Fact
 	// Release is the held objects to release, oldest first.
 	Release []Fact
 	// Cancel is the older objects Replace ends, oldest first.
@@ -87,6 +90,12 @@ func PlanKey(facts []Fact, r Rule, now time.Time) Plan {
 	}
 	Order(held)
 	Order(ours)
+	var p Plan
+	for _, f := range ours {
+		if f.Lifted && !f.Deleting {
+			p.Lift = append(p.Lift, f)
+		}
+	}
 	settled := len(held)
 	for i, f := range held {
 		if f.Queued.After(now.Add(-r.Settle)) {
@@ -94,7 +103,6 @@ func PlanKey(facts []Fact, r Rule, now time.Time) Plan {
 			break
 		}
 	}
-	var p Plan
 	if settled < len(held) {
 		p.Recheck = held[settled].Queued.Add(r.Settle)
 	}

@@ -18,6 +18,9 @@ func queued(name string, d time.Duration, held, running bool) Fact {
 	return f
 }
 
+// lifted: rrguard's annotation still says held, but someone lifted the hold (Fact.Lifted).
+func lifted(f Fact) Fact { f.Held, f.Lifted = false, true; return f }
+
 // running counts the objects in flight that rrguard does not hold.
 func running(fs []Fact) int {
 	n := 0
@@ -45,6 +48,7 @@ func TestPlanQueue(t *testing.T) {
 		max     int
 		release []string
 		waiting []string
+		lift    []string
 		recheck time.Duration // after now; 0 for none
 	}{
 		{name: "nothing"},
@@ -79,6 +83,12 @@ func TestPlanQueue(t *testing.T) {
 			waiting: []string{"a"}},
 		{name: "a held object being deleted is not released",
 			facts: []Fact{func() Fact { f := queued("a", time.Minute, true, false); f.Deleting = true; return f }()}},
+		{name: "a hold lifted by hand runs: it holds the queue, its annotation is dropped",
+			facts:   []Fact{lifted(queued("b", 2*time.Minute, false, true)), queued("a", 3*time.Minute, true, false)},
+			waiting: []string{"a"}, lift: []string{"b"}},
+		{name: "a hold lifted by hand, ended: the queue goes on",
+			facts:   []Fact{lifted(queued("b", 2*time.Minute, false, false)), queued("a", 3*time.Minute, true, false)},
+			release: []string{"a"}, lift: []string{"b"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r := q
@@ -91,6 +101,9 @@ func TestPlanQueue(t *testing.T) {
 			}
 			if got, want := fmt.Sprint(names(p.Waiting)), fmt.Sprint(append([]string{}, c.waiting...)); got != want {
 				t.Errorf("waiting %s, want %s", got, want)
+			}
+			if got, want := fmt.Sprint(names(p.Lift)), fmt.Sprint(append([]string{}, c.lift...)); got != want {
+				t.Errorf("lift %s, want %s", got, want)
 			}
 			var want time.Time
 			if c.recheck > 0 {
@@ -117,6 +130,7 @@ func TestPlanReplace(t *testing.T) {
 		facts           []Fact
 		noWait          bool
 		release, cancel []string
+		lift            []string
 	}{
 		{name: "one held, nothing else", facts: []Fact{queued("a", time.Minute, true, false)}, release: []string{"a"}},
 		{name: "three quick creates: the first cancelled, the middle cancelled held, the newest waits for the first to end",
@@ -138,6 +152,9 @@ func TestPlanReplace(t *testing.T) {
 		{name: "a newer one not settled: the settled newest is cancelled, nothing released",
 			facts:  []Fact{queued("b", time.Minute, true, false), queued("c", time.Second, true, false)},
 			cancel: []string{"b"}},
+		{name: "a hold lifted by hand is cancelled as a running one, after its annotation is dropped",
+			facts:  []Fact{lifted(queued("a", 3*time.Minute, false, true)), queued("c", 30*time.Second, true, false)},
+			cancel: []string{"a"}, lift: []string{"a"}},
 		{name: "an object the policy never admitted is not cancelled",
 			facts:   []Fact{{Name: "users", Until: Forever}, queued("c", time.Minute, true, false)},
 			release: []string{"c"}},
@@ -149,6 +166,9 @@ func TestPlanReplace(t *testing.T) {
 			}
 			if got, want := fmt.Sprint(names(p.Cancel)), fmt.Sprint(append([]string{}, c.cancel...)); got != want {
 				t.Errorf("cancel %s, want %s", got, want)
+			}
+			if got, want := fmt.Sprint(names(p.Lift)), fmt.Sprint(append([]string{}, c.lift...)); got != want {
+				t.Errorf("lift %s, want %s", got, want)
 			}
 		})
 	}

@@ -281,10 +281,16 @@ func (c *Compiled) HoldPatch(obj map[string]any, a Admission) []jsonpatch.JsonPa
 // ReleasePatch releases a held object: it tests that rrguard holds it still (so two replicas
 // release it once), removes the hold's annotation and applies the policy's release.
 func (c *Compiled) ReleasePatch() Patch {
-	return append(Patch{
+	return append(c.LiftPatch(), c.conc.release...)
+}
+
+// LiftPatch drops rrguard's hold annotation from an object whose hold someone else lifted
+// (decision.Fact.Lifted), testing it first: the object is then counted as released, once.
+func (c *Compiled) LiftPatch() Patch {
+	return Patch{
 		{Operation: "test", Path: annotationPath(AnnotationHeld), Value: heldValue},
 		{Operation: "remove", Path: annotationPath(AnnotationHeld)},
-	}, c.conc.release...)
+	}
 }
 
 // CancelPatch cancels an object (Replace), held or not, testing that it still is what the plan

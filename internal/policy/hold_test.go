@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -109,5 +110,47 @@ func TestHoldAndReleasePatches(t *testing.T) {
 	held, err := c.UserHeld(context.Background(), map[string]any{"spec": map[string]any{"status": "PipelineRunPending"}})
 	if err != nil || !held {
 		t.Errorf("a run created pending: userHeld %v, %v", held, err)
+	}
+}
+
+// A run rrguard held whose hold someone lifted (spec.status removed by hand) is no longer held:
+// Lifted, and counted by the in-flight rule; one rrguard cancelled is not lifted.
+func TestHoldLiftedByHand(t *testing.T) {
+	c := compiled(t, "../../config/samples/tekton-pipelinerun-queue.yaml")
+	held := map[string]string{AnnotationPolicy: c.Policy, AnnotationQueued: "2026-12-05T08:00:00Z", AnnotationHeld: heldValue}
+	run := func(status string, extra map[string]string) map[string]any {
+		as := map[string]any{}
+		for k, v := range held {
+			as[k] = v
+		}
+		for k, v := range extra {
+			as[k] = v
+		}
+		spec := map[string]any{"pipelineRef": map[string]any{"name": "build"}}
+		if status != "" {
+			spec["status"] = status
+		}
+		return map[string]any{"metadata": map[string]any{"annotations": as}, "spec": spec}
+	}
+	for _, x := range []struct {
+		name         string
+		obj          map[string]any
+		held, lifted bool
+		inFlight     bool
+	}{
+		{"held", run("PipelineRunPending", nil), true, false, false},
+		{"started by hand", run("", nil), false, true, true},
+		{"cancelled by rrguard while held", run("Cancelled", map[string]string{AnnotationCancelled: "2026-12-05T08:01:00Z"}), true, false, true},
+	} {
+		f, err := c.Fact(context.Background(), x.obj, "run-1", "", time.Time{}, false)
+		if err != nil {
+			t.Fatalf("%s: %v", x.name, err)
+		}
+		if f.Held != x.held || f.Lifted != x.lifted || f.InFlight(time.Now()) != x.inFlight {
+			t.Errorf("%s: held %v lifted %v in flight %v, want %v %v %v", x.name, f.Held, f.Lifted, f.InFlight(time.Now()), x.held, x.lifted, x.inFlight)
+		}
+	}
+	if got, want := fmt.Sprint(c.LiftPatch()), fmt.Sprint(c.ReleasePatch()[:2]); got != want {
+		t.Errorf("lift %s, want the release's test and removal %s", got, want)
 	}
 }

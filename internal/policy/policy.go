@@ -404,6 +404,13 @@ func (c *Compiled) Fact(ctx context.Context, obj map[string]any, name, keyHex st
 	f := decision.Fact{Name: name, Created: created, Deleting: deleting}
 	f.N, _ = rules.OccurrenceFor(c.prefix, keyHex, name)
 	queueFacts(obj, &f)
+	if f.Held && !f.Cancelled && c.userHeld != nil {
+		// The hold rrguard put on is off though its annotation stays: someone started the
+		// object by hand. A rule it cannot read leaves it held.
+		if on, err := c.UserHeld(ctx, obj); err == nil && !on {
+			f.Held, f.Lifted = false, true
+		}
+	}
 	if c.phase != nil {
 		v, err := eval(ctx, c.phase, obj)
 		if err != nil {

@@ -110,6 +110,10 @@ var (
 		Help:    "How long each released object was held, from its admission to its release, by policy.",
 		Buckets: prometheus.ExponentialBuckets(0.1, 2, 18), // 0.1 s to about 3.6 h
 	}, []string{"policy"})
+	lifts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "rrguard_queue_lifted_total",
+		Help: "Held objects someone else started by lifting the hold (rrguard dropped its annotation and counts them released), by policy.",
+	}, []string{"policy"})
 	heldNow = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "rrguard_queue_held",
 		Help: "Objects rrguard holds to release later, as of the last census, by policy.",
@@ -129,7 +133,7 @@ var (
 )
 
 func init() {
-	metrics.Registry.MustRegister(releases, cancellations, waits, heldNow, oldestWait, stalled, plans)
+	metrics.Registry.MustRegister(releases, lifts, cancellations, waits, heldNow, oldestWait, stalled, plans)
 }
 
 // censusEvery is how often a policy's queue gauges are counted: a walk of the index under its
@@ -225,8 +229,8 @@ func (c *Controller) now() time.Time {
 	return time.Now()
 }
 
-// Reconcile plans one key from a consistent read of its objects and writes the plan: cancels
-// first (Replace), then releases. A write another replica made first (a failed test, a conflict)
+// Reconcile plans one key (plan) and writes the plan: lifted holds' annotations dropped, then
+// cancels (Replace), then releases. A write another replica made first (a failed test, a conflict)
 // is not an error: the key is planned again from a fresh read.
 func (c *Controller) Reconcile(ctx context.Context, k Key) (reconcile.Result, error) {
 	if !c.Policy.CanRelease() {
@@ -239,33 +243,38 @@ func (c *Controller) Reconcile(ctx context.Context, k Key) (reconcile.Result, er
 	if err != nil {
 		return reconcile.Result{}, stopping(ctx, fmt.Errorf("reading the key's objects: %w", err))
 	}
+	steps := []struct {
+		facts []decision.Fact
+		write func(decision.Fact) error
+		done  func(decision.Fact)
+	}{
+		// Holds someone else lifted go first: a cancel of such an object tests that rrguard's
+		// annotation is gone.
+		{plan.Lift, func(f decision.Fact) error { return c.patch(ctx, k.Namespace, f.Name, c.Policy.LiftPatch()) }, func(decision.Fact) {
+			lifts.WithLabelValues(c.Policy.Policy).Inc()
+		}},
+		{plan.Cancel, func(f decision.Fact) error { return c.cancel(ctx, k.Namespace, f, now) }, func(f decision.Fact) {
+			cancellations.WithLabelValues(c.Policy.Policy, fmt.Sprint(f.Held)).Inc()
+		}},
+		{plan.Release, func(f decision.Fact) error { return c.patch(ctx, k.Namespace, f.Name, c.Policy.ReleasePatch()) }, func(f decision.Fact) {
+			releases.WithLabelValues(c.Policy.Policy).Inc()
+			waits.WithLabelValues(c.Policy.Policy).Observe(c.now().Sub(f.Queued).Seconds())
+		}},
+	}
+	// A write lost to another writer makes the key contended (planned again from a fresh read);
+	// any other error ends the pass.
 	contended := false
-	// Each write of the plan: one lost to another writer makes the key contended (planned again
-	// from a fresh read); any other error ends the pass.
-	each := func(fs []decision.Fact, write func(decision.Fact) error, done func(decision.Fact)) error {
-		for _, f := range fs {
-			switch err := write(f); {
+	for _, st := range steps {
+		for _, f := range st.facts {
+			switch err := st.write(f); {
 			case lost(err):
 				contended = true
 			case err != nil:
-				return err
+				return reconcile.Result{}, stopping(ctx, err)
 			default:
-				done(f)
+				st.done(f)
 			}
 		}
-		return nil
-	}
-	err = each(plan.Cancel, func(f decision.Fact) error { return c.cancel(ctx, k.Namespace, f, now) }, func(f decision.Fact) {
-		cancellations.WithLabelValues(c.Policy.Policy, fmt.Sprint(f.Held)).Inc()
-	})
-	if err == nil {
-		err = each(plan.Release, func(f decision.Fact) error { return c.patch(ctx, k.Namespace, f.Name, c.Policy.ReleasePatch()) }, func(f decision.Fact) {
-			releases.WithLabelValues(c.Policy.Policy).Inc()
-			waits.WithLabelValues(c.Policy.Policy).Observe(c.now().Sub(f.Queued).Seconds())
-		})
-	}
-	if err != nil {
-		return reconcile.Result{}, stopping(ctx, err)
 	}
 	switch {
 	case contended:

@@ -194,6 +194,7 @@ type entry struct {
 	finalized bool
 	covered   bool
 	held      bool  // decision.Fact.Held
+	lifted    bool  // decision.Fact.Lifted
 	cancelled bool  // decision.Fact.Cancelled
 	created   int64 // unix seconds
 	deletedAt int64 // unix seconds; 0 when not being deleted
@@ -203,9 +204,13 @@ type entry struct {
 // waiting: rrguard holds the object to release it later (decision.Fact.Waiting).
 func (e *entry) waiting() bool { return e.held && !e.cancelled && e.deletedAt == 0 }
 
+// queueWork: the queue's controller may have a write to make for the object: release it, or
+// drop the annotation of a hold someone else lifted (decision.Fact.Lifted).
+func (e *entry) queueWork() bool { return e.waiting() || (e.lifted && e.deletedAt == 0) }
+
 func (e *entry) fact() Fact {
 	f := Fact{Fact: decision.Fact{Name: e.name, N: e.n, Phase: e.phase, Created: time.Unix(e.created, 0),
-		Held: e.held, Cancelled: e.cancelled, Deleting: e.deletedAt != 0},
+		Held: e.held, Lifted: e.lifted, Cancelled: e.cancelled, Deleting: e.deletedAt != 0},
 		Finalized: e.finalized, Covered: e.covered}
 	if e.until != 0 {
 		f.Until = time.Unix(e.until, 0)
@@ -589,7 +594,7 @@ func (ix *Index) put(o *object) (keyHex string, deleting bool) {
 		e.until = fact.Until.Unix()
 	}
 	e.created = o.Meta.CreationTimestamp.Unix()
-	e.held, e.cancelled = fact.Held, fact.Cancelled
+	e.held, e.lifted, e.cancelled = fact.Held, fact.Lifted, fact.Cancelled
 	if fact.Queued.IsZero() {
 		delete(ix.queued, e)
 	} else {
@@ -793,9 +798,10 @@ func (f *feed) upsert(obj any) (*object, error) {
 // queueKey is a key whose queue may have moved (Options.OnQueue).
 type queueKey struct{ namespace, keyHex, key string }
 
-// queue says whether the key keyHex of namespace has held objects, after a change to them, and
-// keeps the key as the expression gives it while it does (key is "" when the caller does not
-// know it: a deletion). The caller holds the lock.
+// queue says whether the key keyHex of namespace has work for its queue's controller (held
+// objects, or lifted ones: entry.queueWork) after a change to its objects, and keeps the key as
+// the expression gives it while it does (key is "" when the caller does not know it: a
+// deletion). The caller holds the lock.
 func (ix *Index) queue(ns, keyHex, key string) (queueKey, bool) {
 	if ix.o.OnQueue == nil || keyHex == "" {
 		return queueKey{}, false
@@ -804,7 +810,7 @@ func (ix *Index) queue(ns, keyHex, key string) (queueKey, bool) {
 	held := false
 	if nsf := ix.nss[ns]; nsf != nil {
 		if g := nsf.byFP[keyHex]; g != nil {
-			held = slices.ContainsFunc(g.entries, (*entry).waiting)
+			held = slices.ContainsFunc(g.entries, (*entry).queueWork)
 		}
 	}
 	if !held {

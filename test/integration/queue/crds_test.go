@@ -29,6 +29,8 @@ type crdTarget struct {
 	// cancelled: what the sample's cancel (held or not) wrote.
 	cancelled func(u *unstructured.Unstructured, wasHeld bool) bool
 	finish    func(ctx context.Context, u *unstructured.Unstructured) error
+	// lift starts a held object by hand, as its own tool would (tkn, argo resume).
+	lift func(u *unstructured.Unstructured)
 }
 
 func field(u *unstructured.Unstructured, path ...string) any {
@@ -50,6 +52,7 @@ var crdTargets = []crdTarget{
 			u.Object["status"] = map[string]any{"conditions": []any{map[string]any{"type": "Succeeded", "status": "True", "reason": "Succeeded"}}}
 			return env.Client.Status().Update(ctx, u)
 		},
+		lift: func(u *unstructured.Unstructured) { unstructured.RemoveNestedField(u.Object, "spec", "status") },
 	},
 	{
 		queue: "argo-workflow-queue.yaml", replace: "argo-workflow-replace.yaml",
@@ -66,6 +69,7 @@ var crdTargets = []crdTarget{
 			u.Object["status"] = map[string]any{"phase": "Succeeded"}
 			return env.Client.Update(ctx, u)
 		},
+		lift: func(u *unstructured.Unstructured) { unstructured.RemoveNestedField(u.Object, "spec", "suspend") },
 	},
 }
 
@@ -203,6 +207,59 @@ func TestSamplesOnTheirCRDs(t *testing.T) {
 			if u := tg.get(ctx, t, ns, second); isReleased(u) {
 				t.Fatalf("the middle one, %s, was released", second)
 			}
+			deleteAll(ctx, t, tg, ns)
+		})
+	}
+}
+
+// A held run started by hand (tkn removing spec.status, argo resume): rrguard drops its hold
+// annotation (one patch, rrguard_queue_lifted_total) and counts the run in flight, so the queue
+// neither tries to release it again (the release's remove would fail, and the key would stall)
+// nor lets the next one run beside it; the next runs when it ends.
+func TestHoldLiftedByHand(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "queue-lifted", 3*time.Minute)
+	serving(ctx, t)
+	for _, tg := range crdTargets {
+		t.Run(tg.gvk.Kind, func(t *testing.T) {
+			applyCRD(ctx, t, tg, tg.queue, ns)
+			p := samplePolicy(t, tg.queue, ns)
+			lifted := func() float64 {
+				m, err := testenv.Metric("rrguard_queue_lifted_total", map[string]string{"policy": p.Name})
+				if err != nil {
+					return 0
+				}
+				return m.GetCounter().GetValue()
+			}
+			before := lifted()
+			a := create(ctx, t, tg, ns)
+			tg.awaitReleased(ctx, t, ns, a)
+			b, c := create(ctx, t, tg, ns), create(ctx, t, tg, ns)
+			if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+				u := tg.get(ctx, t, ns, c)
+				tg.lift(u)
+				return env.Client.Update(ctx, u)
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+				return isReleased(tg.get(ctx, t, ns, c)), nil
+			}); err != nil {
+				t.Fatalf("%s started by hand still carries rrguard's hold annotation: %v", c, tg.get(ctx, t, ns, c).GetAnnotations())
+			}
+			if got := lifted() - before; got != 1 {
+				t.Errorf("rrguard_queue_lifted_total rose by %v, want 1", got)
+			}
+			tg.finishStored(ctx, t, ns, a)
+			// c runs (by hand): b waits for it.
+			deadline := time.Now().Add(1500 * time.Millisecond)
+			for time.Now().Before(deadline) {
+				if u := tg.get(ctx, t, ns, b); isReleased(u) || !tg.held(u) {
+					t.Fatalf("%s released while %s, started by hand, runs", b, c)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			tg.finishStored(ctx, t, ns, c)
+			tg.awaitReleased(ctx, t, ns, b)
 			deleteAll(ctx, t, tg, ns)
 		})
 	}

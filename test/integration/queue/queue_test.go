@@ -67,13 +67,19 @@ func serving(ctx context.Context, t *testing.T) func() error {
 // webhook gone, when the test ends.
 func apply(ctx context.Context, t *testing.T, p *rrguardv1.UniquenessPolicy, ns, key string) {
 	t.Helper()
+	applyFor(ctx, t, p, func() *batchv1.Job { return job(ns, key) })
+}
+
+// applyFor is apply for the Jobs mk makes.
+func applyFor(ctx context.Context, t *testing.T, p *rrguardv1.UniquenessPolicy, mk func() *batchv1.Job) {
+	t.Helper()
 	if err := env.Client.Create(ctx, p); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { removePolicy(t, p.Name) })
 	var last error
 	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		j := job(ns, key)
+		j := mk()
 		last = env.Client.Create(ctx, j, client.DryRunAll)
 		return last == nil && j.Annotations[policy.AnnotationHeld] != "", nil
 	}); err != nil {
@@ -368,6 +374,12 @@ func succeed(ctx context.Context, t *testing.T, ns, name string) {
 // createAll creates n Jobs of key at once; every one must be stored.
 func createAll(ctx context.Context, t *testing.T, ns, key string, n int) []string {
 	t.Helper()
+	return createAllOf(ctx, t, n, func() *batchv1.Job { return job(ns, key) })
+}
+
+// createAllOf creates n Jobs mk makes at once; every one must be stored.
+func createAllOf(ctx context.Context, t *testing.T, n int, mk func() *batchv1.Job) []string {
+	t.Helper()
 	names := make([]string, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -375,7 +387,7 @@ func createAll(ctx context.Context, t *testing.T, ns, key string, n int) []strin
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			j := job(ns, key)
+			j := mk()
 			errs[i] = env.Client.Create(ctx, j)
 			names[i] = j.Name
 		}()
@@ -446,6 +458,10 @@ func TestQueueReleasesOneAtATimeInOrder(t *testing.T) {
 	// The last one completed has released the next: that one too is in order.
 	want := names(order)[:min(runs()+1, n)]
 	awaitRunning(ctx, t, ns, want[len(want)-1])
+	// The watch may show it a little after the read did.
+	_ = wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		return len(obs.releasedOrder()) >= len(want), nil
+	})
 	if got := obs.releasedOrder(); !slices.Equal(got, want) {
 		t.Fatalf("released in order %v, want the admission order %v", got, want)
 	}

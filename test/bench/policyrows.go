@@ -325,7 +325,7 @@ func runPolicyBench(cfg config, objects int) (b *bench, err error) {
 	if err := setMode("rrguard-queue"); err != nil {
 		return b, err
 	}
-	fmt.Printf("\n| keys (queues of %d) | releases timed | in flight ended → next released p50 | p99 | max |\n|---:|---:|---:|---:|---:|\n", queueDepth)
+	fmt.Printf("\n| keys (queues of %d) | releases timed | in flight ended → next released p50 | p99 | max | watch resumed |\n|---:|---:|---:|---:|---:|---:|\n", queueDepth)
 	for _, keys := range cfg.queueKeys {
 		lat, err := queueLatency(ctx, env, nss["latency"], keys)
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -32,10 +33,12 @@ type queueLatencyRow struct {
 	Releases int           `json:"releases"`
 	P50, P99 time.Duration `json:"-"`
 	Max      time.Duration `json:"-"`
+	// Resumed is how often the test's watch had to resume (the API server ended it).
+	Resumed int64 `json:"resumed"`
 }
 
 func (r queueLatencyRow) row(keys int) string {
-	return fmt.Sprintf("| %d | %d | %s | %s | %s |", keys, r.Releases, r.P50.Round(time.Millisecond), r.P99.Round(time.Millisecond), r.Max.Round(time.Millisecond))
+	return fmt.Sprintf("| %d | %d | %s | %s | %s | %d |", keys, r.Releases, r.P50.Round(time.Millisecond), r.P99.Round(time.Millisecond), r.Max.Round(time.Millisecond), r.Resumed)
 }
 
 // queueLatency queues queueDepth PipelineRuns on each of keys keys in ns (under the Queue
@@ -46,12 +49,8 @@ func queueLatency(ctx context.Context, env *testenv.Env, ns string, keys int) (q
 	if err != nil {
 		return queueLatencyRow{}, err
 	}
-	w, err := wc.Watch(ctx, &unstructured.UnstructuredList{Object: map[string]any{"apiVersion": "tekton.dev/v1", "kind": "PipelineRunList"}},
-		client.InNamespace(ns), &client.ListOptions{Raw: &metav1.ListOptions{}})
-	if err != nil {
-		return queueLatencyRow{}, err
-	}
-	defer w.Stop()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	// released[key] receives the name of each run of key as it is first seen released.
 	released := map[string]chan string{}
 	repo := func(k int) string { return fmt.Sprintf("lat-%d-%d", keys, k) }
@@ -60,35 +59,34 @@ func queueLatency(ctx context.Context, env *testenv.Env, ns string, keys int) (q
 	}
 	var mu sync.Mutex
 	seen := map[string]time.Time{}
-	go func() {
-		for ev := range w.ResultChan() {
-			u, ok := ev.Object.(*unstructured.Unstructured)
-			if !ok || ev.Type == watch.Deleted {
-				continue
-			}
-			a := u.GetAnnotations()
-			_, queued := a[policy.AnnotationQueued]
-			_, held := a[policy.AnnotationHeld]
-			ch := released[u.GetLabels()["ci.example.com/repo"]]
-			if !queued || held || ch == nil {
-				continue
-			}
-			mu.Lock()
-			_, dup := seen[u.GetName()]
-			if !dup {
-				seen[u.GetName()] = time.Now()
-			}
-			mu.Unlock()
-			if !dup {
-				ch <- u.GetName()
-			}
+	note := func(u *unstructured.Unstructured) {
+		a := u.GetAnnotations()
+		_, queued := a[policy.AnnotationQueued]
+		_, held := a[policy.AnnotationHeld]
+		ch := released[u.GetLabels()["ci.example.com/repo"]]
+		if !queued || held || ch == nil {
+			return
 		}
-	}()
+		mu.Lock()
+		_, dup := seen[u.GetName()]
+		if !dup {
+			seen[u.GetName()] = time.Now()
+		}
+		mu.Unlock()
+		if !dup {
+			ch <- u.GetName()
+		}
+	}
+	rewatches, err := watchRuns(ctx, wc, ns, note)
+	if err != nil {
+		return queueLatencyRow{}, err
+	}
 	var failed error
 	var once sync.Once
+	fail := func(err error) { once.Do(func() { failed = err; cancel() }) }
 	testenv.Parallel(keys*queueDepth, 32, func(i int) {
 		if err := env.Client.Create(ctx, pipelineRun(ns, repo(i%keys))); err != nil {
-			once.Do(func() { failed = err })
+			fail(err)
 		}
 	})
 	if failed != nil {
@@ -105,8 +103,10 @@ func queueLatency(ctx context.Context, env *testenv.Env, ns string, keys int) (q
 			var name string
 			select {
 			case name = <-ch:
+			case <-ctx.Done():
+				return
 			case <-time.After(2 * time.Minute):
-				once.Do(func() { failed = fmt.Errorf("key %s: run %d of %d never released", repo(k), j+1, queueDepth) })
+				fail(fmt.Errorf("key %s: run %d of %d never released (the watch resumed %d times)", repo(k), j+1, queueDepth, rewatches.Load()))
 				return
 			}
 			if j > 0 {
@@ -119,7 +119,7 @@ func queueLatency(ctx context.Context, env *testenv.Env, ns string, keys int) (q
 			}
 			ended = time.Now()
 			if err := finishRun(ctx, env.Client, ns, name); err != nil {
-				once.Do(func() { failed = err })
+				fail(err)
 				return
 			}
 		}
@@ -128,11 +128,69 @@ func queueLatency(ctx context.Context, env *testenv.Env, ns string, keys int) (q
 		return queueLatencyRow{}, failed
 	}
 	slices.Sort(samples)
-	r := queueLatencyRow{Keys: keys, Releases: len(samples)}
+	r := queueLatencyRow{Keys: keys, Releases: len(samples), Resumed: rewatches.Load()}
 	if len(samples) > 0 {
 		r.P50, r.P99, r.Max = samples[len(samples)/2], samples[len(samples)*99/100], samples[len(samples)-1]
 	}
 	return r, nil
+}
+
+// watchRuns calls note for every PipelineRun of ns as the API server changes it, from now until
+// ctx ends: a watch the API server ends (its timeout, a slow consumer) resumes from the last
+// resource version seen, or, when that is too old, from a list (note sees every object again;
+// what it saw before it ignores). It counts the resumptions.
+func watchRuns(ctx context.Context, wc client.WithWatch, ns string, note func(*unstructured.Unstructured)) (*atomic.Int64, error) {
+	list := func() *unstructured.UnstructuredList {
+		return &unstructured.UnstructuredList{Object: map[string]any{"apiVersion": "tekton.dev/v1", "kind": "PipelineRunList"}}
+	}
+	start := func(rv string) (watch.Interface, error) {
+		return wc.Watch(ctx, list(), client.InNamespace(ns), &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: rv, AllowWatchBookmarks: true}})
+	}
+	w, err := start("")
+	if err != nil {
+		return nil, err
+	}
+	var resumed atomic.Int64
+	go func() {
+		rv := ""
+		for {
+			for ev := range w.ResultChan() {
+				if ev.Type == watch.Error {
+					rv = "" // too old: list
+					break
+				}
+				if u, ok := ev.Object.(*unstructured.Unstructured); ok {
+					rv = u.GetResourceVersion()
+					if ev.Type != watch.Deleted && ev.Type != watch.Bookmark {
+						note(u)
+					}
+				}
+			}
+			w.Stop()
+			for ctx.Err() == nil {
+				if rv == "" {
+					l := list()
+					if err := wc.List(ctx, l, client.InNamespace(ns)); err != nil {
+						time.Sleep(time.Second)
+						continue
+					}
+					for i := range l.Items {
+						note(&l.Items[i])
+					}
+					rv = l.GetResourceVersion()
+				}
+				if w, err = start(rv); err == nil {
+					break
+				}
+				rv = ""
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			resumed.Add(1)
+		}
+	}()
+	return &resumed, nil
 }
 
 // finishRun marks a PipelineRun succeeded, as Tekton does.

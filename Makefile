@@ -69,6 +69,15 @@ $(TESTBIN_ROOT)/etcd-%/etcd:
 	cd test/tools/testbin/etcd/$* && go build -trimpath -ldflags='-s -w' -o $@.tmp .
 	mv $@.tmp $@
 
+# Tekton Pipelines' controller, from source at the release test/tekton/go.mod pins (a module of
+# its own), for test/integration/tekton: what Tekton does with a held, released or cancelled run.
+.PHONY: tekton-controller
+tekton-controller: bin/tekton-controller ## Build Tekton Pipelines' controller (the pinned release) for the tests that run it (once; a few minutes the first time).
+bin/tekton-controller: test/tekton/go.mod test/tekton/go.sum
+	@mkdir -p bin
+	cd test/tekton && go build -trimpath -o ../../$@.tmp github.com/tektoncd/pipeline/cmd/controller
+	mv $@.tmp $@
+
 .PHONY: lint
 lint: ## gofmt, go vet and staticcheck.
 	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
@@ -94,6 +103,7 @@ OLDEST_SUITES ?= webhook,crd,kubernaut,marks,policies,nokubernaut,jobs,queue,hel
 test: lint ## Every test: static checks, unit tests, integration tests on the newest API server (and the version-dependent ones on the oldest), alerts, the Helm chart with Helm 4 and 3, a short fuzz.
 	@$(MAKE) --no-print-directory testbin K8S_VERSION=$(K8S_NEWEST)
 	@$(MAKE) --no-print-directory testbin K8S_VERSION=$(K8S_OLDEST)
+	@$(MAKE) --no-print-directory tekton-controller
 	go test $(GO_TEST_FLAGS) -count=1 -timeout 30m ./...
 	cd test/alerts && go vet ./... && go test -count=1 ./...
 	cd test/helm && go vet ./... && go test -count=1 -timeout 15m ./...
@@ -104,6 +114,7 @@ test: lint ## Every test: static checks, unit tests, integration tests on the ne
 .PHONY: test-k8s
 test-k8s: lint ## Every suite that talks to an API server, on each release of K8S_VERSIONS in turn (builds what is missing); a table of release x suite.
 	@for v in $(K8S_VERSIONS); do $(MAKE) --no-print-directory testbin K8S_VERSION=$$v; done
+	@$(MAKE) --no-print-directory tekton-controller
 	go run ./test/matrix -testbin-root $(TESTBIN_ROOT) -versions "$(K8S_VERSIONS)" $(if $(SUITES),-suites $(SUITES))
 
 .PHONY: storm

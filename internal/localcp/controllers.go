@@ -69,13 +69,7 @@ func (e *Env) startControllers(controllers []string) error {
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	stop := func() error {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
+		Terminate(cmd.Process, exited)
 		return os.RemoveAll(dir)
 	}
 	// Its serving certificate is self-signed, made at start; only its health is read.
@@ -101,6 +95,21 @@ func (e *Env) startControllers(controllers []string) error {
 	}
 	e.OnStop(stop)
 	return nil
+}
+
+// terminateGrace is how long a child process has to exit after SIGTERM before it is killed.
+const terminateGrace = 10 * time.Second
+
+// Terminate stops a child process: SIGTERM, then SIGKILL if it has not exited (a receive from
+// exited, which the caller's cmd.Wait feeds) within terminateGrace.
+func Terminate(p *os.Process, exited <-chan error) {
+	_ = p.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(terminateGrace):
+		_ = p.Kill()
+		<-exited
+	}
 }
 
 // freePort is a loopback port free a moment ago (kube-controller-manager binds it itself).

@@ -30,6 +30,7 @@ var Suites = []suite{
 	{"nokubernaut", ".", "./test/integration/nokubernaut"},
 	{"jobs", ".", "./test/integration/jobs"},
 	{"queue", ".", "./test/integration/queue"},
+	{"tekton", ".", "./test/integration/tekton"},
 	{"rollout", ".", "./test/integration/rollout"},
 	{"deploy", ".", "./test/integration/deploy"},
 	{"tls", ".", "./test/integration/tls"},

@@ -277,19 +277,7 @@ func create(ctx context.Context, t *testing.T, tg crdTarget, ns string) string {
 // applyCRD applies a sample to ns and waits until a dry-run create is held.
 func applyCRD(ctx context.Context, t *testing.T, tg crdTarget, file, ns string) {
 	t.Helper()
-	p := samplePolicy(t, file, ns)
-	if err := env.Client.Create(ctx, p); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { removePolicy(t, p.Name) })
-	var last error
-	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		u := tg.object(ns)
-		last = env.Client.Create(ctx, u, client.DryRunAll)
-		return last == nil && u.GetAnnotations()[policy.AnnotationHeld] != "" && u.GetAnnotations()[policy.AnnotationPolicy] == p.Name, nil
-	}); err != nil {
-		t.Fatalf("%s: creates not held: %v (last %v)", file, err, last)
-	}
+	env.EnforceHeld(ctx, t, samplePolicy(t, file, ns), func() client.Object { return tg.object(ns) })
 }
 
 func deleteAll(ctx context.Context, t *testing.T, tg crdTarget, ns string) {

@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -31,7 +30,6 @@ import (
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
 	"github.com/rrguard/rrguard/internal/policy"
 	"github.com/rrguard/rrguard/test/testenv"
-	"github.com/rrguard/rrguard/webhook/serve"
 )
 
 var env *testenv.Env
@@ -62,9 +60,7 @@ func serving(ctx context.Context, t *testing.T) func() error {
 	return stop
 }
 
-// apply creates p and waits until a dry-run create of a Job of key in ns comes back held: the
-// policy is enforced and the API server calls rrguard for it. The policy is deleted, and its
-// webhook gone, when the test ends.
+// apply enforces p (testenv.Env.EnforceHeld) with a Job of key in ns as the probe.
 func apply(ctx context.Context, t *testing.T, p *rrguardv1.UniquenessPolicy, ns, key string) {
 	t.Helper()
 	applyFor(ctx, t, p, func() *batchv1.Job { return job(ns, key) })
@@ -73,34 +69,7 @@ func apply(ctx context.Context, t *testing.T, p *rrguardv1.UniquenessPolicy, ns,
 // applyFor is apply for the Jobs mk makes.
 func applyFor(ctx context.Context, t *testing.T, p *rrguardv1.UniquenessPolicy, mk func() *batchv1.Job) {
 	t.Helper()
-	if err := env.Client.Create(ctx, p); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { removePolicy(t, p.Name) })
-	var last error
-	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		j := mk()
-		last = env.Client.Create(ctx, j, client.DryRunAll)
-		return last == nil && j.Annotations[policy.AnnotationHeld] != "", nil
-	}); err != nil {
-		t.Fatalf("policy %s: Job creates are not held: %v (last: %v)", p.Name, err, last)
-	}
-}
-
-// removePolicy deletes a policy and waits until rrguard has removed its webhook.
-func removePolicy(t *testing.T, name string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	_ = env.Client.Delete(ctx, &rrguardv1.UniquenessPolicy{ObjectMeta: metav1.ObjectMeta{Name: name}})
-	_ = wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-		var mwc admissionregistrationv1.MutatingWebhookConfiguration
-		if err := env.Client.Get(ctx, client.ObjectKey{Name: serve.PoliciesWebhookConfiguration}, &mwc); err != nil {
-			return apierrors.IsNotFound(err), nil
-		}
-		return !slices.ContainsFunc(mwc.Webhooks, func(w admissionregistrationv1.MutatingWebhook) bool {
-			return w.Name == policy.GeneratedName(name)
-		}), nil
-	})
+	env.EnforceHeld(ctx, t, p, func() client.Object { return mk() })
 }
 
 func job(ns, key string) *batchv1.Job {

@@ -124,6 +124,27 @@ func PlanKey(facts []Fact, r Rule, now time.Time) Plan {
 // cancelled). Nothing is released while a newer held object has not settled: it will replace
 // the newest settled one, which must never run.
 func planReplace(p Plan, held []Fact, settled int, ours []Fact, r Rule, now time.Time) Plan {
+	// The newest object that may still run: a held one, or one someone started by hand. When
+	// that is a started one, it has replaced every older one, held ones included, and nothing
+	// is released.
+	var started *Fact
+	for i := range ours {
+		f := ours[i]
+		switch {
+		case f.Waiting():
+			started = nil
+		case f.Lifted && !f.Cancelled && !f.Deleting:
+			started = &ours[i]
+		}
+	}
+	if started != nil {
+		for _, f := range ours {
+			if before(f, *started) && !f.Cancelled && !f.Deleting && (f.InFlight(now) || f.Held) {
+				p.Cancel = append(p.Cancel, f)
+			}
+		}
+		return p
+	}
 	if len(held) == 0 {
 		return p
 	}

@@ -406,8 +406,9 @@ func (c *Compiled) Fact(ctx context.Context, obj map[string]any, name, keyHex st
 	queueFacts(obj, &f)
 	if f.Held && !f.Cancelled && c.userHeld != nil {
 		// The hold rrguard put on is off though its annotation stays: someone started the
-		// object by hand. A rule it cannot read leaves it held.
-		if on, err := c.UserHeld(ctx, obj); err == nil && !on {
+		// object by hand. Only the rule's plain false says so: a rule that cannot read the
+		// object (a field missing, an error) leaves it held.
+		if v, err := eval(ctx, c.userHeld, obj); err == nil && v.Value() == false {
 			f.Held, f.Lifted = false, true
 		}
 	}

@@ -112,7 +112,7 @@ var (
 	}, []string{"policy"})
 	lifts = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "rrguard_queue_lifted_total",
-		Help: "Held objects someone else started by lifting the hold (rrguard dropped its annotation and counts them released), by policy.",
+		Help: "Held objects whose hold someone else lifted (started or cancelled by hand): rrguard dropped its annotation and counts them released, by policy.",
 	}, []string{"policy"})
 	heldNow = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "rrguard_queue_held",
@@ -143,6 +143,7 @@ const censusEvery = 10 * time.Second
 // ForgetPolicy drops a deleted policy's series.
 func ForgetPolicy(name string) {
 	releases.DeleteLabelValues(name)
+	lifts.DeleteLabelValues(name)
 	cancellations.DeletePartialMatch(prometheus.Labels{"policy": name})
 	plans.DeletePartialMatch(prometheus.Labels{"policy": name})
 	for _, v := range []*prometheus.GaugeVec{heldNow, oldestWait, stalled} {
@@ -247,34 +248,48 @@ func (c *Controller) Reconcile(ctx context.Context, k Key) (reconcile.Result, er
 		facts []decision.Fact
 		write func(decision.Fact) error
 		done  func(decision.Fact)
+		// own: a failure holds back only this object's later writes, not the key's.
+		own bool
 	}{
 		// Holds someone else lifted go first: a cancel of such an object tests that rrguard's
-		// annotation is gone.
-		{plan.Lift, func(f decision.Fact) error { return c.patch(ctx, k.Namespace, f.Name, c.Policy.LiftPatch()) }, func(decision.Fact) {
-			lifts.WithLabelValues(c.Policy.Policy).Inc()
-		}},
-		{plan.Cancel, func(f decision.Fact) error { return c.cancel(ctx, k.Namespace, f, now) }, func(f decision.Fact) {
+		// annotation is gone. Releases do not depend on them.
+		{own: true, facts: plan.Lift, write: func(f decision.Fact) error {
+			return c.patch(ctx, k.Namespace, f.Name, c.Policy.LiftPatch())
+		}, done: func(decision.Fact) { lifts.WithLabelValues(c.Policy.Policy).Inc() }},
+		{facts: plan.Cancel, write: func(f decision.Fact) error { return c.cancel(ctx, k.Namespace, f, now) }, done: func(f decision.Fact) {
 			cancellations.WithLabelValues(c.Policy.Policy, fmt.Sprint(f.Held)).Inc()
 		}},
-		{plan.Release, func(f decision.Fact) error { return c.patch(ctx, k.Namespace, f.Name, c.Policy.ReleasePatch()) }, func(f decision.Fact) {
+		{facts: plan.Release, write: func(f decision.Fact) error {
+			return c.patch(ctx, k.Namespace, f.Name, c.Policy.ReleasePatch())
+		}, done: func(f decision.Fact) {
 			releases.WithLabelValues(c.Policy.Policy).Inc()
 			waits.WithLabelValues(c.Policy.Policy).Observe(c.now().Sub(f.Queued).Seconds())
 		}},
 	}
 	// A write lost to another writer makes the key contended (planned again from a fresh read);
-	// any other error ends the pass.
+	// any other error ends the pass, or, in a step of its own, holds back its object's writes.
 	contended := false
+	var failed error
+	heldBack := map[string]bool{}
 	for _, st := range steps {
 		for _, f := range st.facts {
+			if heldBack[f.Name] {
+				continue
+			}
 			switch err := st.write(f); {
 			case lost(err):
 				contended = true
+			case err != nil && st.own:
+				heldBack[f.Name], failed = true, err
 			case err != nil:
 				return reconcile.Result{}, stopping(ctx, err)
 			default:
 				st.done(f)
 			}
 		}
+	}
+	if failed != nil {
+		return reconcile.Result{}, stopping(ctx, failed)
 	}
 	switch {
 	case contended:

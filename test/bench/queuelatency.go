@@ -183,6 +183,7 @@ func watchRuns(ctx context.Context, wc client.WithWatch, ns string, note func(*u
 					break
 				}
 				rv = ""
+				time.Sleep(time.Second)
 			}
 			if ctx.Err() != nil {
 				return

@@ -118,9 +118,12 @@ type Concurrency struct {
 	// suspended).
 	// +optional
 	CancelHeld *Cancel `json:"cancelHeld,omitempty"`
-	// UserHeld is CEL over `object`: true for a create its creator already held (a PipelineRun
-	// created pending, a Job created suspended). rrguard leaves such a create alone and never
-	// releases it: it is the user's.
+	// UserHeld is CEL over `object`: true while the object is held (a PipelineRun pending, a Job
+	// suspended). A create it is true for was held by its creator: rrguard leaves it alone and
+	// never releases it. An object rrguard holds that it gives false for was started by someone
+	// else (the hold lifted by hand): rrguard counts it as released. It must therefore be true
+	// of what the hold patch makes. Without it, a hold lifted by hand cannot be told, and the
+	// release of such an object fails until its key is drained by hand.
 	// +optional
 	// +kubebuilder:validation:MaxLength=4096
 	UserHeld string `json:"userHeld,omitempty"`

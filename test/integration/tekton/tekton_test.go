@@ -13,7 +13,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -117,7 +119,9 @@ func runTekton(ctx context.Context, t *testing.T) {
 		fmt.Sprintf("PROBES_PORT=%d", probes), fmt.Sprintf("PROFILING_PORT=%d", profiling),
 		"CONFIG_LEADERELECTION_NAME=config-leader-election-controller")
 	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group (a Ctrl-C meant for the tests must not stop it before the test
+	// does), and killed if the test binary dies first.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -231,9 +235,72 @@ func awaitPending(ctx context.Context, t *testing.T, ns, name string) {
 	}); err != nil {
 		t.Fatalf("Tekton did not report %s pending: %v (status %v)", name, err, get(ctx, t, ns, name).Object["status"])
 	}
-	if n := taskRuns(ctx, t, ns, name); n != 0 {
-		t.Fatalf("%d TaskRuns for %s, held pending", n, name)
+	u := get(ctx, t, ns, name)
+	if n := taskRuns(ctx, t, ns, name); n != 0 || released(u) || u.Object["spec"].(map[string]any)["status"] != "PipelineRunPending" {
+		t.Fatalf("%s: %d TaskRuns, released %v, spec.status %v; want it held pending", name, n, released(u), u.Object["spec"].(map[string]any)["status"])
 	}
+}
+
+// history is what one watch of ns's PipelineRuns showed, in the API server's commit order: each
+// run's first sight released by rrguard and finished by Tekton.
+type history struct {
+	mu     sync.Mutex
+	events []string // "released <name>", "finished <name>"
+}
+
+func watchHistory(ctx context.Context, t *testing.T, ns string) *history {
+	t.Helper()
+	wc, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Client.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &unstructured.UnstructuredList{}
+	l.SetGroupVersionKind(pipelineRunGVK.GroupVersion().WithKind("PipelineRunList"))
+	w, err := wc.Watch(ctx, l, client.InNamespace(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
+	h := &history{}
+	go func() {
+		for ev := range w.ResultChan() {
+			u, ok := ev.Object.(*unstructured.Unstructured)
+			if !ok {
+				continue
+			}
+			if released(u) {
+				h.add("released " + u.GetName())
+			}
+			if s, _ := succeeded(u); s == "True" || s == "False" {
+				h.add("finished " + u.GetName())
+			}
+		}
+	}()
+	return h
+}
+
+func (h *history) add(e string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !slices.Contains(h.events, e) {
+		h.events = append(h.events, e)
+	}
+}
+
+// at waits until the watch has shown e and gives its place.
+func (h *history) at(ctx context.Context, t *testing.T, e string) int {
+	t.Helper()
+	i := -1
+	_ = wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		i = slices.Index(h.events, e)
+		return i >= 0, nil
+	})
+	if i < 0 {
+		t.Fatalf("the watch never showed %q (it showed %v)", e, h.events)
+	}
+	return i
 }
 
 // awaitCancelled waits until Tekton reports name finished, cancelled.
@@ -305,6 +372,7 @@ func TestSamplesWithTektonsController(t *testing.T) {
 
 	t.Run("Replace", func(t *testing.T) {
 		enforce(t, "tekton-pipelinerun-replace.yaml")
+		h := watchHistory(ctx, t, ns)
 		first := create(ctx, t, ns)
 		awaitTaskRun(ctx, t, ns, first)
 		second, third := create(ctx, t, ns), create(ctx, t, ns)
@@ -313,6 +381,10 @@ func TestSamplesWithTektonsController(t *testing.T) {
 		awaitTaskRun(ctx, t, ns, third)
 		if n := taskRuns(ctx, t, ns, second); n != 0 || released(get(ctx, t, ns, second)) {
 			t.Fatalf("the middle run %s was released (%d TaskRuns)", second, n)
+		}
+		// waitForEnd: the newest was released only after Tekton had finished the cancelled one.
+		if ended, started := h.at(ctx, t, "finished "+first), h.at(ctx, t, "released "+third); started < ended {
+			t.Fatalf("%s released before Tekton finished the cancelled %s (watch: %v)", third, first, h.events)
 		}
 	})
 }

@@ -146,23 +146,7 @@ func TestSamplesOnTheirCRDs(t *testing.T) {
 	for _, tg := range crdTargets {
 		t.Run(tg.gvk.Kind+"/Queue", func(t *testing.T) {
 			applyCRD(ctx, t, tg, tg.queue, ns)
-			const n = 64
-			errs := make([]error, n)
-			var wg sync.WaitGroup
-			for i := range n {
-				wg.Add(1)
-				go func() { defer wg.Done(); errs[i] = env.Client.Create(ctx, tg.object(ns)) }()
-			}
-			wg.Wait()
-			for i, err := range errs {
-				if err != nil {
-					t.Fatalf("create %d: %v", i, err)
-				}
-			}
-			order := tg.list(ctx, t, ns)
-			if len(order) != n {
-				t.Fatalf("%d stored, want %d", len(order), n)
-			}
+			order := tg.createSimultaneously(ctx, t, ns, simultaneous)
 			for _, u := range order {
 				if !tg.held(&u) {
 					t.Fatalf("%s stored without the sample's hold: %v", u.GetName(), u.Object["spec"])
@@ -180,6 +164,20 @@ func TestSamplesOnTheirCRDs(t *testing.T) {
 				tg.finishStored(ctx, t, ns, name)
 			}
 			tg.awaitReleased(ctx, t, ns, order[cycles].GetName())
+			deleteAll(ctx, t, tg, ns)
+		})
+		t.Run(tg.gvk.Kind+"/Replace64", func(t *testing.T) {
+			// 64 simultaneous creates under Replace: all stored, the newest alone released, every
+			// other one cancelled held (as soon as a newer one is stored), never released.
+			applyCRD(ctx, t, tg, tg.replace, ns)
+			order := tg.createSimultaneously(ctx, t, ns, simultaneous)
+			newest := order[len(order)-1].GetName()
+			tg.awaitReleased(ctx, t, ns, newest)
+			for _, u := range tg.list(ctx, t, ns)[:len(order)-1] {
+				if isReleased(&u) || !tg.cancelled(&u, true) {
+					t.Fatalf("%s (older than %s): released %v, cancelled %v; want cancelled, never released", u.GetName(), newest, isReleased(&u), tg.cancelled(&u, true))
+				}
+			}
 			deleteAll(ctx, t, tg, ns)
 		})
 		t.Run(tg.gvk.Kind+"/Replace", func(t *testing.T) {
@@ -276,6 +274,32 @@ func TestHoldLiftedByHand(t *testing.T) {
 			deleteAll(ctx, t, tg, ns)
 		})
 	}
+}
+
+// simultaneous is how many creates of one key the tests send at once.
+const simultaneous = 64
+
+// createSimultaneously creates n objects of one key at once; every one must be stored. It gives
+// them in admission order.
+func (tg crdTarget) createSimultaneously(ctx context.Context, t *testing.T, ns string, n int) []unstructured.Unstructured {
+	t.Helper()
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = env.Client.Create(ctx, tg.object(ns)) }()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("create %d: %v", i, err)
+		}
+	}
+	order := tg.list(ctx, t, ns)
+	if len(order) != n {
+		t.Fatalf("%d stored, want %d", len(order), n)
+	}
+	return order
 }
 
 func create(ctx context.Context, t *testing.T, tg crdTarget, ns string) string {

@@ -270,6 +270,14 @@ func queueOrder(ctx context.Context, t *testing.T, ns string) []batchv1.Job {
 	if err := env.Client.List(ctx, &list, client.InNamespace(ns)); err != nil {
 		t.Fatal(err)
 	}
+	inAdmissionOrder(t, list.Items)
+	return list.Items
+}
+
+// inAdmissionOrder sorts Jobs rrguard admitted in the order of their admission instant, the name
+// breaking ties.
+func inAdmissionOrder(t *testing.T, jobs []batchv1.Job) {
+	t.Helper()
 	at := func(j batchv1.Job) time.Time {
 		ts, err := time.Parse(time.RFC3339Nano, j.Annotations[policy.AnnotationQueued])
 		if err != nil {
@@ -277,14 +285,13 @@ func queueOrder(ctx context.Context, t *testing.T, ns string) []batchv1.Job {
 		}
 		return ts
 	}
-	sort.Slice(list.Items, func(a, b int) bool {
-		ta, tb := at(list.Items[a]), at(list.Items[b])
+	sort.Slice(jobs, func(a, b int) bool {
+		ta, tb := at(jobs[a]), at(jobs[b])
 		if !ta.Equal(tb) {
 			return ta.Before(tb)
 		}
-		return list.Items[a].Name < list.Items[b].Name
+		return jobs[a].Name < jobs[b].Name
 	})
-	return list.Items
 }
 
 func getJob(ctx context.Context, t *testing.T, ns, name string) *batchv1.Job {

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -47,5 +48,41 @@ func TestReplaceNewestWins(t *testing.T) {
 	}
 	if o := obs.overlapping(third); len(o) > 0 {
 		t.Fatalf("%s released while %v still ran or wound down (waitForEnd)", third, o)
+	}
+}
+
+// Replace on Jobs with 64 simultaneous creates of one key: all stored; the newest alone is
+// released and runs (the Job controller makes its Pod); the 63 older ones are cancelled (deleted)
+// without ever being released.
+func TestReplaceSimultaneousCreates(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "replace-64", 3*time.Minute)
+	serving(ctx, t)
+	apply(ctx, t, samplePolicy(t, "batch-job-replace.yaml", ns), ns, "deploy")
+	obs := observe(ctx, t, ns)
+
+	// Each create's answer is the Job as stored: the older ones may be cancelled before a list.
+	var mu sync.Mutex
+	var made []*batchv1.Job
+	createAllOf(ctx, t, 64, func() *batchv1.Job {
+		j := job(ns, "deploy")
+		mu.Lock()
+		defer mu.Unlock()
+		made = append(made, j)
+		return j
+	})
+	order := make([]batchv1.Job, len(made))
+	for i, j := range made {
+		order[i] = *j
+	}
+	inAdmissionOrder(t, order)
+	newest := order[len(order)-1].Name
+	awaitRunning(ctx, t, ns, newest)
+	for _, j := range order[:len(order)-1] {
+		gone(ctx, t, ns, j.Name)
+	}
+	podOf(ctx, t, ns, newest)
+	obs.check(t, 1)
+	if got := obs.releasedOrder(); !slices.Equal(got, []string{newest}) {
+		t.Fatalf("released %v, want %s alone", got, newest)
 	}
 }

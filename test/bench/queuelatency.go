@@ -14,7 +14,6 @@ import (
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/rrguard/rrguard/internal/policy"
 	"github.com/rrguard/rrguard/test/testenv"
 )
 
@@ -60,11 +59,8 @@ func queueLatency(ctx context.Context, env *testenv.Env, ns string, keys int) (q
 	var mu sync.Mutex
 	seen := map[string]time.Time{}
 	note := func(u *unstructured.Unstructured) {
-		a := u.GetAnnotations()
-		_, queued := a[policy.AnnotationQueued]
-		_, held := a[policy.AnnotationHeld]
 		ch := released[u.GetLabels()["ci.example.com/repo"]]
-		if !queued || held || ch == nil {
+		if !testenv.Released(u) || ch == nil {
 			return
 		}
 		mu.Lock()

@@ -54,3 +54,11 @@ func (e *Env) DeletePolicy(name string) {
 		}), nil
 	})
 }
+
+// Released reports whether a Queue or Replace policy admitted o and has released it since: it
+// carries rrguard's admission instant and no longer its hold.
+func Released(o metav1.Object) bool {
+	_, admitted := o.GetAnnotations()[policy.AnnotationQueued]
+	_, held := o.GetAnnotations()[policy.AnnotationHeld]
+	return admitted && !held
+}

@@ -108,11 +108,7 @@ func (tg crdTarget) list(ctx context.Context, t *testing.T, ns string) []unstruc
 	return l.Items
 }
 
-func isReleased(u *unstructured.Unstructured) bool {
-	_, admitted := u.GetAnnotations()[policy.AnnotationQueued]
-	_, held := u.GetAnnotations()[policy.AnnotationHeld]
-	return admitted && !held
-}
+func isReleased(u *unstructured.Unstructured) bool { return testenv.Released(u) }
 
 // awaitReleased waits until name is released, and checks the sample's hold is off it.
 func (tg crdTarget) awaitReleased(ctx context.Context, t *testing.T, ns, name string) {

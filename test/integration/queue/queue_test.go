@@ -85,11 +85,7 @@ func job(ns, key string) *batchv1.Job {
 }
 
 // released: rrguard admitted the Job held and has released it.
-func released(j *batchv1.Job) bool {
-	_, admitted := j.Annotations[policy.AnnotationQueued]
-	_, held := j.Annotations[policy.AnnotationHeld]
-	return admitted && !held
-}
+func released(j *batchv1.Job) bool { return testenv.Released(j) }
 
 func finished(j *batchv1.Job) bool {
 	return slices.ContainsFunc(j.Status.Conditions, func(c batchv1.JobCondition) bool {

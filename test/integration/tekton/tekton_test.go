@@ -30,7 +30,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/rrguard/rrguard/internal/localcp"
-	"github.com/rrguard/rrguard/internal/policy"
 	"github.com/rrguard/rrguard/test/testenv"
 )
 
@@ -322,11 +321,7 @@ func cancel(ctx context.Context, t *testing.T, ns, name string) {
 	}
 }
 
-func released(u *unstructured.Unstructured) bool {
-	_, admitted := u.GetAnnotations()[policy.AnnotationQueued]
-	_, held := u.GetAnnotations()[policy.AnnotationHeld]
-	return admitted && !held
-}
+func released(u *unstructured.Unstructured) bool { return testenv.Released(u) }
 
 // The Queue and Replace samples with Tekton's controller: under Queue, three runs of one branch,
 // the first released (Tekton makes its TaskRun), the others held pending (Tekton reports them

@@ -28,13 +28,44 @@ const controllerManagerReady = time.Minute
 // the controllers named (kube-controller-manager's --controllers, e.g. "job"), no leader election
 // and its own admin credentials, until Stop. It returns once its /healthz answers.
 func (e *Env) startControllers(controllers []string) error {
+	stop, err := runControllerManager(e, controllers)
+	if err != nil {
+		return err
+	}
+	e.controllers, e.stopControllers = controllers, stop
+	e.OnStop(func() error { return e.stopControllers() })
+	return nil
+}
+
+// RestartControllers starts the controller manager afresh. After the API server restarted
+// several times within two minutes, client-go's reflectors in a long-running controller wait
+// 30 to 60 s before they list again (their backoff resets only after two quiet minutes): a test
+// that restarts the API server often and times what a controller does next restarts it too.
+func (e *Env) RestartControllers() error {
+	if e.stopControllers == nil {
+		return nil
+	}
+	if err := e.stopControllers(); err != nil {
+		return err
+	}
+	stop, err := runControllerManager(e, e.controllers)
+	if err != nil {
+		e.stopControllers = func() error { return nil }
+		return err
+	}
+	e.stopControllers = stop
+	return nil
+}
+
+// runControllerManager starts kube-controller-manager (startControllers) and returns its stop.
+func runControllerManager(e *Env, controllers []string) (func() error, error) {
 	bin := filepath.Join(BinDir(), "kube-controller-manager")
 	if _, err := os.Stat(bin); err != nil {
-		return fmt.Errorf("%w (looked in %s)", ErrNoControllerManager, BinDir())
+		return nil, fmt.Errorf("%w (looked in %s)", ErrNoControllerManager, BinDir())
 	}
 	dir, err := os.MkdirTemp("", "rrguard-controllers-")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	port, err := freePort()
@@ -47,7 +78,7 @@ func (e *Env) startControllers(controllers []string) error {
 	}
 	if err != nil {
 		_ = os.RemoveAll(dir)
-		return err
+		return nil, err
 	}
 	cmd := exec.Command(bin,
 		"--kubeconfig="+kubeconfig, "--authentication-kubeconfig="+kubeconfig, "--authorization-kubeconfig="+kubeconfig,
@@ -62,7 +93,7 @@ func (e *Env) startControllers(controllers []string) error {
 	if err := cmd.Start(); err != nil {
 		log.Close()
 		_ = os.RemoveAll(dir)
-		return err
+		return nil, err
 	}
 	log.Close()
 	e.reaper.guardChildren()
@@ -91,10 +122,9 @@ func (e *Env) startControllers(controllers []string) error {
 	if err != nil {
 		out, _ := os.ReadFile(filepath.Join(dir, "kube-controller-manager.log"))
 		_ = stop()
-		return fmt.Errorf("kube-controller-manager not healthy: %w\n%s", err, tail(out, 4000))
+		return nil, fmt.Errorf("kube-controller-manager not healthy: %w\n%s", err, tail(out, 4000))
 	}
-	e.OnStop(stop)
-	return nil
+	return stop, nil
 }
 
 // terminateGrace is how long a child process has to exit after SIGTERM before it is killed.

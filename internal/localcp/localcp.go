@@ -78,6 +78,9 @@ type Env struct {
 	noKubernaut bool
 	// onStop run before the control plane stops: rrguard replicas, controllers of a test.
 	onStop []func() error
+	// controllers: Options.Controllers; stopControllers stops the running controller manager.
+	controllers     []string
+	stopControllers func() error
 }
 
 // BinDir is where `make testbin` puts kube-apiserver and etcd: $RRGUARD_TESTBIN, else a per-user

@@ -21,21 +21,28 @@ import (
 const enforceWait = 30 * time.Second
 
 // EnforceHeld creates the Queue or Replace policy p and waits until a dry-run create of what
-// probe makes comes back held by it: a replica enforces p and the API server calls it. p is
-// deleted, and its webhook gone, when the test ends.
+// probe makes comes back held by it (AwaitHeld). p is deleted, and its webhook gone, when the
+// test ends.
 func (e *Env) EnforceHeld(ctx context.Context, t testing.TB, p *rrguardv1.UniquenessPolicy, probe func() client.Object) {
 	t.Helper()
 	if err := e.Client.Create(ctx, p); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.DeletePolicy(p.Name) })
+	e.AwaitHeld(ctx, t, p.Name, probe)
+}
+
+// AwaitHeld waits until a dry-run create of what probe makes comes back held by policy: a
+// replica enforces it and the API server calls that replica.
+func (e *Env) AwaitHeld(ctx context.Context, t testing.TB, policyName string, probe func() client.Object) {
+	t.Helper()
 	var last error
 	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, enforceWait, true, func(ctx context.Context) (bool, error) {
 		o := probe()
 		last = e.Client.Create(ctx, o, client.DryRunAll)
-		return last == nil && o.GetAnnotations()[policy.AnnotationHeld] != "" && o.GetAnnotations()[policy.AnnotationPolicy] == p.Name, nil
+		return last == nil && o.GetAnnotations()[policy.AnnotationHeld] != "" && o.GetAnnotations()[policy.AnnotationPolicy] == policyName, nil
 	}); err != nil {
-		t.Fatalf("policy %s: creates are not held: %v (last: %v)", p.Name, err, last)
+		t.Fatalf("policy %s: creates are not held: %v (last: %v)", policyName, err, last)
 	}
 }
 

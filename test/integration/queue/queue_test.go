@@ -19,11 +19,9 @@ import (
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -96,167 +94,6 @@ func finished(j *batchv1.Job) bool {
 // running: released, not suspended, not finished, not being deleted (what maxInFlight bounds).
 func running(j *batchv1.Job) bool {
 	return released(j) && !ptr.Deref(j.Spec.Suspend, false) && !finished(j) && j.DeletionTimestamp == nil
-}
-
-// observer replays every change to the namespace's Jobs from the watch, in commit order: the most
-// Jobs running at once, and the order in which Jobs were first seen released.
-type observer struct {
-	mu       sync.Mutex
-	jobs     map[string]*batchv1.Job
-	maxRun   int
-	released []string
-	seen     map[string]bool
-	// overlap: for each Job released, the other Jobs that were running or being deleted then.
-	overlap map[string][]string
-	resumed int // times the watch resumed from a list
-	done    chan struct{}
-	err     error
-}
-
-func observe(ctx context.Context, t *testing.T, ns string) *observer {
-	t.Helper()
-	var list batchv1.JobList
-	if err := env.Client.List(ctx, &list, client.InNamespace(ns)); err != nil {
-		t.Fatal(err)
-	}
-	wc, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Client.Scheme()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	watchFrom := func(rv string) (watch.Interface, error) {
-		return wc.Watch(ctx, &batchv1.JobList{}, client.InNamespace(ns), &client.ListOptions{Raw: &metav1.ListOptions{ResourceVersion: rv}})
-	}
-	w, err := watchFrom(list.ResourceVersion)
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := &observer{jobs: map[string]*batchv1.Job{}, seen: map[string]bool{}, overlap: map[string][]string{}, done: make(chan struct{})}
-	for i := range list.Items {
-		o.apply(watch.Modified, &list.Items[i])
-	}
-	var mu sync.Mutex // guards w, which a resume replaces
-	t.Cleanup(func() { mu.Lock(); w.Stop(); mu.Unlock() })
-	go func() {
-		defer close(o.done)
-		for {
-			for ev := range w.ResultChan() {
-				j, ok := ev.Object.(*batchv1.Job)
-				if !ok {
-					if ev.Type == watch.Error {
-						o.mu.Lock()
-						o.err = fmt.Errorf("watch error: %v", apierrors.FromObject(ev.Object))
-						o.mu.Unlock()
-						return
-					}
-					continue
-				}
-				o.apply(ev.Type, j)
-			}
-			// The stream ended (an API server restart): resume from a list, as an informer
-			// does (a new API server's watch cache starts after the last change seen). The
-			// test waits for the resume before it changes anything (resumed).
-			for ctx.Err() == nil {
-				var l batchv1.JobList
-				if err := env.Client.List(ctx, &l, client.InNamespace(ns)); err != nil {
-					time.Sleep(100 * time.Millisecond)
-					continue
-				}
-				nw, err := watchFrom(l.ResourceVersion)
-				if err != nil {
-					time.Sleep(100 * time.Millisecond)
-					continue
-				}
-				o.relist(l.Items)
-				mu.Lock()
-				w = nw
-				mu.Unlock()
-				break
-			}
-			if ctx.Err() != nil {
-				return
-			}
-		}
-	}()
-	return o
-}
-
-// relist takes a list as the state after a watch ended.
-func (o *observer) relist(items []batchv1.Job) {
-	o.mu.Lock()
-	for name := range o.jobs {
-		if !slices.ContainsFunc(items, func(j batchv1.Job) bool { return j.Name == name }) {
-			delete(o.jobs, name)
-		}
-	}
-	o.resumed++
-	o.mu.Unlock()
-	for i := range items {
-		o.apply(watch.Modified, &items[i])
-	}
-}
-
-// awaitResumed waits until the watch has resumed n times.
-func (o *observer) awaitResumed(ctx context.Context, t *testing.T, n int) {
-	t.Helper()
-	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
-		o.mu.Lock()
-		defer o.mu.Unlock()
-		return o.resumed >= n, nil
-	}); err != nil {
-		t.Fatalf("the test's watch did not resume: %v", err)
-	}
-}
-
-func (o *observer) apply(typ watch.EventType, j *batchv1.Job) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if typ == watch.Deleted {
-		delete(o.jobs, j.Name)
-	} else {
-		o.jobs[j.Name] = j
-	}
-	if released(j) && !o.seen[j.Name] {
-		o.seen[j.Name] = true
-		o.released = append(o.released, j.Name)
-		for _, x := range o.jobs {
-			if x.Name != j.Name && (running(x) || x.DeletionTimestamp != nil) {
-				o.overlap[j.Name] = append(o.overlap[j.Name], x.Name)
-			}
-		}
-	}
-	n := 0
-	for _, x := range o.jobs {
-		if running(x) {
-			n++
-		}
-	}
-	o.maxRun = max(o.maxRun, n)
-}
-
-// check fails t if the watch broke or more than max Jobs ran at once.
-func (o *observer) check(t *testing.T, most int) {
-	t.Helper()
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.err != nil {
-		t.Fatal(o.err)
-	}
-	if o.maxRun > most {
-		t.Fatalf("%d Jobs of one key ran at once, want at most %d", o.maxRun, most)
-	}
-}
-
-// overlapping is the Jobs running or being deleted when name was released.
-func (o *observer) overlapping(name string) []string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return slices.Clone(o.overlap[name])
-}
-
-func (o *observer) releasedOrder() []string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return slices.Clone(o.released)
 }
 
 // queueOrder is the Jobs of ns in the order rrguard admitted them (its annotation, then name).
@@ -395,7 +232,7 @@ func TestQueueReleasesOneAtATimeInOrder(t *testing.T) {
 	ctx, ns := env.TestNamespace(t, "queue", 5*time.Minute)
 	serving(ctx, t)
 	apply(ctx, t, samplePolicy(t, "batch-job-queue.yaml", ns), ns, "etl")
-	obs := observe(ctx, t, ns)
+	obs := jobs.observe(ctx, t, ns)
 
 	const n = 64
 	createAll(ctx, t, ns, "etl", n)

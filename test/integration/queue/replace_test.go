@@ -30,13 +30,13 @@ func gone(ctx context.Context, t *testing.T, ns, name string) {
 func TestReplaceNewestWins(t *testing.T) {
 	ctx, ns := env.TestNamespace(t, "replace", 3*time.Minute)
 	serving(ctx, t)
-	apply(ctx, t, samplePolicy(t, "batch-job-replace.yaml", ns), ns, "deploy")
-	obs := observe(ctx, t, ns)
+	apply(ctx, t, samplePolicy(t, "batch-job-replace.yaml", ns), ns, "etl")
+	obs := jobs.observe(ctx, t, ns)
 
-	first := createHeld(ctx, t, ns, "deploy", 1)[0]
+	first := jobs.createHeld(ctx, t, ns, 1)[0]
 	awaitRunning(ctx, t, ns, first)
 	podOf(ctx, t, ns, first)
-	later := createHeld(ctx, t, ns, "deploy", 2)
+	later := jobs.createHeld(ctx, t, ns, 2)
 	second, third := later[0], later[1]
 	awaitRunning(ctx, t, ns, third)
 	gone(ctx, t, ns, first)
@@ -57,14 +57,14 @@ func TestReplaceNewestWins(t *testing.T) {
 func TestReplaceSimultaneousCreates(t *testing.T) {
 	ctx, ns := env.TestNamespace(t, "replace-64", 3*time.Minute)
 	serving(ctx, t)
-	apply(ctx, t, samplePolicy(t, "batch-job-replace.yaml", ns), ns, "deploy")
-	obs := observe(ctx, t, ns)
+	apply(ctx, t, samplePolicy(t, "batch-job-replace.yaml", ns), ns, "etl")
+	obs := jobs.observe(ctx, t, ns)
 
 	// Each create's answer is the Job as stored: the older ones may be cancelled before a list.
 	var mu sync.Mutex
 	var made []*batchv1.Job
 	createAllOf(ctx, t, 64, func() *batchv1.Job {
-		j := job(ns, "deploy")
+		j := job(ns, "etl")
 		mu.Lock()
 		defer mu.Unlock()
 		made = append(made, j)

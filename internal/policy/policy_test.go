@@ -63,6 +63,7 @@ func TestShippedPoliciesCompile(t *testing.T) {
 		"../../config/samples/batch-job-queue.yaml":            {rrguardv1.ReadLabelSelector, []string{"example.com/queue"}},
 		"../../config/samples/batch-job-replace.yaml":          {rrguardv1.ReadLabelSelector, []string{"example.com/queue"}},
 		"../../config/samples/batch-job-kueue-queue.yaml":      {rrguardv1.ReadLabelSelector, []string{"example.com/queue"}},
+		"../../config/samples/batch-job-kueue-replace.yaml":    {rrguardv1.ReadLabelSelector, []string{"example.com/queue"}},
 	}
 	files, _ := filepath.Glob("../../config/samples/*.yaml")
 	files = append(files, rrPolicy)

@@ -2,25 +2,27 @@ package queue
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/util/retry"
 
 	"github.com/rrguard/rrguard/test/testenv"
 )
 
-// The Queue and Replace samples for Tekton PipelineRuns and Argo Workflows on their real CRDs:
-// 64 simultaneous creates of one key are all stored, held as the sample says, released one at a
-// time in admission order as each finishes; Replace cancels the running one and the held middle
-// one with the sample's patches, and releases the newest once the cancelled one has finished.
-func TestSamplesOnTheirCRDs(t *testing.T) {
-	ctx, ns := env.TestNamespace(t, "queue-crds", 4*time.Minute)
+// The Queue and Replace samples for Tekton PipelineRuns and Argo Workflows on their real CRDs,
+// and for Kueue's Jobs with the real Job controller: 64 simultaneous creates of one key are all
+// stored, held as the sample says, released one at a time in admission order as each finishes;
+// under Replace, 64 simultaneous creates leave the newest alone released, and of three quick
+// creates the first is cancelled, the middle one never released, and the third released only
+// once the first has ended (a watch in commit order shows nothing overlapping).
+func TestSamplesOnTheirTargets(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "queue-samples", 5*time.Minute)
 	serving(ctx, t)
-	for _, tg := range crdTargets {
-		t.Run(tg.gvk.Kind+"/Queue", func(t *testing.T) {
+	for _, tg := range append(slices.Clone(crdTargets), kueueJobs) {
+		t.Run(tg.name+"/Queue", func(t *testing.T) {
 			tg.apply(ctx, t, tg.queue, ns)
 			order := tg.createSimultaneously(ctx, t, ns, simultaneous)
 			for _, u := range order {
@@ -42,44 +44,42 @@ func TestSamplesOnTheirCRDs(t *testing.T) {
 			tg.awaitReleased(ctx, t, ns, order[cycles].GetName())
 			tg.deleteAll(ctx, t, ns)
 		})
-		t.Run(tg.gvk.Kind+"/Replace64", func(t *testing.T) {
+		t.Run(tg.name+"/Replace64", func(t *testing.T) {
 			// 64 simultaneous creates under Replace: all stored, the newest alone released, every
 			// other one cancelled held (as soon as a newer one is stored), never released.
 			tg.apply(ctx, t, tg.replace, ns)
+			obs := tg.observe(ctx, t, ns)
 			order := tg.createSimultaneously(ctx, t, ns, simultaneous)
 			newest := order[len(order)-1].GetName()
 			tg.awaitReleased(ctx, t, ns, newest)
-			for _, u := range tg.list(ctx, t, ns)[:len(order)-1] {
-				if isReleased(&u) || !tg.cancelled(&u, true) {
-					t.Fatalf("%s (older than %s): released %v, cancelled %v; want cancelled, never released", u.GetName(), newest, isReleased(&u), tg.cancelled(&u, true))
-				}
+			for _, u := range order[:len(order)-1] {
+				tg.awaitCancelled(ctx, t, ns, u.GetName(), true)
+			}
+			obs.check(t, 1)
+			if got := obs.releasedOrder(); !slices.Equal(got, []string{newest}) {
+				t.Fatalf("released %v, want the newest, %s, alone", got, newest)
 			}
 			tg.deleteAll(ctx, t, ns)
 		})
-		t.Run(tg.gvk.Kind+"/Replace", func(t *testing.T) {
+		t.Run(tg.name+"/Replace", func(t *testing.T) {
 			tg.apply(ctx, t, tg.replace, ns)
+			obs := tg.observe(ctx, t, ns)
 			first := tg.create(ctx, t, ns)
 			tg.awaitReleased(ctx, t, ns, first)
 			second, third := tg.create(ctx, t, ns), tg.create(ctx, t, ns)
-			var a, b *unstructured.Unstructured
-			if err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-				a, b = tg.get(ctx, t, ns, first), tg.get(ctx, t, ns, second)
-				return tg.cancelled(a, false) && tg.cancelled(b, true), nil
-			}); err != nil {
-				t.Fatalf("not cancelled by the sample's patches: %s %v; %s %v", first, a.Object["spec"], second, b.Object["spec"])
-			}
-			if isReleased(b) {
-				t.Fatalf("the middle one, %s, was released", second)
-			}
-			// The first has not finished yet (no controller here): the third waits for it.
-			time.Sleep(1500 * time.Millisecond)
-			if u := tg.get(ctx, t, ns, third); isReleased(u) {
-				t.Fatalf("%s released while the cancelled %s had not finished (waitForEnd)", third, first)
-			}
-			tg.finish(ctx, t, ns, first)
+			tg.awaitCancelled(ctx, t, ns, first, false)
+			tg.awaitCancelled(ctx, t, ns, second, true)
+			// The third settles before the first ends: released early, the watch shows it
+			// beside the first (waitForEnd).
+			time.Sleep(settle + 500*time.Millisecond)
+			tg.windDown(ctx, t, ns, first)
 			tg.awaitReleased(ctx, t, ns, third)
-			if u := tg.get(ctx, t, ns, second); isReleased(u) {
-				t.Fatalf("the middle one, %s, was released", second)
+			obs.check(t, 1)
+			if got := obs.releasedOrder(); !slices.Equal(got, []string{first, third}) {
+				t.Fatalf("released %v, want %s then %s (the middle one, %s, never)", got, first, third, second)
+			}
+			if o := obs.overlapping(third); len(o) > 0 {
+				t.Fatalf("%s released while %v still ran or wound down (waitForEnd)", third, o)
 			}
 			tg.deleteAll(ctx, t, ns)
 		})

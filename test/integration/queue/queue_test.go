@@ -27,6 +27,7 @@ import (
 
 	rrguardv1 "github.com/rrguard/rrguard/apis/rrguard/v1alpha1"
 	"github.com/rrguard/rrguard/internal/policy"
+	"github.com/rrguard/rrguard/internal/queue"
 	"github.com/rrguard/rrguard/test/testenv"
 )
 
@@ -45,6 +46,10 @@ func samplePolicy(t *testing.T, file, ns string) *rrguardv1.UniquenessPolicy {
 	p.Spec.Target.Namespaces = []string{ns}
 	return p
 }
+
+// settle is how long after its admission a held object may be released under IndexTrusted's
+// 1 s request bound.
+var settle = queue.Settle(time.Second)
 
 // serving runs a replica enforcing the cluster's policies, with a 1 s request bound (the settle
 // time of a held object) under which its index decides.

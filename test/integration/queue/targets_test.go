@@ -95,14 +95,16 @@ var (
 	// kueueJobs are Jobs as Kueue's webhook leaves them: in a Kueue queue, suspended until Kueue
 	// admits them, which the test does once no gate is left (Kueue itself is not run here).
 	kueueJobs = target{
-		name: "KueueJob", queue: "batch-job-kueue-queue.yaml",
+		name: "KueueJob", queue: "batch-job-kueue-queue.yaml", replace: "batch-job-kueue-replace.yaml",
 		gvk:    jobGVK,
 		labels: map[string]string{queueLabel: "train", kueueQueueName: "team-a"},
 		spec:   map[string]any{"suspend": true, "template": jobs.spec["template"]},
 		held: func(u *unstructured.Unstructured) bool {
 			return u.GetAnnotations()[kueueGate] == rrguardGate && field(u, "spec", "suspend") == true
 		},
-		ended: jobEnded,
+		cancelled:     jobs.cancelled,
+		cancelDeletes: true,
+		ended:         jobEnded,
 		run: func(ctx context.Context, t *testing.T, ns, name string) {
 			if err := env.Client.Patch(ctx, metaOf(jobGVK, ns, name), client.RawPatch(types.MergePatchType, []byte(`{"spec":{"suspend":false}}`))); err != nil {
 				t.Fatal(err)
@@ -225,17 +227,22 @@ func (tg target) list(ctx context.Context, t *testing.T, ns string) []unstructur
 	if err := env.Client.List(ctx, l, client.InNamespace(ns)); err != nil {
 		t.Fatal(err)
 	}
+	inQueueOrder(l.Items)
+	return l.Items
+}
+
+// inQueueOrder sorts objects in the order rrguard admitted them, the name breaking ties.
+func inQueueOrder(items []unstructured.Unstructured) {
 	at := func(u unstructured.Unstructured) string { return u.GetAnnotations()[policy.AnnotationQueued] }
-	sort.Slice(l.Items, func(a, b int) bool {
+	sort.Slice(items, func(a, b int) bool {
 		// RFC 3339 with nanoseconds, UTC: orders as text only at equal length; parse to be exact.
-		ta, _ := time.Parse(time.RFC3339Nano, at(l.Items[a]))
-		tb, _ := time.Parse(time.RFC3339Nano, at(l.Items[b]))
+		ta, _ := time.Parse(time.RFC3339Nano, at(items[a]))
+		tb, _ := time.Parse(time.RFC3339Nano, at(items[b]))
 		if !ta.Equal(tb) {
 			return ta.Before(tb)
 		}
-		return l.Items[a].GetName() < l.Items[b].GetName()
+		return items[a].GetName() < items[b].GetName()
 	})
-	return l.Items
 }
 
 func isReleased(u *unstructured.Unstructured) bool { return testenv.Released(u) }
@@ -342,26 +349,30 @@ func (tg target) deleteByUser(ctx context.Context, t *testing.T, ns, name string
 const simultaneous = 64
 
 // createSimultaneously creates n objects of one key at once; every one must be stored. It gives
-// them in admission order.
+// them as their creates' answers show them (a Replace policy may delete the older ones before a
+// list), in admission order.
 func (tg target) createSimultaneously(ctx context.Context, t *testing.T, ns string, n int) []unstructured.Unstructured {
 	t.Helper()
+	made := make([]unstructured.Unstructured, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Add(1)
-		go func() { defer wg.Done(); errs[i] = env.Client.Create(ctx, tg.object(ns)) }()
+		go func() {
+			defer wg.Done()
+			u := tg.object(ns)
+			errs[i] = env.Client.Create(ctx, u)
+			made[i] = *u
+		}()
 	}
 	wg.Wait()
 	for i, err := range errs {
 		if err != nil {
-			t.Fatalf("create %d: %v", i, err)
+			t.Fatalf("create %d of %d simultaneous creates of one key: %v (Queue and Replace store every one)", i, n, err)
 		}
 	}
-	order := tg.list(ctx, t, ns)
-	if len(order) != n {
-		t.Fatalf("%d stored, want %d", len(order), n)
-	}
-	return order
+	inQueueOrder(made)
+	return made
 }
 
 func (tg target) create(ctx context.Context, t *testing.T, ns string) string {

@@ -192,3 +192,10 @@ func (o *observer) releasedOrder() []string {
 	defer o.mu.Unlock()
 	return slices.Clone(o.released)
 }
+
+// most is the most that were in flight at once.
+func (o *observer) most() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.maxRun
+}

@@ -253,7 +253,16 @@ func TestQueueReleasesOneAtATimeInOrder(t *testing.T) {
 	plansBy := func(read string) float64 {
 		return testenv.Counter("rrguard_queue_plans_total", map[string]string{"policy": "batch-jobs-queue", "read": read})
 	}
-	consistent0, index0 := plansBy("consistent"), plansBy("index")
+	// Once every Job has settled, the next release is sent after that instant, and its echo
+	// proves the index complete for all of them: from then on every plan reads the index alone.
+	// (Before, how many plans must read the key depends on how widely the burst's admissions
+	// spread, which a busy machine widens.)
+	lastAdmitted, err := time.Parse(time.RFC3339Nano, order[n-1].Annotations[policy.AnnotationQueued])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var consistent0, index0 float64
+	counted := 0 // releases since the counters' baseline
 	var waits []time.Duration
 	for i, j := range order[:runs()] {
 		waits = append(waits, awaitRunning(ctx, t, ns, j.Name))
@@ -265,6 +274,11 @@ func TestQueueReleasesOneAtATimeInOrder(t *testing.T) {
 			if released(&other) {
 				t.Fatalf("Job %s released while %s runs", other.Name, j.Name)
 			}
+		}
+		if counted > 0 {
+			counted++
+		} else if time.Since(lastAdmitted) > settle {
+			consistent0, index0, counted = plansBy("consistent"), plansBy("index"), 1
 		}
 		succeed(ctx, t, ns, j.Name)
 	}
@@ -279,15 +293,16 @@ func TestQueueReleasesOneAtATimeInOrder(t *testing.T) {
 	if got := obs.releasedOrder(); !slices.Equal(got, want) {
 		t.Fatalf("released in order %v, want the admission order %v", got, want)
 	}
-	// Once the first release's echo has proved the index complete, every plan reads only the
-	// index: a consistent read of the key for the first release (the index saw nothing after
-	// the burst of creates), and perhaps one while its echo is on its way.
 	consistent, index := plansBy("consistent")-consistent0, plansBy("index")-index0
-	if consistent > 3 || index < float64(runs()) {
-		t.Errorf("%v plans read the key consistently and %v the index over %d releases; want at most 3 consistent", consistent, index, runs())
+	switch {
+	case counted < 2:
+		t.Logf("the plans' reads not checked: the burst's admissions spread so wide that %d releases came after every Job had settled", counted)
+	case consistent > 1 || index < float64(counted):
+		// At most one: a plan of the key may run while the release's echo is on its way.
+		t.Errorf("over the %d releases after every Job had settled, %v plans read the key consistently and %v the index; want at most 1 consistent", counted, consistent, index)
 	}
-	t.Logf("%d of %d Jobs released one at a time in admission order; after the test saw one complete, the next running within: %v; plans: %v consistent, %v index",
-		len(want), n, summary(waits[1:]), consistent, index)
+	t.Logf("%d of %d Jobs released one at a time in admission order; after the test saw one complete, the next running within: %v; plans over the last %d releases: %v consistent, %v index",
+		len(want), n, summary(waits[1:]), counted, consistent, index)
 }
 
 // runs is how many Jobs of the 64 the queue test runs to completion, one after another (about a
@@ -316,4 +331,51 @@ func summary(ds []time.Duration) string {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return fmt.Sprintf("median %v, max %v", s[len(s)/2].Round(time.Millisecond), s[len(s)-1].Round(time.Millisecond))
+}
+
+// maxInFlight N > 1 (a semaphore per key), with two replicas each planning every key: 16
+// simultaneous creates are released two at a time, in admission order whatever order the runs end
+// in (the newer of the two running ends first on every other turn), never three in flight, and
+// the second slot is used.
+func TestQueueMaxInFlight(t *testing.T) {
+	ctx, ns := env.TestNamespace(t, "queue-two", 3*time.Minute)
+	serving(ctx, t)
+	_, stopB, err := env.ServeReplica(ctx, env.Config, testenv.IndexTrusted, testenv.Aside)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stopB() })
+	const slots = 2
+	p := samplePolicy(t, "batch-job-queue.yaml", ns)
+	p.Name = "batch-jobs-queue-two"
+	p.Spec.Concurrency.MaxInFlight = slots
+	apply(ctx, t, p, ns, "etl")
+	obs := jobs.observe(ctx, t, ns)
+
+	const n = 16
+	var names []string
+	for _, u := range jobs.createSimultaneously(ctx, t, ns, n) {
+		names = append(names, u.GetName())
+	}
+	inFlight, next := slices.Clone(names[:slots]), slots
+	for turn := 0; len(inFlight) > 0; turn++ {
+		for _, name := range inFlight {
+			jobs.awaitReleased(ctx, t, ns, name)
+		}
+		jobs.stillHeld(ctx, t, ns, names[next:], 0)
+		i := turn % len(inFlight)
+		jobs.finish(ctx, t, ns, inFlight[i])
+		inFlight = slices.Delete(inFlight, i, i+1)
+		if next < n {
+			inFlight = append(inFlight, names[next])
+			next++
+		}
+	}
+	obs.check(t, slots)
+	if got := obs.most(); got != slots {
+		t.Fatalf("at most %d in flight at once, want the %d slots used", got, slots)
+	}
+	if got := obs.releasedOrder(); !slices.Equal(got, names) {
+		t.Fatalf("released %v, want the admission order %v", got, names)
+	}
 }

@@ -188,31 +188,35 @@ func succeed(ctx context.Context, t *testing.T, ns, name string) {
 // createAll creates n Jobs of key at once; every one must be stored.
 func createAll(ctx context.Context, t *testing.T, ns, key string, n int) []string {
 	t.Helper()
-	return createAllOf(ctx, t, n, func() *batchv1.Job { return job(ns, key) })
+	var names []string
+	for _, j := range createAllOf(ctx, t, n, func() *batchv1.Job { return job(ns, key) }) {
+		names = append(names, j.Name)
+	}
+	return names
 }
 
-// createAllOf creates n Jobs mk makes at once; every one must be stored.
-func createAllOf(ctx context.Context, t *testing.T, n int, mk func() *batchv1.Job) []string {
+// createAllOf creates n objects mk makes at once; every one must be stored. It gives them as
+// their creates' answers show them (a Replace policy may delete the older ones before a list).
+func createAllOf[T client.Object](ctx context.Context, t *testing.T, n int, mk func() T) []T {
 	t.Helper()
-	names := make([]string, n)
+	made := make([]T, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			j := mk()
-			errs[i] = env.Client.Create(ctx, j)
-			names[i] = j.Name
+			made[i] = mk()
+			errs[i] = env.Client.Create(ctx, made[i])
 		}()
 	}
 	wg.Wait()
 	for i, err := range errs {
 		if err != nil {
-			t.Fatalf("create %d of %d simultaneous creates of one key: %v (Queue stores every one)", i, n, err)
+			t.Fatalf("create %d of %d simultaneous creates of one key: %v (Queue and Replace store every one)", i, n, err)
 		}
 	}
-	return names
+	return made
 }
 
 // awaitReleased waits until exactly want (a name) is the one running Job of ns and nothing else

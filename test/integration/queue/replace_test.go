@@ -3,7 +3,6 @@ package queue
 import (
 	"context"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -61,15 +60,7 @@ func TestReplaceSimultaneousCreates(t *testing.T) {
 	obs := jobs.observe(ctx, t, ns)
 
 	// Each create's answer is the Job as stored: the older ones may be cancelled before a list.
-	var mu sync.Mutex
-	var made []*batchv1.Job
-	createAllOf(ctx, t, 64, func() *batchv1.Job {
-		j := job(ns, "etl")
-		mu.Lock()
-		defer mu.Unlock()
-		made = append(made, j)
-		return j
-	})
+	made := createAllOf(ctx, t, 64, func() *batchv1.Job { return job(ns, "etl") })
 	order := make([]batchv1.Job, len(made))
 	for i, j := range made {
 		order[i] = *j

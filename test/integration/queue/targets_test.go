@@ -4,7 +4,6 @@ import (
 	"context"
 	"slices"
 	"sort"
-	"sync"
 	"testing"
 	"time"
 
@@ -348,28 +347,13 @@ func (tg target) deleteByUser(ctx context.Context, t *testing.T, ns, name string
 // simultaneous is how many creates of one key the tests send at once.
 const simultaneous = 64
 
-// createSimultaneously creates n objects of one key at once; every one must be stored. It gives
-// them as their creates' answers show them (a Replace policy may delete the older ones before a
-// list), in admission order.
+// createSimultaneously creates n objects of one key at once (createAllOf); every one must be
+// stored. It gives them as their creates' answers show them, in admission order.
 func (tg target) createSimultaneously(ctx context.Context, t *testing.T, ns string, n int) []unstructured.Unstructured {
 	t.Helper()
-	made := make([]unstructured.Unstructured, n)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			u := tg.object(ns)
-			errs[i] = env.Client.Create(ctx, u)
-			made[i] = *u
-		}()
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("create %d of %d simultaneous creates of one key: %v (Queue and Replace store every one)", i, n, err)
-		}
+	var made []unstructured.Unstructured
+	for _, u := range createAllOf(ctx, t, n, func() *unstructured.Unstructured { return tg.object(ns) }) {
+		made = append(made, *u)
 	}
 	inQueueOrder(made)
 	return made
